@@ -1,0 +1,55 @@
+/* backend.h - what the engine asks of a compute backend (CPU, CUDA): one
+ * forward pass over a batch of tokens from many sequences, writing into the
+ * paged KV cache.  Engine thread only. */
+#ifndef BRAID_BACKEND_H
+#define BRAID_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct model;
+
+/* One forward pass.  Row r is token tokens[r] at position pos[r] of sequence
+ * row_seq[r].  Rows of one sequence are consecutive and in position order;
+ * a row attends to positions 0..pos[r] of its own sequence: earlier ones are
+ * already in the cache, the batch's own are written to the cache by this
+ * pass (block_tables[s] covers every position the pass writes).
+ *
+ * Batch invariance: the arithmetic done for a row must not depend on which
+ * other rows share the batch (same summation order), so that a sequence
+ * gives bit-identical logits alone, batched, or forked. */
+struct fwd_batch {
+	int n_rows;
+	const int32_t *tokens;               /* [n_rows]                     */
+	const int32_t *pos;                  /* [n_rows]                     */
+	const int32_t *row_seq;              /* [n_rows] in [0, n_seqs)      */
+	int n_seqs;
+	const int32_t *const *block_tables;  /* [n_seqs] block ids           */
+	int n_logits;
+	const int32_t *logit_rows;           /* [n_logits] ascending rows    */
+};
+
+struct backend_ops {
+	const char *name;                    /* "cpu", "cuda"                */
+	/* logits: (n_logits, vocab) floats on the host. */
+	int (*forward)(void *self, const struct fwd_batch *b, float *logits);
+	/* Copy a KV block (all layers, K and V): used for copy-on-write. */
+	int (*copy_block)(void *self, int32_t src, int32_t dst);
+	void (*destroy)(void *self);
+};
+
+struct backend {
+	const struct backend_ops *ops;
+	void *self;
+};
+
+/* KV bytes one block needs on this model (f32 K and V, every layer). */
+size_t backend_kv_block_bytes(const struct model *m, int block_tokens);
+
+/* The CPU reference backend (gpu/cpu/forward.c).  It borrows m (which must
+ * outlive it), allocates n_blocks KV blocks of block_tokens positions in
+ * host memory, and runs n_threads workers (0 = all cores). */
+int cpu_backend_create(const struct model *m, int n_blocks, int block_tokens,
+		       int n_threads, struct backend *out, char *err, size_t errlen);
+
+#endif

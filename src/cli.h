@@ -1,0 +1,55 @@
+/* cli.h - the braid subcommands and their shared option parser (main
+ * thread).  Every subcommand is a row of a table; --help is generated. */
+#ifndef BRAID_CLI_H
+#define BRAID_CLI_H
+
+#include <stdio.h>
+
+/* One option of a subcommand.  Options are "--name VALUE" or "--name=VALUE";
+ * flags (arg == NULL) take no value. */
+struct cli_opt {
+	const char *name;      /* without the leading "--"                   */
+	const char *arg;       /* metavariable shown in help, NULL for flags  */
+	const char *help;
+};
+
+/* Parsed options: values[i] is the value of opts[i] (NULL if not given;
+ * "1" for a given flag); positional arguments in order. */
+struct cli_args {
+	const char *values[32];
+	const char *pos[16];
+	int n_pos;
+};
+
+/* Parse argv (after the subcommand name) against opts[n_opts].  Unknown
+ * options, missing values and too many positionals print a clear error to
+ * stderr and return -1; "--help" prints help and returns 1. */
+int cli_parse(const char *cmd, const char *synopsis, const struct cli_opt *opts,
+	      int n_opts, int argc, char **argv, struct cli_args *out);
+
+/* Print "usage: braid CMD SYNOPSIS" and the option table. */
+void cli_usage(FILE *f, const char *cmd, const char *synopsis,
+	       const struct cli_opt *opts, int n_opts);
+
+/* Value lookup by option name (NULL when absent). */
+const char *cli_get(const struct cli_opt *opts, int n_opts,
+		    const struct cli_args *a, const char *name);
+
+/* Strict number parsing for option values; print an error naming the
+ * option and return -1 on bad input. */
+int cli_int(const char *opt, const char *s, long lo, long hi, long *out);
+int cli_double(const char *opt, const char *s, double lo, double hi, double *out);
+
+/* The directory of the embedded default model (BRAID_MODEL env, else the
+ * models/ folder of the source tree this binary was built from). */
+const char *cli_default_model(void);
+
+/* Read a whole stream into a malloc'd NUL-terminated buffer. */
+char *cli_slurp(FILE *f, size_t *len);
+
+/* Subcommands: int cmd_x(int argc, char **argv), argv[0] = "x". */
+int cmd_tokenize(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+
+#endif

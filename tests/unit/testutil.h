@@ -1,0 +1,25 @@
+/* testutil.h - shared helpers for the cmocka unit tests. */
+#ifndef BRAID_TESTUTIL_H
+#define BRAID_TESTUTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* $BRAID_TEST_DATA/rel (tests/data of the source tree); static buffer. */
+const char *tu_data(const char *rel);
+
+/* Read a whole file (malloc'd, NUL-terminated), or NULL. */
+char *tu_read_file(const char *path, size_t *len);
+
+/* Write len bytes to path; 0 on success. */
+int tu_write_file(const char *path, const void *data, size_t len);
+
+/* A fresh private directory under $TMPDIR (malloc'd path); removed with
+ * tu_rmtree. */
+char *tu_tmpdir(void);
+void tu_rmtree(const char *path);
+
+/* Copy a file. 0 on success. */
+int tu_copy_file(const char *from, const char *to);
+
+#endif
