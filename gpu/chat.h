@@ -27,7 +27,9 @@ enum chat_format chat_detect(const tok *t);
 const char *chat_format_name(enum chat_format f);
 
 /* Render messages; with add_generation_prompt, end with the assistant
- * header.  bos is prepended where the format does (Llama-3; may be NULL).
+ * header (Llama-3 always ends with it: its template appends the header
+ * unconditionally).  bos is prepended where the format does (Llama-3,
+ * before the first message; may be NULL).
  * *out is malloc'd and NUL-terminated; the caller frees it. */
 int chat_render(enum chat_format f, const struct chat_msg *msgs, size_t n,
 		int add_generation_prompt, const char *bos, char **out);

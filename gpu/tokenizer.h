@@ -12,10 +12,12 @@ typedef struct tok tok;
 /* Load a tokenizer.json.  If tokenizer_config.json sits beside it, it is read
  * too (bos/eos token names, chat_template).  Supported: model BPE with
  * byte-level pre-tokenizer/decoder; normalizer null, NFC, or a Sequence of
- * those; pre_tokenizer ByteLevel, Split (regex, PCRE2 UTF+UCP; behaviours
- * Isolated/Removed/MergedWith*) or a Sequence of them; added tokens with
- * lstrip/rstrip/normalized/special flags.  Anything else is an error naming
- * the file and the unsupported piece.  Returns NULL and fills err. */
+ * those; pre_tokenizer ByteLevel (last), Split (regex or string, PCRE2
+ * UTF+UCP; behaviours Isolated, Removed, MergedWithPrevious/Next,
+ * Contiguous; invert) or a Sequence of them; added tokens with
+ * lstrip/rstrip/single_word/normalized/special flags.  Anything else is an
+ * error naming the file and the unsupported piece.  Returns NULL and fills
+ * err. */
 tok *tok_load(const char *tokenizer_json_path, char *err, size_t errlen);
 
 /* tok_load(DIR/tokenizer.json). */
