@@ -125,6 +125,22 @@ cli_double(const char *opt, const char *s, double lo, double hi, double *out)
 	return 0;
 }
 
+int
+cli_parse_device(const char *cmd, const char *s, enum eng_device *out)
+{
+	if (!s || !strcmp(s, "auto"))
+		*out = ENG_DEVICE_AUTO;
+	else if (!strcmp(s, "cpu"))
+		*out = ENG_DEVICE_CPU;
+	else if (!strcmp(s, "cuda"))
+		*out = ENG_DEVICE_CUDA;
+	else {
+		fprintf(stderr, "braid %s: --device wants auto, cpu or cuda, got '%s'\n", cmd, s);
+		return -1;
+	}
+	return 0;
+}
+
 const char *
 cli_default_model(void)
 {

@@ -5,6 +5,8 @@
 
 #include <stdio.h>
 
+#include "engine.h"
+
 /* One option of a subcommand.  Options are "--name VALUE" or "--name=VALUE";
  * flags (arg == NULL) take no value. */
 struct cli_opt {
@@ -48,6 +50,9 @@ const char *cli_default_model(void);
 char *cli_slurp(FILE *f, size_t *len);
 
 /* Subcommands: int cmd_x(int argc, char **argv), argv[0] = "x". */
+/* --device value to enum eng_device (NULL = auto); -1 and a message on error. */
+int cli_parse_device(const char *cmd, const char *s, enum eng_device *out);
+
 int cmd_tokenize(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_bench(int argc, char **argv);

@@ -1,4 +1,446 @@
-/* placeholder: being written */
-#include <stdio.h>
+/* cmd_bench.c - braid bench: CPU/GPU decode throughput for N sequences
+ * forked from one prompt, and the fraction of the machine's memory bandwidth
+ * that is (main thread = engine thread).  With --shape it writes a
+ * random-weight bf16 model of a real architecture's shape to a scratch
+ * directory and loads it through the normal loader. */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
 #include "cli.h"
-int cmd_bench(int argc, char **argv) { (void)argc; (void)argv; fprintf(stderr, "braid bench: not built yet\n"); return 1; }
+#include "engine.h"
+#include "safetensors.h"
+
+static const struct cli_opt opts[] = {
+	{ "model", "DIR", "model directory to benchmark (default: --shape 0.6b)" },
+	{ "shape", "NAME", "random bf16 model of this shape: tiny, 0.6b, 1.7b, 8b (Qwen3 shapes)" },
+	{ "scratch", "DIR", "where --shape models are written and reused (default $TMPDIR or /tmp)" },
+	{ "n", "LIST", "comma-separated thread counts N to fork from the prompt (default 1,8,32)" },
+	{ "prompt-len", "T", "prompt tokens (default 128)" },
+	{ "gen", "T", "tokens generated per sequence (default 16)" },
+	{ "threads", "N", "CPU threads (default: all cores)" },
+	{ "device", "D", "auto, cpu or cuda (default auto)" },
+	{ "json", "FILE", "also write the results as JSON to FILE" },
+};
+#define N_OPTS ((int)(sizeof opts / sizeof opts[0]))
+#define OPT(name) cli_get(opts, N_OPTS, &a, name)
+static const char synopsis[] =
+	"[--model DIR | --shape tiny|0.6b|1.7b|8b] [--n 1,8,32] [--prompt-len T] [--gen T] [--threads N] [--json FILE]";
+
+/* ---- synthetic models ------------------------------------------------------ */
+
+struct shape {
+	const char *name;
+	int hidden, layers, heads, kv_heads, head_dim, inter, vocab, tied;
+};
+
+static const struct shape shapes[] = {
+	{ "tiny", 256, 4, 8, 4, 32, 768, 4096, 1 },
+	{ "0.6b", 1024, 28, 16, 8, 128, 3072, 151936, 1 },
+	{ "1.7b", 2048, 28, 16, 8, 128, 6144, 151936, 1 },
+	{ "8b", 4096, 36, 32, 8, 128, 12288, 151936, 0 },
+};
+
+static double
+now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+struct tensor_spec {
+	char name[96];
+	int64_t rows, cols;   /* cols = 0 for vectors */
+	int is_norm;
+};
+
+static int
+shape_tensors(const struct shape *s, struct tensor_spec **out)
+{
+	int n = 3 + s->layers * 11;
+	struct tensor_spec *t = calloc(n, sizeof *t);
+	if (!t)
+		return -1;
+	int k = 0;
+#define T(nm, r, c, nrm) do { snprintf(t[k].name, sizeof t[k].name, "%s", nm); \
+	t[k].rows = (r); t[k].cols = (c); t[k].is_norm = (nrm); k++; } while (0)
+	T("model.embed_tokens.weight", s->vocab, s->hidden, 0);
+	T("model.norm.weight", s->hidden, 0, 1);
+	if (!s->tied)
+		T("lm_head.weight", s->vocab, s->hidden, 0);
+	for (int l = 0; l < s->layers; l++) {
+		char nm[96];
+#define L(suffix, r, c, nrm) do { snprintf(nm, sizeof nm, "model.layers.%d.%s", l, suffix); T(nm, r, c, nrm); } while (0)
+		L("input_layernorm.weight", s->hidden, 0, 1);
+		L("self_attn.q_proj.weight", s->heads * s->head_dim, s->hidden, 0);
+		L("self_attn.k_proj.weight", s->kv_heads * s->head_dim, s->hidden, 0);
+		L("self_attn.v_proj.weight", s->kv_heads * s->head_dim, s->hidden, 0);
+		L("self_attn.o_proj.weight", s->hidden, s->heads * s->head_dim, 0);
+		L("self_attn.q_norm.weight", s->head_dim, 0, 1);
+		L("self_attn.k_norm.weight", s->head_dim, 0, 1);
+		L("post_attention_layernorm.weight", s->hidden, 0, 1);
+		L("mlp.gate_proj.weight", s->inter, s->hidden, 0);
+		L("mlp.up_proj.weight", s->inter, s->hidden, 0);
+		L("mlp.down_proj.weight", s->hidden, s->inter, 0);
+#undef L
+	}
+#undef T
+	*out = t;
+	return k;
+}
+
+/* Normal-ish values from a xorshift generator (sum of uniforms). */
+static inline float
+rand_weight(uint64_t *st, float scale)
+{
+	float acc = 0;
+	for (int i = 0; i < 4; i++) {
+		*st ^= *st << 13;
+		*st ^= *st >> 7;
+		*st ^= *st << 17;
+		acc += (float)(*st >> 40) * (1.0f / 16777216.0f);
+	}
+	return (acc - 2.0f) * scale * 1.7320508f;
+}
+
+static int
+write_shape_model(const struct shape *s, const char *dir)
+{
+	char path[4096];
+	struct tensor_spec *t = NULL;
+	int n = shape_tensors(s, &t);
+	if (n < 0)
+		return -1;
+	int rc = -1;
+	FILE *f = NULL;
+	json_t *hdr = json_object();
+	char *hjson = NULL;
+	uint16_t *buf = NULL;
+	if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+		fprintf(stderr, "braid bench: mkdir %s: %s\n", dir, strerror(errno));
+		goto done;
+	}
+	/* config.json */
+	if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
+		goto done;
+	json_t *cfg = json_pack("{s:[s],s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:f,s:f,s:b,s:i,s:s}",
+				"architectures", "Qwen3ForCausalLM", "vocab_size", s->vocab,
+				"hidden_size", s->hidden, "num_hidden_layers", s->layers,
+				"num_attention_heads", s->heads, "num_key_value_heads", s->kv_heads,
+				"head_dim", s->head_dim, "intermediate_size", s->inter,
+				"max_position_embeddings", 40960, "rms_norm_eps", 1e-6,
+				"rope_theta", 1000000.0, "tie_word_embeddings", s->tied,
+				"eos_token_id", 151645, "torch_dtype", "bfloat16");
+	if (!cfg || json_dump_file(cfg, path, JSON_INDENT(1)) != 0) {
+		json_decref(cfg);
+		fprintf(stderr, "braid bench: cannot write %s\n", path);
+		goto done;
+	}
+	json_decref(cfg);
+	/* header */
+	uint64_t off = 0;
+	for (int i = 0; i < n; i++) {
+		int64_t numel = t[i].rows * (t[i].cols ? t[i].cols : 1);
+		json_t *shape = t[i].cols ? json_pack("[I,I]", (json_int_t)t[i].rows, (json_int_t)t[i].cols)
+					  : json_pack("[I]", (json_int_t)t[i].rows);
+		json_object_set_new(hdr, t[i].name,
+				    json_pack("{s:s,s:o,s:[I,I]}", "dtype", "BF16", "shape", shape,
+					      "data_offsets", (json_int_t)off, (json_int_t)(off + numel * 2)));
+		off += numel * 2;
+	}
+	hjson = json_dumps(hdr, JSON_COMPACT | JSON_SORT_KEYS);
+	size_t hlen = strlen(hjson), padded = (hlen + 7) / 8 * 8;
+	if (snprintf(path, sizeof path, "%s/model.safetensors.tmp", dir) >= (int)sizeof path)
+		goto done;
+	f = fopen(path, "wb");
+	if (!f) {
+		fprintf(stderr, "braid bench: cannot write %s: %s\n", path, strerror(errno));
+		goto done;
+	}
+	uint64_t le = padded;
+	fwrite(&le, 8, 1, f);
+	fwrite(hjson, 1, hlen, f);
+	for (size_t i = hlen; i < padded; i++)
+		fputc(' ', f);
+	size_t chunk = 1 << 20;
+	buf = malloc(chunk * sizeof *buf);
+	uint64_t st = 0x9E3779B97F4A7C15ull;
+	for (int i = 0; buf && i < n; i++) {
+		int64_t numel = t[i].rows * (t[i].cols ? t[i].cols : 1);
+		float scale = t[i].cols ? 1.0f / sqrtf((float)t[i].cols) : 0;
+		for (int64_t done_n = 0; done_n < numel;) {
+			size_t m = (size_t)(numel - done_n) < chunk ? (size_t)(numel - done_n) : chunk;
+			for (size_t j = 0; j < m; j++)
+				buf[j] = st_f32_to_bf16(t[i].is_norm ? 1.0f + 0.1f * rand_weight(&st, 1)
+						       : rand_weight(&st, scale));
+			if (fwrite(buf, sizeof *buf, m, f) != m)
+				goto done;
+			done_n += m;
+		}
+	}
+	if (!buf || fclose(f) != 0) {
+		f = NULL;
+		goto done;
+	}
+	f = NULL;
+	char final[4096];
+	if (snprintf(final, sizeof final, "%s/model.safetensors", dir) >= (int)sizeof final ||
+	    rename(path, final) != 0)
+		goto done;
+	rc = 0;
+done:
+	if (f)
+		fclose(f);
+	free(buf);
+	free(hjson);
+	json_decref(hdr);
+	free(t);
+	return rc;
+}
+
+/* ---- memory bandwidth --------------------------------------------------------- */
+
+struct bw_job {
+	const uint64_t *p;
+	size_t n;
+	uint64_t sum;
+};
+
+static void *
+bw_read(void *arg)
+{
+	struct bw_job *j = arg;
+	uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+	for (size_t i = 0; i + 4 <= j->n; i += 4) {
+		s0 += j->p[i];
+		s1 += j->p[i + 1];
+		s2 += j->p[i + 2];
+		s3 += j->p[i + 3];
+	}
+	j->sum = s0 ^ s1 ^ s2 ^ s3;
+	return NULL;
+}
+
+/* Best of several multi-threaded streaming reads of a 1 GiB buffer, bytes/s. */
+static double
+measure_read_bandwidth(int threads)
+{
+	size_t bytes = (size_t)1 << 30, n = bytes / 8;
+	uint64_t *buf = malloc(bytes);
+	if (!buf)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		buf[i] = i * 0x9E3779B97F4A7C15ull;
+	if (threads < 1)
+		threads = 1;
+	if (threads > 64)
+		threads = 64;
+	pthread_t th[64];
+	struct bw_job jobs[64];
+	double best = 0;
+	uint64_t sink = 0;
+	for (int rep = 0; rep < 5; rep++) {
+		double t0 = now_s();
+		for (int i = 0; i < threads; i++) {
+			jobs[i].p = buf + n / threads * i;
+			jobs[i].n = n / threads;
+			pthread_create(&th[i], NULL, bw_read, &jobs[i]);
+		}
+		for (int i = 0; i < threads; i++) {
+			pthread_join(th[i], NULL);
+			sink ^= jobs[i].sum;
+		}
+		double bw = (double)(n / threads * threads * 8) / (now_s() - t0);
+		if (bw > best)
+			best = bw;
+	}
+	free(buf);
+	return sink == 42 ? best + 1e-9 : best;   /* keep the sums alive */
+}
+
+/* ---- the benchmark ------------------------------------------------------------- */
+
+struct bench_row {
+	int n;
+	double prefill_tps, decode_tps, step_ms, bytes_per_step, frac_bw;
+};
+
+static int
+run_one(eng *e, int n, int prompt_len, int gen, struct bench_row *row)
+{
+	const struct model_config *c = eng_config(e);
+	int32_t *prompt = malloc(prompt_len * sizeof *prompt);
+	int *kids = malloc(n * sizeof *kids);
+	struct eng_token *out = malloc(n * sizeof *out);
+	int rc = -1, parent = -1, n_kids = 0;
+	if (!prompt || !kids || !out)
+		goto done;
+	uint64_t st = 12345 + n;
+	for (int i = 0; i < prompt_len; i++) {
+		st = st * 6364136223846793005ull + 1442695040888963407ull;
+		prompt[i] = (int32_t)((st >> 33) % (uint64_t)c->vocab_size);
+	}
+	struct samp_params sp = samp_default_params();
+	sp.temperature = 1.0f;
+	sp.seed = 7;
+	parent = eng_seq_new(e, prompt, prompt_len, &sp);
+	double t0 = now_s();
+	int s = parent < 0 ? parent : eng_seq_prefill(e, parent, NULL);
+	if (s < 0) {
+		fprintf(stderr, "braid bench: prefill: %s\n", eng_strerror(s));
+		goto done;
+	}
+	row->prefill_tps = prompt_len / (now_s() - t0);
+	s = eng_seq_fork(e, parent, n, kids);
+	if (s < 0) {
+		fprintf(stderr, "braid bench: fork %d: %s\n", n, eng_strerror(s));
+		goto done;
+	}
+	n_kids = n;
+	eng_seq_free(e, parent);
+	parent = -1;
+	/* First step samples from the shared prompt logits (no forward); time the
+	 * rest, each of which runs every sequence through the model. */
+	int got;
+	if ((s = eng_step(e, out, n, &got)) < 0)
+		goto step_fail;
+	t0 = now_s();
+	for (int i = 0; i < gen; i++)
+		if ((s = eng_step(e, out, n, &got)) < 0)
+			goto step_fail;
+	double dt = now_s() - t0;
+	row->n = n;
+	row->decode_tps = (double)n * gen / dt;
+	row->step_ms = dt / gen * 1e3;
+	double kv_per_tok = (double)c->n_layers * 2 * c->n_kv_heads * c->head_dim * sizeof(float);
+	double avg_ctx = prompt_len + 1 + gen / 2.0;
+	row->bytes_per_step = (double)eng_weight_bytes(e) + n * avg_ctx * kv_per_tok;
+	rc = 0;
+	goto done;
+step_fail:
+	fprintf(stderr, "braid bench: step with N=%d: %s\n", n, eng_strerror(s));
+done:
+	for (int i = 0; i < n_kids; i++)
+		eng_seq_free(e, kids[i]);
+	if (parent >= 0)
+		eng_seq_free(e, parent);
+	free(out);
+	free(kids);
+	free(prompt);
+	return rc;
+}
+
+int
+cmd_bench(int argc, char **argv)
+{
+	struct cli_args a;
+	int pr = cli_parse("bench", synopsis, opts, N_OPTS, argc, argv, &a);
+	if (pr != 0)
+		return pr > 0 ? 0 : 2;
+	long prompt_len = 128, gen = 16, threads = 0;
+	struct eng_params ep = eng_default_params();
+	if ((OPT("prompt-len") && cli_int("prompt-len", OPT("prompt-len"), 1, 1 << 20, &prompt_len)) ||
+	    (OPT("gen") && cli_int("gen", OPT("gen"), 1, 1 << 20, &gen)) ||
+	    (OPT("threads") && cli_int("threads", OPT("threads"), 0, 1024, &threads)) ||
+	    cli_parse_device("bench", OPT("device"), &ep.device))
+		return 2;
+	int ns[16], n_ns = 0;
+	const char *list = OPT("n") ? OPT("n") : "1,8,32";
+	for (const char *p = list; *p && n_ns < 16;) {
+		char *end;
+		long v = strtol(p, &end, 10);
+		if (end == p || v < 1 || v > 4096 || (*end && *end != ',')) {
+			fprintf(stderr, "braid bench: --n wants a comma-separated list of counts in [1, 4096], got '%s'\n", list);
+			return 2;
+		}
+		ns[n_ns++] = (int)v;
+		p = *end ? end + 1 : end;
+	}
+
+	char dir[4096];
+	const struct shape *shp = NULL;
+	if (OPT("model")) {
+		snprintf(dir, sizeof dir, "%s", OPT("model"));
+	} else {
+		const char *want = OPT("shape") ? OPT("shape") : "0.6b";
+		for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+			if (!strcmp(shapes[i].name, want))
+				shp = &shapes[i];
+		if (!shp) {
+			fprintf(stderr, "braid bench: unknown --shape '%s' (tiny, 0.6b, 1.7b, 8b)\n", want);
+			return 2;
+		}
+		const char *scratch = OPT("scratch") ? OPT("scratch") : getenv("TMPDIR");
+		snprintf(dir, sizeof dir, "%s/braid-bench-%s", scratch ? scratch : "/tmp", shp->name);
+		char st_path[4200];
+		snprintf(st_path, sizeof st_path, "%s/model.safetensors", dir);
+		if (access(st_path, R_OK) != 0) {
+			fprintf(stderr, "writing a random bf16 model of shape %s to %s ...\n", shp->name, dir);
+			if (write_shape_model(shp, dir) != 0) {
+				fprintf(stderr, "braid bench: cannot write the model to %s\n", dir);
+				return 1;
+			}
+		}
+	}
+
+	ep.model_dir = dir;
+	ep.n_threads = (int)threads;
+	int max_n = 1;
+	for (int i = 0; i < n_ns; i++)
+		max_n = ns[i] > max_n ? ns[i] : max_n;
+	char err[ENG_ERRLEN];
+	eng *e = eng_create(&ep, err, sizeof err);
+	if (!e) {
+		fprintf(stderr, "braid bench: %s\n", err);
+		return 1;
+	}
+	double bw = measure_read_bandwidth(eng_threads(e));
+	const struct model_config *c = eng_config(e);
+	printf("model %s (%s, hidden %d, %d layers, vocab %d, %.1f MB of weights), device %s, %d threads\n",
+	       dir, c->arch_name, c->hidden_size, c->n_layers, c->vocab_size, eng_weight_bytes(e) / 1e6,
+	       eng_device_name(e), eng_threads(e));
+	printf("memory read bandwidth (1 GiB streaming read, best of 5): %.1f GB/s\n\n", bw / 1e9);
+	printf("| N | prefill tok/s | decode tok/s | ms/step | bytes/step (MB) | achieved GB/s | of bandwidth |\n");
+	printf("|---:|---:|---:|---:|---:|---:|---:|\n");
+	json_t *rows = json_array();
+	int rc = 0;
+	for (int i = 0; i < n_ns; i++) {
+		struct bench_row r = { 0 };
+		if (run_one(e, ns[i], (int)prompt_len, (int)gen, &r) != 0) {
+			rc = 1;
+			break;
+		}
+		double achieved = r.bytes_per_step / (r.step_ms / 1e3);
+		r.frac_bw = bw > 0 ? achieved / bw : 0;
+		printf("| %d | %.1f | %.2f | %.1f | %.1f | %.2f | %.0f%% |\n", r.n, r.prefill_tps, r.decode_tps,
+		       r.step_ms, r.bytes_per_step / 1e6, achieved / 1e9, 100 * r.frac_bw);
+		fflush(stdout);
+		json_array_append_new(rows, json_pack("{s:i,s:f,s:f,s:f,s:f,s:f}", "n", r.n,
+						      "prefill_tok_s", r.prefill_tps, "decode_tok_s", r.decode_tps,
+						      "ms_per_step", r.step_ms, "bytes_per_step", r.bytes_per_step,
+						      "fraction_of_bandwidth", r.frac_bw));
+	}
+	if (OPT("json")) {
+		json_t *doc = json_pack("{s:s,s:s,s:i,s:f,s:f,s:i,s:i,s:o}", "model", dir, "device", eng_device_name(e),
+					"threads", eng_threads(e), "read_bandwidth_gb_s", bw / 1e9,
+					"weight_mb", eng_weight_bytes(e) / 1e6, "prompt_len", (int)prompt_len,
+					"gen", (int)gen, "rows", rows);
+		if (!doc || json_dump_file(doc, OPT("json"), JSON_INDENT(2)) != 0) {
+			fprintf(stderr, "braid bench: cannot write %s\n", OPT("json"));
+			rc = 1;
+		}
+		json_decref(doc);
+	} else {
+		json_decref(rows);
+	}
+	eng_destroy(e);
+	return rc;
+}

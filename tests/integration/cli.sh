@@ -1,3 +1,100 @@
 #!/bin/sh
-# placeholder: being written
-echo "1..0 # SKIP not written yet"
+# cli.sh - braid tokenize / generate / bench as a user runs them: the real
+# binary on the real tokenizer files and the HF reference models; JSON
+# contracts, reference agreement, and clear errors for bad input.  TAP.
+set -u
+. "$BRAID_SRCDIR/tests/integration/tap.sh"
+B=$BRAID_BIN
+D=$BRAID_TEST_DATA
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+
+# run CMD...: stdout to $T/out, stderr to $T/err, status to $rc
+run() { "$@" >"$T/out" 2>"$T/err"; rc=$?; }
+# fails_clearly "desc" EXPECTED_RC PATTERN CMD...: exit status and message
+fails_clearly() {
+	d=$1; want=$2; pat=$3; shift 3
+	run "$@"
+	if [ "$rc" -eq "$want" ] && grep -q -- "$pat" "$T/err"; then ok "$d"
+	else not_ok "$d (rc=$rc, stderr: $(head -c 300 "$T/err"))"; fi
+}
+
+tap_plan 32
+
+# ---- the command table ----------------------------------------------------------
+run "$B" --help
+check "braid --help lists the commands" sh -c "[ $rc -eq 0 ] && grep -q generate '$T/out' && grep -q tokenize '$T/out'"
+fails_clearly "unknown command is an error" 2 "unknown command" "$B" frobnicate
+fails_clearly "unknown option is an error" 2 "unknown option '--frob'" "$B" tokenize --frob
+
+# ---- tokenize against HF tokenizers' ids --------------------------------------------
+for name in qwen3 llama3 deepseek_v3; do
+	ref=$D/ref/tok_$name.json
+	n=$(jq '.cases | length' "$ref")
+	bad=0
+	i=0
+	while [ $i -lt "$n" ]; do
+		jq -j ".cases[$i].text" "$ref" >"$T/text"
+		jq -c ".cases[$i].ids" "$ref" >"$T/want"
+		"$B" tokenize --model "$D/tokenizers/$name" <"$T/text" >"$T/got" 2>"$T/err" || bad=$((bad + 1))
+		jq -e --slurpfile w "$T/want" '. == $w[0]' "$T/got" >/dev/null 2>&1 || bad=$((bad + 1))
+		i=$((i + 1))
+	done
+	check "tokenize: $n corpus strings equal HF ids ($name)" [ $bad -eq 0 ]
+done
+
+# decode round trip (stdin JSON -> text) on a few hard strings
+bad=0
+for i in 19 29 30 40 56; do
+	jq -j ".cases[$i].text" "$D/ref/tok_qwen3.json" >"$T/text"
+	"$B" tokenize --model "$D/tokenizers/qwen3" <"$T/text" | "$B" tokenize --model "$D/tokenizers/qwen3" --decode >"$T/back" 2>"$T/err" || bad=1
+	cmp -s "$T/text" "$T/back" || bad=1
+done
+check "tokenize --decode round-trips CJK, emoji ZWJ, combining marks, LaTeX" [ $bad -eq 0 ]
+
+mkdir "$T/only" && cp "$D/tokenizers/llama3/tokenizer.json" "$T/only/"
+run sh -c "printf 'Hello world' | '$B' tokenize --model '$T/only'"
+check "tokenize needs nothing but tokenizer.json" [ "$rc" -eq 0 -a "$(cat "$T/out")" = "[9906,1917]" ]
+
+printf 'bad \377\376 bytes' >"$T/bad"
+fails_clearly "tokenize: invalid UTF-8 is a clear error" 1 "not valid UTF-8" sh -c "'$B' tokenize --model '$D/tokenizers/qwen3' <'$T/bad'"
+fails_clearly "tokenize --decode: malformed JSON is a clear error" 1 "stdin" sh -c "echo '[1,2' | '$B' tokenize --model '$D/tokenizers/qwen3' --decode"
+fails_clearly "tokenize --decode: out-of-range id is a clear error" 1 "not a token id" sh -c "echo '[1,999999999]' | '$B' tokenize --model '$D/tokenizers/qwen3' --decode"
+fails_clearly "tokenize: a missing directory is named" 1 "$T/nowhere" sh -c "echo hi | '$B' tokenize --model '$T/nowhere'"
+
+# ---- generate against HF greedy continuations ------------------------------------------
+for m in qwen3-f32 llama-bf16 qwen2-f16; do
+	ref=$D/ref/$m.json
+	prompt=$(jq -c '.prompts[1]' "$ref")
+	run "$B" generate --model "$D/models/$m" --prompt-ids "$prompt" --max-tokens 24 --ignore-eos --top-logits 5
+	check "generate: greedy ids equal HF generate ($m)" sh -c "[ $rc -eq 0 ] && jq -e --argjson w '$(jq -c '.greedy[1]' "$ref")' '.ids == \$w' '$T/out' >/dev/null"
+done
+check "generate: output is exactly {ids, text, top_logits}" jq -e '(keys == ["ids","text","top_logits"]) and (.text|type=="string") and (.ids|all(type=="number"))' "$T/out"
+check "generate: top_logits are 5 [id, logit] pairs, largest first, led by the greedy token" \
+	jq -e '(.top_logits|length==5) and (.top_logits|map(.[1]) == (.top_logits|map(.[1])|sort|reverse)) and (.top_logits[0][0] == .ids[0])' "$T/out"
+
+M=$D/models/qwen3-f32
+"$B" generate --model "$M" --prompt "Compute 12*7." --max-tokens 16 --temperature 1 --seed 5 --ignore-eos >"$T/s5a" 2>"$T/err"
+"$B" generate --model "$M" --prompt "Compute 12*7." --max-tokens 16 --temperature 1 --seed 5 --ignore-eos >"$T/s5b" 2>>"$T/err"
+"$B" generate --model "$M" --prompt "Compute 12*7." --max-tokens 16 --temperature 1 --seed 6 --ignore-eos >"$T/s6" 2>>"$T/err"
+check "generate: the same seed reproduces the same text" sh -c "[ -s '$T/s5a' ] && cmp -s '$T/s5a' '$T/s5b'"
+check "generate: another seed gives another sample" sh -c "[ -s '$T/s6' ] && ! cmp -s '$T/s5a' '$T/s6'"
+run "$B" generate --model "$M" --prompt "What is 2+2?" --chat --max-tokens 8
+check "generate --chat with the model's ChatML template" sh -c "[ $rc -eq 0 ] && jq -e '.ids|length > 0' '$T/out' >/dev/null"
+
+fails_clearly "generate: --prompt and --prompt-ids together" 2 "exactly one" "$B" generate --model "$M" --prompt x --prompt-ids "[1]"
+fails_clearly "generate: a token id outside the vocabulary" 1 "not a token id" "$B" generate --model "$M" --prompt-ids "[1,99999]"
+fails_clearly "generate: malformed --prompt-ids" 1 "prompt-ids" "$B" generate --model "$M" --prompt-ids "[1,"
+fails_clearly "generate: a non-number temperature" 2 "temperature" "$B" generate --model "$M" --prompt x --temperature warm
+fails_clearly "generate: a negative max-tokens" 2 "max-tokens" "$B" generate --model "$M" --prompt x --max-tokens -3
+fails_clearly "generate: an unknown device" 2 "device" "$B" generate --model "$M" --prompt x --device tpu
+
+cp -r "$M" "$T/trunc" && head -c 5000 "$M/model.safetensors" >"$T/trunc/model.safetensors"
+fails_clearly "generate: a truncated safetensors file is named" 1 "model.safetensors" "$B" generate --model "$T/trunc" --prompt x
+cp -r "$M" "$T/badcfg" && printf '{"architectures": ["Qwen3ForCausalLM"], "hidden_size": ' >"$T/badcfg/config.json"
+fails_clearly "generate: a malformed config.json is named" 1 "config.json" "$B" generate --model "$T/badcfg" --prompt x
+fails_clearly "generate: a missing model directory is named" 1 "$T/none" "$B" generate --model "$T/none" --prompt x
+
+# ---- bench (a smoke run of the command, not a timing) ---------------------------------
+run "$B" bench --model "$M" --n 1,4 --prompt-len 8 --gen 2 --json "$T/bench.json"
+check "bench runs and writes its JSON" sh -c "[ $rc -eq 0 ] && jq -e '.rows|length==2 and (.[1].n==4) and (.[1].decode_tok_s > 0)' '$T/bench.json' >/dev/null"
