@@ -85,6 +85,10 @@ int eng_seq_free(eng *e, int seq);
 /* Replace the sampling params (the generator is re-seeded from sp->seed). */
 int eng_seq_set_sampling(eng *e, int seq, const struct samp_params *sp);
 
+/* The sequence's ready logits (vocab floats), or NULL when it has none.
+ * Borrowed until the next call that changes seq. */
+const float *eng_seq_logits(const eng *e, int seq);
+
 /* Tokens in the cache plus pending tokens. */
 int eng_seq_len(const eng *e, int seq);
 
