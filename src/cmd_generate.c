@@ -118,6 +118,8 @@ top_logits_json(const float *logits, int n, int k)
 	json_t *arr = json_array();
 	if (k > n)
 		k = n;
+	if (k <= 0)
+		return arr;
 	int *best = malloc((k ? k : 1) * sizeof *best);
 	int nb = 0;
 	for (int i = 0; best && i < n; i++) {
@@ -245,7 +247,7 @@ cmd_generate(int argc, char **argv)
 	json_t *obj = json_pack("{s:o,s:s,s:o}", "ids", ids, "text", text ? text : "", "top_logits", top);
 	top = NULL;
 	free(text);
-	if (!obj || json_dumpf(obj, stdout, JSON_COMPACT | JSON_ENSURE_ASCII) < 0) {
+	if (!obj || json_dumpf(obj, stdout, JSON_COMPACT) < 0) {
 		fprintf(stderr, "braid generate: cannot write the result\n");
 		json_decref(obj);
 		goto done;

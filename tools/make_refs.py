@@ -78,6 +78,58 @@ def tokenizer_refs(out, tokdir, corpus):
         print(f"tok_{name}: {len(cases)} cases", flush=True)
 
 
+# Pieces for random strings: whitespace of every kind, contractions in odd
+# cases, digits of several scripts, marks, CJK range edges, emoji, specials.
+FUZZ_PIECES = [
+    " ", "  ", "   ", "\n", "\n\n", "\r\n", "\r", "\t", "\x85", "\xa0", "\u3000", "\u2028",
+    "'s", "'S", "'LL", "'re", "'Ve", "'d", "'M", "'t", "\u2019s", "a", "Z", "hello", "World",
+    "\u00e9", "e\u0301", "\u00c5", "A\u030a", "1", "12", "1234", "\u0661\u0662", "\uff15", "\u00b2",
+    "\u2167", "\u4e2d", "\u6587\u5b57", "\u3041\u3042", "\u30a2\u30a4", "\ud55c\uad6d", "\U0001f600",
+    "\U0001f44d\U0001f3fd", "\u200d", "\u200b", ".", ",", "!", "?", "-", "_", '"', "(", ")", "$", "%",
+    "<", "|", ">", "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</think>",
+    "<|begin_of_text|>", "<|eot_id|>", "<\uff5cUser\uff5c>", "<\uff5cAssistant\uff5c>",
+    "\u017f", "\u212a", "\u01c5", "\x00", "\x7f", "\x01", "\ufb01", "\ufeff", "\U0001d518", "\u0300",
+    "\u0651", "xxxxxxx", "\u0915\u094d", "\u0e44\u0e17\u0e22", "\u05d0", "\u0627\u064b",
+    "\u1100\u1161", "\U00010000", "\U0010fffd", "\ufffd", "\u00ad", "\u2060", "\u034f", "\u0f00",
+    "\u2e80", "\u9fa5", "\u9fa6", "\u4e00", "\u309f", "\u30a0", "\u30ff", "::", "...", "--", "#",
+    "@@", "''", "`", ";", "\u08d2", "\u0c3c", "a\u0308\u0301",
+]
+
+
+def fuzz_strings(n, seed):
+    import random
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        if rng.random() < 0.2:       # random code points, surrogates avoided
+            cps = [rng.randint(0, 0x10FFFF) if rng.random() < 0.5 else rng.randint(0, 0x3000)
+                   for _ in range(rng.randint(1, 20))]
+            out.append("".join(chr(c if not 0xD800 <= c < 0xE000 else 0x41) for c in cps))
+        else:
+            out.append("".join(rng.choice(FUZZ_PIECES) for _ in range(rng.randint(1, 30))))
+    return out
+
+
+def tokenizer_fuzz_refs(out, tokdir):
+    """Seeded random strings and id sequences: a second, wider net than the corpus."""
+    import random
+    import tokenizers
+    texts = fuzz_strings(800, 7)
+    for name in ("qwen3", "llama3", "deepseek_v3"):
+        tk = tokenizers.Tokenizer.from_file(os.path.join(tokdir, name, "tokenizer.json"))
+        rng = random.Random(11)
+        vocab = tk.get_vocab_size()
+        enc = [{"text": t, "ids": tk.encode(t, add_special_tokens=False).ids} for t in texts]
+        dec = []
+        for _ in range(400):
+            ids = [rng.randrange(vocab) for _ in range(rng.randint(1, 6))]
+            dec.append({"ids": ids, "decoded": tk.decode(ids, skip_special_tokens=False)})
+        write_json(os.path.join(out, "ref", f"tok_fuzz_{name}.json"),
+                   {"tokenizer": name, "version": VERSION, "tokenizers_version": tokenizers.__version__,
+                    "encode": enc, "decode": dec})
+        print(f"tok_fuzz_{name}: {len(enc)} strings, {len(dec)} id lists", flush=True)
+
+
 def load_hf_tokenizer(d):
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
     try:
@@ -243,6 +295,7 @@ def main():
     corpus = json.load(open(os.path.join(a.out, "tokenizer_corpus.json"), encoding="utf-8"))
     os.makedirs(os.path.join(a.out, "ref"), exist_ok=True)
     tokenizer_refs(a.out, a.tokenizers, corpus)
+    tokenizer_fuzz_refs(a.out, a.tokenizers)
     chat_refs(a.out, a.tokenizers)
     model_refs(a.out, a.tokenizers, corpus)
     write_json(os.path.join(a.out, "ref", "VERSION.json"), {"script": "tools/make_refs.py", "version": VERSION})

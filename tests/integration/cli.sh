@@ -19,7 +19,7 @@ fails_clearly() {
 	else not_ok "$d (rc=$rc, stderr: $(head -c 300 "$T/err"))"; fi
 }
 
-tap_plan 32
+tap_plan 30
 
 # ---- the command table ----------------------------------------------------------
 run "$B" --help
@@ -43,14 +43,16 @@ for name in qwen3 llama3 deepseek_v3; do
 	check "tokenize: $n corpus strings equal HF ids ($name)" [ $bad -eq 0 ]
 done
 
-# decode round trip (stdin JSON -> text) on a few hard strings
+# encode then decode (stdin JSON -> text) equals HF's decode of its own ids
+# (NFC composes the decomposed marks, so that is not always the input)
 bad=0
 for i in 19 29 30 40 56; do
 	jq -j ".cases[$i].text" "$D/ref/tok_qwen3.json" >"$T/text"
+	jq -j ".cases[$i].decoded" "$D/ref/tok_qwen3.json" >"$T/want"
 	"$B" tokenize --model "$D/tokenizers/qwen3" <"$T/text" | "$B" tokenize --model "$D/tokenizers/qwen3" --decode >"$T/back" 2>"$T/err" || bad=1
-	cmp -s "$T/text" "$T/back" || bad=1
+	cmp -s "$T/want" "$T/back" || bad=1
 done
-check "tokenize --decode round-trips CJK, emoji ZWJ, combining marks, LaTeX" [ $bad -eq 0 ]
+check "tokenize | tokenize --decode equals HF decode on CJK, emoji ZWJ, combining marks, LaTeX" [ $bad -eq 0 ]
 
 mkdir "$T/only" && cp "$D/tokenizers/llama3/tokenizer.json" "$T/only/"
 run sh -c "printf 'Hello world' | '$B' tokenize --model '$T/only'"
@@ -71,7 +73,7 @@ for m in qwen3-f32 llama-bf16 qwen2-f16; do
 done
 check "generate: output is exactly {ids, text, top_logits}" jq -e '(keys == ["ids","text","top_logits"]) and (.text|type=="string") and (.ids|all(type=="number"))' "$T/out"
 check "generate: top_logits are 5 [id, logit] pairs, largest first, led by the greedy token" \
-	jq -e '(.top_logits|length==5) and (.top_logits|map(.[1]) == (.top_logits|map(.[1])|sort|reverse)) and (.top_logits[0][0] == .ids[0])' "$T/out"
+	jq -e '(.top_logits|map(.[1])) as $v | (.top_logits|length==5) and ($v == ($v|sort|reverse)) and (.top_logits[0][0] == .ids[0])' "$T/out"
 
 M=$D/models/qwen3-f32
 "$B" generate --model "$M" --prompt "Compute 12*7." --max-tokens 16 --temperature 1 --seed 5 --ignore-eos >"$T/s5a" 2>"$T/err"
