@@ -11,8 +11,7 @@
  * and leaves the sequence unchanged.
  *
  * Storage is the backend's: the pool calls copy_block to copy a block's
- * contents (every layer, K and V).  kv_host_* helpers provide host storage
- * for the CPU backend. */
+ * contents (every layer, K and V). */
 #ifndef BRAID_KV_H
 #define BRAID_KV_H
 
@@ -37,8 +36,9 @@ void kv_destroy(kv_pool *kv);                    /* NULL is fine */
  * max_seqs are live. */
 int kv_seq_new(kv_pool *kv);
 
-/* k children sharing all of seq's blocks; ids written to children[k].
- * All or nothing: on error no child exists. */
+/* k children sharing all of seq's written blocks (those holding positions
+ * [0, len); blocks seq reserved past len stay its own); ids written to
+ * children[k].  All or nothing: on error no child exists. */
 int kv_seq_fork(kv_pool *kv, int seq, int k, int *children);
 
 /* Drop the sequence; blocks whose refcount reaches 0 are free at once. */
@@ -48,7 +48,9 @@ int kv_seq_free(kv_pool *kv, int seq);
  * change len.  ENG_ERR_NO_KV if the pool cannot supply them (seq unchanged). */
 int kv_seq_reserve(kv_pool *kv, int seq, int n);
 
-/* Mark n more positions as written (after the forward pass). */
+/* Mark n more positions as written (after the forward pass).  They must
+ * have been reserved: ENG_ERR_RANGE past the table, ENG_ERR_INVALID if a
+ * block they land in is shared. */
 int kv_seq_commit(kv_pool *kv, int seq, int n);
 
 /* Positions written so far. */
