@@ -21,6 +21,7 @@ static const struct cli_opt opts[] = {
 	{ "min-p", "P", "drop tokens below P times the most likely (default 0 = off)" },
 	{ "seed", "S", "random seed (default 0)" },
 	{ "top-logits", "K", "report the K largest logits at the last prompt position (default 0)" },
+	{ "n", "N", "N samples forked from the prompt, one JSON line each (default 1)" },
 	{ "ignore-eos", NULL, "keep generating after an end-of-sequence token" },
 	{ "device", "D", "auto, cpu or cuda (default auto)" },
 	{ "threads", "N", "CPU threads (default: all cores)" },
@@ -138,6 +139,38 @@ top_logits_json(const float *logits, int n, int k)
 	return arr;
 }
 
+/* Print one sample as {"ids","text","top_logits"} on its own line. */
+static int
+print_sample(const eng *e, const int32_t *out_ids, long n_out, json_t *top)
+{
+	json_t *ids = json_array();
+	for (long i = 0; i < n_out; i++)
+		json_array_append_new(ids, json_integer(out_ids[i]));
+	char *text = NULL;
+	const tok *t = eng_tokenizer(e);
+	if (t) {
+		/* The text skips special tokens (as HF decode(skip_special_tokens=True)). */
+		int32_t *keep = malloc(((size_t)n_out + 1) * sizeof *keep);
+		size_t nk = 0, tlen;
+		for (long i = 0; keep && i < n_out; i++)
+			if (!tok_is_special(t, out_ids[i]))
+				keep[nk++] = out_ids[i];
+		if (!keep || tok_decode(t, keep, nk, &text, &tlen) < 0)
+			text = NULL;
+		free(keep);
+	}
+	json_t *obj = json_pack("{s:o,s:s,s:O}", "ids", ids, "text", text ? text : "", "top_logits", top);
+	free(text);
+	if (!obj || json_dumpf(obj, stdout, JSON_COMPACT) < 0) {
+		fprintf(stderr, "braid generate: cannot write the result\n");
+		json_decref(obj);
+		return -1;
+	}
+	putchar('\n');
+	json_decref(obj);
+	return 0;
+}
+
 int
 cmd_generate(int argc, char **argv)
 {
@@ -153,13 +186,14 @@ cmd_generate(int argc, char **argv)
 		fprintf(stderr, "braid generate: give exactly one of --prompt and --prompt-ids\n");
 		return 2;
 	}
-	long max_tokens = 128, top_k = 0, top_logits = 0, threads = 0, seed = 0;
+	long max_tokens = 128, top_k = 0, top_logits = 0, threads = 0, seed = 0, n_samples = 1;
 	double temperature = 0, top_p = 1, min_p = 0;
 	struct eng_params ep = eng_default_params();
 	if ((OPT("max-tokens") && cli_int("max-tokens", OPT("max-tokens"), 0, 1 << 20, &max_tokens)) ||
 	    (OPT("top-k") && cli_int("top-k", OPT("top-k"), 0, 1 << 30, &top_k)) ||
 	    (OPT("top-logits") && cli_int("top-logits", OPT("top-logits"), 0, 1 << 20, &top_logits)) ||
 	    (OPT("threads") && cli_int("threads", OPT("threads"), 0, 1024, &threads)) ||
+	    (OPT("n") && cli_int("n", OPT("n"), 1, 4096, &n_samples)) ||
 	    (OPT("seed") && cli_int("seed", OPT("seed"), 0, 0x7fffffffffffffffL, &seed)) ||
 	    (OPT("temperature") && cli_double("temperature", OPT("temperature"), 0, 100, &temperature)) ||
 	    (OPT("top-p") && cli_double("top-p", OPT("top-p"), 1e-9, 1, &top_p)) ||
@@ -176,8 +210,11 @@ cmd_generate(int argc, char **argv)
 		return 1;
 	}
 	const struct model_config *cfg = eng_config(e);
-	int rc = 1, n_prompt = 0, seq = -1;
+	int rc = 1, n_prompt = 0, seq = -1, n_live = 0;
 	int32_t *prompt = NULL, *out_ids = NULL;
+	int *kids = NULL;
+	long *n_out = NULL;
+	struct eng_token *toks = NULL;
 	json_t *top = NULL;
 	int got = OPT("prompt-ids")
 		? ids_from_json(OPT("prompt-ids"), cfg->vocab_size, &prompt, &n_prompt)
@@ -209,54 +246,70 @@ cmd_generate(int argc, char **argv)
 	const float *last = eng_seq_logits(e, seq);
 	top = last ? top_logits_json(last, cfg->vocab_size, (int)top_logits) : json_array();
 
-	out_ids = malloc(((size_t)max_tokens + 1) * sizeof *out_ids);
-	if (!out_ids)
+	/* n samples: fork n children from the prefilled prompt (they share its
+	 * cache and its last logits), step them together, print one line each. */
+	if (n_samples > 1) {
+		kids = malloc(n_samples * sizeof *kids);
+		st = kids ? eng_seq_fork(e, seq, (int)n_samples, kids) : ENG_ERR_NOMEM;
+		if (st < 0) {
+			fprintf(stderr, "braid generate: fork: %s\n", eng_strerror(st));
+			free(kids);
+			kids = NULL;
+			goto done;
+		}
+		eng_seq_free(e, seq);
+		seq = -1;
+	} else {
+		kids = malloc(sizeof *kids);
+		if (!kids)
+			goto done;
+		kids[0] = seq;
+		seq = -1;
+	}
+	n_live = (int)n_samples;
+	out_ids = malloc((size_t)n_samples * ((size_t)max_tokens + 1) * sizeof *out_ids);
+	n_out = calloc(n_samples, sizeof *n_out);
+	toks = malloc(n_samples * sizeof *toks);
+	if (!out_ids || !n_out || !toks)
 		goto done;
-	long n_out = 0;
-	while (n_out < max_tokens) {
-		struct eng_token tk;
+	int live = n_live;
+	while (live > 0) {
 		int n = 0;
-		st = eng_step(e, &tk, 1, &n);
+		st = eng_step(e, toks, (int)n_samples, &n);
 		if (st < 0) {
 			fprintf(stderr, "braid generate: step: %s\n", eng_strerror(st));
 			goto done;
 		}
-		if (n != 1)
+		if (n == 0)
 			break;
-		out_ids[n_out++] = tk.r.token;
-		if (!OPT("ignore-eos") && is_eos(e, tk.r.token))
-			break;
+		for (int j = 0; j < n; j++) {
+			long i = 0;
+			while (i < n_samples && kids[i] != toks[j].seq)
+				i++;
+			if (i == n_samples)
+				continue;
+			int32_t *mine = out_ids + i * (max_tokens + 1);
+			mine[n_out[i]++] = toks[j].r.token;
+			if (n_out[i] >= max_tokens || (!OPT("ignore-eos") && is_eos(e, toks[j].r.token))) {
+				eng_seq_free(e, kids[i]);
+				kids[i] = -1;
+				live--;
+			}
+		}
 	}
 
-	json_t *ids = json_array();
-	for (long i = 0; i < n_out; i++)
-		json_array_append_new(ids, json_integer(out_ids[i]));
-	char *text = NULL;
-	const tok *t = eng_tokenizer(e);
-	if (t) {
-		/* The text skips special tokens (as HF decode(skip_special_tokens=True)). */
-		int32_t *keep = malloc(((size_t)n_out + 1) * sizeof *keep);
-		size_t nk = 0, tlen;
-		for (long i = 0; keep && i < n_out; i++)
-			if (!tok_is_special(t, out_ids[i]))
-				keep[nk++] = out_ids[i];
-		if (!keep || tok_decode(t, keep, nk, &text, &tlen) < 0)
-			text = NULL;
-		free(keep);
-	}
-	json_t *obj = json_pack("{s:o,s:s,s:o}", "ids", ids, "text", text ? text : "", "top_logits", top);
-	top = NULL;
-	free(text);
-	if (!obj || json_dumpf(obj, stdout, JSON_COMPACT) < 0) {
-		fprintf(stderr, "braid generate: cannot write the result\n");
-		json_decref(obj);
-		goto done;
-	}
-	putchar('\n');
-	json_decref(obj);
+	for (long i = 0; i < n_samples; i++)
+		if (print_sample(e, out_ids + i * (max_tokens + 1), n_out[i], top) < 0)
+			goto done;
 	rc = 0;
 done:
 	json_decref(top);
+	for (int i = 0; kids && i < n_live; i++)
+		if (kids[i] >= 0)
+			eng_seq_free(e, kids[i]);
+	free(kids);
+	free(toks);
+	free(n_out);
 	free(out_ids);
 	free(prompt);
 	if (seq >= 0)

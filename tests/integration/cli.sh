@@ -19,7 +19,7 @@ fails_clearly() {
 	else not_ok "$d (rc=$rc, stderr: $(head -c 300 "$T/err"))"; fi
 }
 
-tap_plan 30
+tap_plan 31
 
 # ---- the command table ----------------------------------------------------------
 run "$B" --help
@@ -81,6 +81,9 @@ M=$D/models/qwen3-f32
 "$B" generate --model "$M" --prompt "Compute 12*7." --max-tokens 16 --temperature 1 --seed 6 --ignore-eos >"$T/s6" 2>>"$T/err"
 check "generate: the same seed reproduces the same text" sh -c "[ -s '$T/s5a' ] && cmp -s '$T/s5a' '$T/s5b'"
 check "generate: another seed gives another sample" sh -c "[ -s '$T/s6' ] && ! cmp -s '$T/s5a' '$T/s6'"
+run "$B" generate --model "$M" --prompt "Compute 12*7." --n 4 --max-tokens 12 --temperature 1 --seed 5 --ignore-eos
+check "generate --n 4: four forked samples, one contract object per line, all different" \
+	sh -c "[ $rc -eq 0 ] && [ \$(jq -s 'length' '$T/out') -eq 4 ] && jq -s -e 'all(keys == [\"ids\",\"text\",\"top_logits\"]) and (map(.ids)|unique|length == 4) and all(.ids|length == 12)' '$T/out' >/dev/null"
 run "$B" generate --model "$M" --prompt "What is 2+2?" --chat --max-tokens 8
 check "generate --chat with the model's ChatML template" sh -c "[ $rc -eq 0 ] && jq -e '.ids|length > 0' '$T/out' >/dev/null"
 
