@@ -185,6 +185,117 @@ check_reference(const char *name)
 	json_decref(corpus);
 }
 
+/* Every case of tests/data/ref/tok_fuzz_NAME.json (HF tokenizers on seeded
+ * random strings and random id lists): encode id for id, decode byte for
+ * byte, and the streaming decoder's concatenation on the decode cases.  A
+ * case that cannot be compared (malformed entry, an id tok_decode refuses)
+ * is a failure, never skipped. */
+static void
+check_fuzz(const char *name)
+{
+	char rel[256];
+	snprintf(rel, sizeof rel, "ref/tok_fuzz_%s.json", name);
+	json_error_t jerr;
+	/* the random strings include U+0000 */
+	json_t *ref = json_load_file(tu_data(rel), JSON_ALLOW_NUL, &jerr);
+	if (!ref)
+		fail_msg("%s: %s (reference data missing?)", tu_data(rel), jerr.text);
+	json_t *enc = json_object_get(ref, "encode"), *dec = json_object_get(ref, "decode");
+	if (!json_is_array(enc) || !json_is_array(dec) || json_array_size(enc) == 0 ||
+	    json_array_size(dec) == 0)
+		fail_msg("%s: no \"encode\"/\"decode\" cases", tu_data(rel));
+	tok *t = load_named(name);
+	size_t bad = 0, n_enc = 0, n_dec = 0, n_stream = 0, n_tokens = 0;
+
+	for (size_t c = 0; c < json_array_size(enc); c++) {
+		json_t *cs = json_array_get(enc, c), *jids = json_object_get(cs, "ids");
+		json_t *jtext = json_object_get(cs, "text");
+		if (!json_is_string(jtext) || !json_is_array(jids))
+			fail_msg("%s encode case %zu: malformed entry", name, c);
+		const char *text = json_string_value(jtext);
+		size_t tlen = json_string_length(jtext), nw = json_array_size(jids);
+		int32_t *want = malloc((nw + 1) * sizeof *want);
+		assert_non_null(want);
+		for (size_t i = 0; i < nw; i++) {
+			json_t *v = json_array_get(jids, i);
+			if (!json_is_integer(v))
+				fail_msg("%s encode case %zu: id %zu is not an integer", name, c, i);
+			want[i] = (int32_t)json_integer_value(v);
+		}
+		n_tokens += nw;
+		int32_t *ids = NULL;
+		size_t n = 0;
+		int rc = tok_encode(t, text, tlen, 1, &ids, &n);
+		if (rc != 0)
+			fail_msg("%s encode case %zu: tok_encode failed (%d) on \"%.80s\"", name, c,
+				 rc, text);
+		if (n != nw || (n > 0 && memcmp(ids, want, n * sizeof *ids) != 0)) {
+			printf("# %s encode case %zu: ids differ for \"%.80s\"\n", name, c, text);
+			print_ids("want", want, nw);
+			print_ids("got ", ids, n);
+			bad++;
+		}
+		n_enc++;
+		free(ids);
+		free(want);
+	}
+
+	for (size_t c = 0; c < json_array_size(dec); c++) {
+		json_t *cs = json_array_get(dec, c), *jids = json_object_get(cs, "ids");
+		json_t *jwant = json_object_get(cs, "decoded");
+		if (!json_is_string(jwant) || !json_is_array(jids))
+			fail_msg("%s decode case %zu: malformed entry", name, c);
+		const char *want_dec = json_string_value(jwant);
+		size_t want_len = json_string_length(jwant), nw = json_array_size(jids);
+		int32_t *ids = malloc((nw + 1) * sizeof *ids);
+		assert_non_null(ids);
+		for (size_t i = 0; i < nw; i++) {
+			json_t *v = json_array_get(jids, i);
+			json_int_t id = json_integer_value(v);
+			if (!json_is_integer(v) || id < 0 || id >= tok_vocab_size(t) ||
+			    !tok_piece(t, (int32_t)id))
+				fail_msg("%s decode case %zu: id %zu (%lld) is not a token here, so HF's"
+					 " decode cannot be compared", name, c, i, (long long)id);
+			ids[i] = (int32_t)id;
+		}
+		char *got = NULL;
+		size_t glen = 0;
+		int rc = tok_decode(t, ids, nw, &got, &glen);
+		if (rc != 0)
+			fail_msg("%s decode case %zu: tok_decode failed (%d)", name, c, rc);
+		if (glen != want_len || memcmp(got, want_dec, glen) != 0) {
+			printf("# %s decode case %zu: got \"%.80s\" want \"%.80s\"\n", name, c, got,
+			       want_dec);
+			print_ids("ids", ids, nw);
+			bad++;
+		}
+		n_dec++;
+		size_t slen = 0;
+		char *sdec = stream_decode(t, ids, nw, &slen);
+		if (slen != want_len || memcmp(sdec, want_dec, slen) != 0) {
+			printf("# %s decode case %zu: stream got \"%.80s\" want \"%.80s\"\n", name, c,
+			       sdec, want_dec);
+			print_ids("ids", ids, nw);
+			bad++;
+		}
+		n_stream++;
+		free(sdec);
+		free(got);
+		free(ids);
+	}
+	printf("# %s fuzz: compared %zu encode cases (%zu reference tokens), %zu decode cases,"
+	       " %zu stream decodes; %zu mismatches\n", name, n_enc, n_tokens, n_dec, n_stream, bad);
+	assert_int_equal(n_enc, json_array_size(enc));
+	assert_int_equal(n_dec, json_array_size(dec));
+	assert_int_equal(bad, 0);
+	tok_free(t);
+	json_decref(ref);
+}
+
+static void test_fuzz_qwen3(void **state) { (void)state; check_fuzz("qwen3"); }
+static void test_fuzz_llama3(void **state) { (void)state; check_fuzz("llama3"); }
+static void test_fuzz_deepseek(void **state) { (void)state; check_fuzz("deepseek_v3"); }
+
 static void test_ref_qwen3(void **state) { (void)state; check_reference("qwen3"); }
 static void test_ref_llama3(void **state) { (void)state; check_reference("llama3"); }
 static void test_ref_deepseek(void **state) { (void)state; check_reference("deepseek_v3"); }
@@ -744,6 +855,9 @@ main(void)
 		cmocka_unit_test(test_ref_qwen3),
 		cmocka_unit_test(test_ref_llama3),
 		cmocka_unit_test(test_ref_deepseek),
+		cmocka_unit_test(test_fuzz_qwen3),
+		cmocka_unit_test(test_fuzz_llama3),
+		cmocka_unit_test(test_fuzz_deepseek),
 		cmocka_unit_test(test_vocab_and_config),
 		cmocka_unit_test(test_load_errors),
 		cmocka_unit_test(test_split_behaviors),
