@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "config.h"
+#include "build_config.h"
 #include "cli.h"
 
 static const struct {

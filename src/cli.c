@@ -7,7 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "config.h"
+#include "build_config.h"
 #include "cli.h"
 
 void
@@ -47,13 +47,16 @@ cli_parse(const char *cmd, const char *synopsis, const struct cli_opt *opts,
 			}
 			break;
 		}
-		if (strncmp(a, "--", 2) != 0 || a[2] == 0) {
+		/* "-x" is "--x" for one-letter options (e.g. -n 16) */
+		int short_opt = a[0] == '-' && a[1] && a[1] != '-' && !a[2] &&
+				!(a[1] >= '0' && a[1] <= '9');
+		if (!short_opt && (strncmp(a, "--", 2) != 0 || a[2] == 0)) {
 			if (out->n_pos >= (int)(sizeof out->pos / sizeof out->pos[0]))
 				goto too_many;
 			out->pos[out->n_pos++] = a;
 			continue;
 		}
-		const char *name = a + 2;
+		const char *name = a + (short_opt ? 1 : 2);
 		const char *eq = strchr(name, '=');
 		size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
 		int k = -1;
