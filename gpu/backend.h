@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 struct model;
+struct pool;
 
 /* One forward pass.  Row r is token tokens[r] at position pos[r] of sequence
  * row_seq[r].  Rows of one sequence are consecutive and in position order;
@@ -48,8 +49,12 @@ size_t backend_kv_block_bytes(const struct model *m, int block_tokens);
 
 /* The CPU reference backend (gpu/cpu/forward.c).  It borrows m (which must
  * outlive it), allocates n_blocks KV blocks of block_tokens positions in
- * host memory, and runs n_threads workers (0 = all cores). */
+ * host memory, and runs its parallel loops on pool (borrowed: it must
+ * outlive the backend, and only the backend's caller's thread may run it;
+ * n_threads is then ignored) or, when pool is NULL, on a pool of its own
+ * with n_threads workers (0 = all cores). */
 int cpu_backend_create(const struct model *m, int n_blocks, int block_tokens,
-		       int n_threads, struct backend *out, char *err, size_t errlen);
+		       int n_threads, struct pool *pool, struct backend *out,
+		       char *err, size_t errlen);
 
 #endif

@@ -37,7 +37,8 @@ struct eng {
 	enum chat_format chat;
 	struct backend be;
 	kv_pool *kv;
-	pool *pool;                 /* sampling across sequences               */
+	pool *pool;                 /* shared with the backend: the forward's
+				       loops, then sampling across sequences  */
 	int n_slots;                /* = pool threads                          */
 	float *samp_scratch;        /* (n_slots, 2 * vocab)                    */
 	struct eng_seq **seqs;      /* [max_seqs], NULL = free id              */
@@ -138,7 +139,10 @@ eng_create(const struct eng_params *p, char *err, size_t errlen)
 	}
 	if (nb > INT_MAX / 2)
 		nb = INT_MAX / 2;
-	if (cpu_backend_create(e->m, (int)nb, e->p.block_tokens, e->p.n_threads, &e->be, err, errlen))
+	e->pool = pool_create(e->p.n_threads);
+	if (!e->pool)
+		goto nomem;
+	if (cpu_backend_create(e->m, (int)nb, e->p.block_tokens, e->p.n_threads, e->pool, &e->be, err, errlen))
 		goto fail;
 	struct kv_params kp = {
 		.n_blocks = (int)nb,
@@ -150,9 +154,6 @@ eng_create(const struct eng_params *p, char *err, size_t errlen)
 	e->kv = kv_create(&kp, err, errlen);
 	if (!e->kv)
 		goto fail;
-	e->pool = pool_create(e->p.n_threads);
-	if (!e->pool)
-		goto nomem;
 	e->n_slots = pool_threads(e->pool);
 	e->samp_scratch = malloc((size_t)e->n_slots * 2 * (size_t)e->m->cfg.vocab_size * sizeof(float));
 	e->seqs = calloc((size_t)e->p.max_seqs, sizeof *e->seqs);
@@ -187,10 +188,10 @@ eng_destroy(eng *e)
 	free(e->seqs);
 	free(e->samp_scratch);
 	free(e->logit_buf);
-	pool_destroy(e->pool);
 	kv_destroy(e->kv);
 	if (e->be.ops)
 		e->be.ops->destroy(e->be.self);
+	pool_destroy(e->pool);          /* after the backend, which borrows it */
 	tok_free(e->t);
 	model_free(e->m);
 	free(e);
@@ -258,6 +259,16 @@ push_pending(struct eng_seq *s, const int32_t *ids, int n)
 	return 0;
 }
 
+/* ENG_ERR_RANGE if a sequence of len positions (cached + pending) cannot
+ * grow by add more: past max_position_embeddings when the config gives it
+ * (RoPE and the model were not made for longer), or past INT_MAX. */
+static int
+check_room(const eng *e, int64_t len, int64_t add)
+{
+	const int64_t max = e->m->cfg.max_position > 0 ? e->m->cfg.max_position : INT_MAX;
+	return len + add > max ? ENG_ERR_RANGE : 0;
+}
+
 static int
 free_id(const eng *e, int after)
 {
@@ -277,7 +288,7 @@ eng_seq_new(eng *e, const int32_t *ids, int n, const struct samp_params *sp)
 		return ENG_ERR_INVALID;
 	if (!sp)
 		sp = &dp;
-	if ((rc = check_ids(e, ids, n)) || (rc = check_samp(sp)))
+	if ((rc = check_ids(e, ids, n)) || (rc = check_samp(sp)) || (rc = check_room(e, 0, n)))
 		return rc;
 	int id = free_id(e, -1);
 	if (id < 0)
@@ -307,7 +318,9 @@ eng_seq_append(eng *e, int seq, const int32_t *ids, int n)
 	int rc;
 	if (!s)
 		return e ? ENG_ERR_NOT_FOUND : ENG_ERR_INVALID;
-	if ((rc = check_ids(e, ids, n)) || (rc = push_pending(s, ids, n)))
+	if ((rc = check_ids(e, ids, n)) ||
+	    (rc = check_room(e, kv_seq_len(e->kv, s->kv_id) + (int64_t)s->n_pending, n)) ||
+	    (rc = push_pending(s, ids, n)))
 		return rc;
 	s->has_logits = 0;
 	return 0;
@@ -590,6 +603,9 @@ eng_step(eng *e, struct eng_token *out, int cap, int *n_out)
 	for (int i = 0; i < e->p.max_seqs; i++) {
 		if (!e->seqs[i])
 			continue;
+		/* the sampled token will grow every live sequence by one */
+		if ((rc = check_room(e, kv_seq_len(e->kv, e->seqs[i]->kv_id) + (int64_t)e->seqs[i]->n_pending, 1)))
+			goto out;
 		ids[n_live] = i;
 		live[n_live++] = e->seqs[i];
 		if (e->seqs[i]->n_pending > 0)

@@ -58,7 +58,9 @@ size_t eng_weight_bytes(const eng *e);            /* bytes read per step */
 int eng_threads(const eng *e);
 
 /* A new sequence with ids[n] pending (n >= 1) and sampling params sp
- * (NULL = samp_default_params()).  Returns its id (>= 0) or an error. */
+ * (NULL = samp_default_params()).  Returns its id (>= 0) or an error.
+ * Here, in eng_seq_append and in eng_step, a sequence that would grow past
+ * the model's max_position_embeddings is ENG_ERR_RANGE (nothing changed). */
 int eng_seq_new(eng *e, const int32_t *ids, int n, const struct samp_params *sp);
 
 /* Queue more tokens (injected text) after the sequence's current end.  Any

@@ -13,7 +13,8 @@
 
 struct cpu_backend {
 	const struct model *m;        /* borrowed                                */
-	pool *pool;
+	pool *pool;                   /* own_pool ? owned : borrowed             */
+	int own_pool;
 	ops_mm *mm;
 	int n_blocks;
 	int block_tokens;
@@ -218,14 +219,12 @@ attn_tasks(void *ctx, int t0, int t1)
 			if (s > mx) {
 				float corr = expf(mx - s);
 				sum *= corr;
-				for (int i = 0; i < hd; i++)
-					acc[i] *= corr;
+				ops_scale(acc, corr, hd);
 				mx = s;
 			}
 			float w = expf(s - mx);
 			sum += w;
-			for (int i = 0; i < hd; i++)
-				acc[i] += w * vp[i];
+			ops_axpy(acc, w, vp, hd);
 		}
 		float *o = cb->att + (size_t)r * nh * hd + (size_t)h * hd;
 		float inv = 1.0f / sum;
@@ -330,7 +329,8 @@ cpu_destroy(void *self)
 	if (!cb)
 		return;
 	ops_mm_destroy(cb->mm);
-	pool_destroy(cb->pool);
+	if (cb->own_pool)
+		pool_destroy(cb->pool);
 	free(cb->kv);
 	free(cb->inv_freq);
 	free(cb->x);
@@ -355,7 +355,7 @@ static const struct backend_ops cpu_ops = {
 
 int
 cpu_backend_create(const struct model *m, int n_blocks, int block_tokens, int n_threads,
-		   struct backend *out, char *err, size_t errlen)
+		   pool *shared, struct backend *out, char *err, size_t errlen)
 {
 	const struct model_config *c = &m->cfg;
 	struct cpu_backend *cb = NULL;
@@ -385,7 +385,12 @@ cpu_backend_create(const struct model *m, int n_blocks, int block_tokens, int n_
 		goto nomem;
 	cb->kv = calloc((size_t)n_blocks * cb->block_floats, sizeof(float));
 	cb->inv_freq = malloc((size_t)(c->head_dim / 2 + 1) * sizeof(float));
-	cb->pool = pool_create(n_threads);
+	if (shared) {
+		cb->pool = shared;
+	} else {
+		cb->pool = pool_create(n_threads);
+		cb->own_pool = 1;
+	}
 	if (!cb->kv || !cb->inv_freq || !cb->pool)
 		goto nomem;
 	int64_t max_cols = c->hidden_size;

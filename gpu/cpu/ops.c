@@ -13,82 +13,105 @@
 
 #include "ops.h"
 
-/* Weight rows converted to f32 together when a batch has several rows. */
-#define MM_TILE_ROWS 4
+/* The canonical dot product, shared by every kernel: two 8-lane
+ * accumulators, the groups of 8 elements going alternately to the first and
+ * the second (group g to accumulator g % 2, in order); then the two added
+ * lane by lane, the 8 lanes added in a fixed tree,
+ * ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)), and the tail elements one by one.
+ * The AVX2 kernels fuse each multiply and add (FMA); the portable ones round
+ * both (plain x86-64 has no FMA), so the two agree to rounding, not bit for
+ * bit.  Within one of them every caller (ops_dot, any tile of ops_matmul,
+ * any batch size) gets the same bits, because each output element is always
+ * this one sequence.  Two accumulators, not one, so that a single weight row
+ * read alone (batch of one) still keeps two FMA chains in flight. */
 
-typedef float (*dot_fn)(const float *x, const void *w, int64_t n);
-typedef void (*conv_fn)(float *dst, const void *src, int64_t n);
+/* Matmul work: a panel is MM_R weight rows; a work item is MM_ITEM_PANELS
+ * panels (each thread takes a contiguous range of items); inside an item the batch is
+ * walked in chunks of MM_BCHUNK rows so that the chunk of x stays in L2
+ * while every panel of the item uses it, and each tile is MM_R weight rows
+ * by MM_B batch rows with 2 * MM_R * MM_B register accumulators.  Batches
+ * of MM_SEQ_MAX rows or fewer read one weight row at a time instead: the
+ * weight stream is then the bottleneck, and one sequential stream per
+ * thread is what the hardware prefetcher follows best. */
+#define MM_R 2
+#define MM_B 3
+#define MM_ITEM_PANELS 8
+#define MM_BCHUNK 24
+#define MM_SEQ_MAX 2
 
-/* ---- portable kernels ------------------------------------------------------
- * Eight independent partial sums over consecutive groups of 8, combined in a
- * fixed tree, then the tail in order.  Plain x86-64 has no FMA, so nothing is
- * contracted here. */
-
-#define DOT_SCALAR(NAME, LOAD)                                                \
-	static float NAME(const float *x, const void *wv, int64_t n)          \
-	{                                                                     \
-		float a[8] = { 0 };                                           \
-		int64_t i = 0;                                                \
-		for (; i + 8 <= n; i += 8)                                    \
-			for (int j = 0; j < 8; j++)                           \
-				a[j] += x[i + j] * LOAD(wv, i + j);           \
-		float s = ((a[0] + a[1]) + (a[2] + a[3])) +                   \
-			  ((a[4] + a[5]) + (a[6] + a[7]));                    \
-		for (; i < n; i++)                                            \
-			s += x[i] * LOAD(wv, i);                              \
-		return s;                                                     \
-	}
+/* ---- portable kernels ------------------------------------------------------ */
 
 #define LOAD_F32(w, i) (((const float *)(w))[i])
 #define LOAD_F16(w, i) st_f16_to_f32(((const uint16_t *)(w))[i])
 #define LOAD_BF16(w, i) st_bf16_to_f32(((const uint16_t *)(w))[i])
 
+#define DOT_SCALAR(NAME, LOAD)                                                \
+	static float NAME(const float *x, const void *wv, int64_t n)          \
+	{                                                                     \
+		float a[16] = { 0 };                                          \
+		int64_t i = 0;                                                \
+		for (; i + 16 <= n; i += 16)                                  \
+			for (int j = 0; j < 16; j++)                          \
+				a[j] += x[i + j] * LOAD(wv, i + j);           \
+		if (i + 8 <= n) {                                             \
+			for (int j = 0; j < 8; j++)                           \
+				a[j] += x[i + j] * LOAD(wv, i + j);           \
+			i += 8;                                               \
+		}                                                             \
+		for (int j = 0; j < 8; j++)                                   \
+			a[j] += a[j + 8];                                     \
+		float s = ((a[0] + a[4]) + (a[2] + a[6])) +                   \
+			  ((a[1] + a[5]) + (a[3] + a[7]));                    \
+		for (; i < n; i++)                                            \
+			s += x[i] * LOAD(wv, i);                              \
+		return s;                                                     \
+	}
+
 DOT_SCALAR(dot_f32_c, LOAD_F32)
 DOT_SCALAR(dot_f16_c, LOAD_F16)
 DOT_SCALAR(dot_bf16_c, LOAD_BF16)
 
-static void
-conv_f16_c(float *dst, const void *src, int64_t n)
+typedef float (*dot_fn)(const float *x, const void *w, int64_t n);
+
+static dot_fn
+pick_dot_c(enum st_dtype dt)
 {
-	for (int64_t i = 0; i < n; i++)
-		dst[i] = LOAD_F16(src, i);
+	switch (dt) {
+	case ST_F32: return dot_f32_c;
+	case ST_F16: return dot_f16_c;
+	case ST_BF16: return dot_bf16_c;
+	}
+	return dot_f32_c;
 }
 
-static void
-conv_bf16_c(float *dst, const void *src, int64_t n)
-{
-	for (int64_t i = 0; i < n; i++)
-		dst[i] = LOAD_BF16(src, i);
-}
-
-/* ---- AVX2 + FMA + F16C kernels ---------------------------------------------
- * Four 8-lane accumulators over blocks of 32, the remaining groups of 8 into
- * the first, a fixed horizontal sum, then the tail with scalar FMA.  Every
- * dtype runs the same float operations on the same values, so a weight row
- * converted to f32 first gives the same bits as converting on the fly. */
+/* ---- AVX2 + FMA + F16C kernels --------------------------------------------- */
 #ifdef OPS_X86
 #define AVX_TARGET __attribute__((target("avx2,fma,f16c")))
+#define AVX_INLINE AVX_TARGET static inline __attribute__((always_inline))
 
-AVX_TARGET static inline __m256
-ld8_f32(const void *w, int64_t i)
+/* Eight weights at w[i..i+8) as floats; dt is a constant after inlining. */
+AVX_INLINE __m256
+ld8(const void *w, int64_t i, enum st_dtype dt)
 {
-	return _mm256_loadu_ps((const float *)w + i);
-}
-
-AVX_TARGET static inline __m256
-ld8_f16(const void *w, int64_t i)
-{
-	return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)));
-}
-
-AVX_TARGET static inline __m256
-ld8_bf16(const void *w, int64_t i)
-{
+	if (dt == ST_F32)
+		return _mm256_loadu_ps((const float *)w + i);
 	__m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)w + i));
+	if (dt == ST_F16)
+		return _mm256_cvtph_ps(h);
 	return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 
-AVX_TARGET static inline float
+AVX_INLINE float
+ld1(const void *w, int64_t i, enum st_dtype dt)
+{
+	if (dt == ST_F32)
+		return LOAD_F32(w, i);
+	if (dt == ST_F16)
+		return LOAD_F16(w, i);
+	return LOAD_BF16(w, i);
+}
+
+AVX_INLINE float
 hsum8(__m256 v)
 {
 	__m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -97,104 +120,128 @@ hsum8(__m256 v)
 	return _mm_cvtss_f32(lo);
 }
 
-#define DOT_AVX(NAME, LD8, LOAD)                                               \
-	AVX_TARGET static float NAME(const float *x, const void *w, int64_t n) \
-	{                                                                      \
-		__m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;    \
-		int64_t i = 0;                                                 \
-		for (; i + 32 <= n; i += 32) {                                 \
-			a0 = _mm256_fmadd_ps(LD8(w, i), _mm256_loadu_ps(x + i), a0);            \
-			a1 = _mm256_fmadd_ps(LD8(w, i + 8), _mm256_loadu_ps(x + i + 8), a1);    \
-			a2 = _mm256_fmadd_ps(LD8(w, i + 16), _mm256_loadu_ps(x + i + 16), a2);  \
-			a3 = _mm256_fmadd_ps(LD8(w, i + 24), _mm256_loadu_ps(x + i + 24), a3);  \
-		}                                                              \
-		for (; i + 8 <= n; i += 8)                                     \
-			a0 = _mm256_fmadd_ps(LD8(w, i), _mm256_loadu_ps(x + i), a0);            \
-		__m128 s = _mm_set_ss(hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), \
-							  _mm256_add_ps(a2, a3)))); \
-		for (; i < n; i++)                                             \
-			s = _mm_fmadd_ss(_mm_set_ss(LOAD(w, i)), _mm_set_ss(x[i]), s); \
-		return _mm_cvtss_f32(s);                                       \
-	}
-
-DOT_AVX(dot_f32_avx, ld8_f32, LOAD_F32)
-DOT_AVX(dot_f16_avx, ld8_f16, LOAD_F16)
-DOT_AVX(dot_bf16_avx, ld8_bf16, LOAD_BF16)
-
-/* out[b * out_stride + t] = dot_f32_avx(x + b * cols, w[t], cols) for b < nb,
- * t < nr, bit for bit, but with the columns walked in chunks that keep
- * the x and w pieces in L1: each (b, t) pair's four accumulators are
- * parked in acc between chunks, so every pair still sees the blocks of 32
- * in order, then the same groups of 8, the same sums and the same tail. */
-#define MMB_ROWS 8          /* batch rows per block                     */
-#define MMB_CHUNK 256       /* columns per chunk (a multiple of 32)      */
-
-AVX_TARGET static void
-mm_block_avx(const float *x, int nb, const float *const *w, int nr, int64_t cols,
-	     float *out, int64_t out_stride)
+/* The R x B tile out[b * ostride + t] = dot(x + b * cols, w row t), each
+ * element the canonical sequence.  Weight row t starts at w + t * wrow
+ * bytes.  R, B and dt are constants after inlining, so acc lives in
+ * registers: each weight vector is converted once for B batch rows and
+ * each x vector is loaded once for R weight rows.  pf (may be NULL) is
+ * the next panel: its rows are prefetched as this one is read, because R
+ * interleaved short row streams defeat the hardware prefetcher. */
+AVX_INLINE void
+tile_avx(const float *x, int64_t cols, const char *w, size_t wrow, enum st_dtype dt,
+	 const int R, const int B, const char *pf, float *out, int64_t ostride)
 {
-	__m256 acc[MMB_ROWS][MM_TILE_ROWS][4];
-	const int64_t n32 = cols / 32 * 32;
-	for (int b0 = 0; b0 < nb; b0 += MMB_ROWS) {
-		const int bn = nb - b0 < MMB_ROWS ? nb - b0 : MMB_ROWS;
-		for (int b = 0; b < bn; b++)
-			for (int t = 0; t < nr; t++)
-				for (int a = 0; a < 4; a++)
-					acc[b][t][a] = _mm256_setzero_ps();
-		for (int64_t c0 = 0; c0 < n32; c0 += MMB_CHUNK) {
-			const int64_t c1 = c0 + MMB_CHUNK < n32 ? c0 + MMB_CHUNK : n32;
-			for (int b = 0; b < bn; b++) {
-				const float *xb = x + (size_t)(b0 + b) * (size_t)cols;
-				for (int t = 0; t < nr; t++) {
-					const float *wt = w[t];
-					__m256 a0 = acc[b][t][0], a1 = acc[b][t][1];
-					__m256 a2 = acc[b][t][2], a3 = acc[b][t][3];
-					for (int64_t i = c0; i < c1; i += 32) {
-						a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wt + i), _mm256_loadu_ps(xb + i), a0);
-						a1 = _mm256_fmadd_ps(_mm256_loadu_ps(wt + i + 8), _mm256_loadu_ps(xb + i + 8), a1);
-						a2 = _mm256_fmadd_ps(_mm256_loadu_ps(wt + i + 16), _mm256_loadu_ps(xb + i + 16), a2);
-						a3 = _mm256_fmadd_ps(_mm256_loadu_ps(wt + i + 24), _mm256_loadu_ps(xb + i + 24), a3);
-					}
-					acc[b][t][0] = a0, acc[b][t][1] = a1, acc[b][t][2] = a2, acc[b][t][3] = a3;
-				}
+	const size_t esz = dt == ST_F32 ? 4 : 2;
+	__m256 acc[MM_R][MM_B][2];
+#pragma GCC unroll 4
+	for (int t = 0; t < R; t++)
+#pragma GCC unroll 4
+		for (int b = 0; b < B; b++)
+			acc[t][b][0] = acc[t][b][1] = _mm256_setzero_ps();
+	int64_t i = 0;
+	/* Blocks of 32 (one prefetch per row and 64 bytes), then of 16, then
+	 * a last group of 8: the groups still alternate between the two
+	 * accumulators in order. */
+	for (; i + 32 <= cols; i += 32) {
+		if (pf) {
+#pragma GCC unroll 4
+			for (int t = 0; t < R; t++) {
+				const char *a = pf + (size_t)t * wrow + (size_t)i * esz;
+				_mm_prefetch(a, _MM_HINT_T0);
+				if (esz == 4)
+					_mm_prefetch(a + 64, _MM_HINT_T0);
 			}
 		}
-		for (int b = 0; b < bn; b++) {
-			const float *xb = x + (size_t)(b0 + b) * (size_t)cols;
-			for (int t = 0; t < nr; t++) {
-				const float *wt = w[t];
-				__m256 a0 = acc[b][t][0];
-				int64_t i = n32;
-				for (; i + 8 <= cols; i += 8)
-					a0 = _mm256_fmadd_ps(_mm256_loadu_ps(wt + i), _mm256_loadu_ps(xb + i), a0);
-				__m128 s = _mm_set_ss(hsum8(_mm256_add_ps(_mm256_add_ps(a0, acc[b][t][1]),
-									  _mm256_add_ps(acc[b][t][2], acc[b][t][3]))));
-				for (; i < cols; i++)
-					s = _mm_fmadd_ss(_mm_set_ss(wt[i]), _mm_set_ss(xb[i]), s);
-				out[(size_t)(b0 + b) * (size_t)out_stride + t] = _mm_cvtss_f32(s);
+#pragma GCC unroll 4
+		for (int k = 0; k < 4; k++) {
+#pragma GCC unroll 4
+			for (int t = 0; t < R; t++) {
+				__m256 wv = ld8(w + (size_t)t * wrow, i + 8 * k, dt);
+#pragma GCC unroll 4
+				for (int b = 0; b < B; b++)
+					acc[t][b][k & 1] = _mm256_fmadd_ps(
+						wv, _mm256_loadu_ps(x + (size_t)b * (size_t)cols + i + 8 * k),
+						acc[t][b][k & 1]);
 			}
+		}
+	}
+	for (int k = 0; i + 8 <= cols; i += 8, k ^= 1) {
+#pragma GCC unroll 4
+		for (int t = 0; t < R; t++) {
+			__m256 wv = ld8(w + (size_t)t * wrow, i, dt);
+#pragma GCC unroll 4
+			for (int b = 0; b < B; b++)
+				acc[t][b][k] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (size_t)b * (size_t)cols + i),
+							       acc[t][b][k]);
+		}
+	}
+#pragma GCC unroll 4
+	for (int t = 0; t < R; t++) {
+#pragma GCC unroll 4
+		for (int b = 0; b < B; b++) {
+			const float *xb = x + (size_t)b * (size_t)cols;
+			__m128 s = _mm_set_ss(hsum8(_mm256_add_ps(acc[t][b][0], acc[t][b][1])));
+			for (int64_t k = i; k < cols; k++)
+				s = _mm_fmadd_ss(_mm_set_ss(ld1(w + (size_t)t * wrow, k, dt)), _mm_set_ss(xb[k]), s);
+			out[(size_t)b * (size_t)ostride + t] = _mm_cvtss_f32(s);
 		}
 	}
 }
 
-AVX_TARGET static void
-conv_f16_avx(float *dst, const void *src, int64_t n)
+/* One function per (dtype, R) with B dispatched inside: every tile shape a
+ * matmul needs.  R is MM_R, or 1 for the rows past the last full panel and
+ * for batches of at most MM_SEQ_MAX rows. */
+#define TILE_FN(NAME, DT, R)                                                  \
+	AVX_TARGET static void NAME(const float *x, int B, int64_t cols, const char *w, \
+				    size_t wrow, const char *pf, float *out, int64_t ostride) \
+	{                                                                     \
+		switch (B) {                                                  \
+		case 1: tile_avx(x, cols, w, wrow, DT, R, 1, pf, out, ostride); break; \
+		case 2: tile_avx(x, cols, w, wrow, DT, R, 2, pf, out, ostride); break; \
+		default: tile_avx(x, cols, w, wrow, DT, R, 3, pf, out, ostride); break; \
+		}                                                             \
+	}
+
+TILE_FN(tile_f32_rn, ST_F32, MM_R)
+TILE_FN(tile_f16_rn, ST_F16, MM_R)
+TILE_FN(tile_bf16_rn, ST_BF16, MM_R)
+TILE_FN(tile_f32_r1, ST_F32, 1)
+TILE_FN(tile_f16_r1, ST_F16, 1)
+TILE_FN(tile_bf16_r1, ST_BF16, 1)
+
+AVX_TARGET static float
+dot_avx(const float *x, const void *w, enum st_dtype dt, int64_t n)
 {
+	float r;
+	switch (dt) {
+	case ST_F16: tile_avx(x, n, w, 0, ST_F16, 1, 1, NULL, &r, 1); break;
+	case ST_BF16: tile_avx(x, n, w, 0, ST_BF16, 1, 1, NULL, &r, 1); break;
+	default: tile_avx(x, n, w, 0, ST_F32, 1, 1, NULL, &r, 1); break;
+	}
+	return r;
+}
+
+/* y[n] += a * v, fused; the tail with scalar FMA too. */
+AVX_TARGET static void
+axpy_avx(float *y, float a, const float *v, int64_t n)
+{
+	const __m256 av = _mm256_set1_ps(a);
 	int64_t i = 0;
 	for (; i + 8 <= n; i += 8)
-		_mm256_storeu_ps(dst + i, ld8_f16(src, i));
+		_mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(v + i), _mm256_loadu_ps(y + i)));
 	for (; i < n; i++)
-		dst[i] = LOAD_F16(src, i);
+		y[i] = _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(v[i]), _mm_set_ss(y[i])));
 }
 
 AVX_TARGET static void
-conv_bf16_avx(float *dst, const void *src, int64_t n)
+scale_avx(float *y, float a, int64_t n)
 {
+	const __m256 av = _mm256_set1_ps(a);
 	int64_t i = 0;
 	for (; i + 8 <= n; i += 8)
-		_mm256_storeu_ps(dst + i, ld8_bf16(src, i));
+		_mm256_storeu_ps(y + i, _mm256_mul_ps(av, _mm256_loadu_ps(y + i)));
 	for (; i < n; i++)
-		dst[i] = LOAD_BF16(src, i);
+		y[i] *= a;
 }
 
 static int
@@ -229,49 +276,47 @@ ops_set_simd(int on)
 	simd_on = on && cpu_has_avx();
 }
 
-static dot_fn
-pick_dot(enum st_dtype dt)
-{
-#ifdef OPS_X86
-	if (ops_simd()) {
-		switch (dt) {
-		case ST_F32: return dot_f32_avx;
-		case ST_F16: return dot_f16_avx;
-		case ST_BF16: return dot_bf16_avx;
-		}
-	}
-#endif
-	switch (dt) {
-	case ST_F32: return dot_f32_c;
-	case ST_F16: return dot_f16_c;
-	case ST_BF16: return dot_bf16_c;
-	}
-	return dot_f32_c;
-}
-
-static conv_fn
-pick_conv(enum st_dtype dt)
-{
-#ifdef OPS_X86
-	if (ops_simd())
-		return dt == ST_F16 ? conv_f16_avx : conv_bf16_avx;
-#endif
-	return dt == ST_F16 ? conv_f16_c : conv_bf16_c;
-}
-
 float
 ops_dot(const float *x, const void *w, enum st_dtype dt, int64_t n)
 {
-	return pick_dot(dt)(x, w, n);
+#ifdef OPS_X86
+	if (ops_simd())
+		return dot_avx(x, w, dt, n);
+#endif
+	return pick_dot_c(dt)(x, w, n);
+}
+
+void
+ops_axpy(float *y, float a, const float *v, int64_t n)
+{
+#ifdef OPS_X86
+	if (ops_simd()) {
+		axpy_avx(y, a, v, n);
+		return;
+	}
+#endif
+	for (int64_t i = 0; i < n; i++)
+		y[i] += a * v[i];
+}
+
+void
+ops_scale(float *y, float a, int64_t n)
+{
+#ifdef OPS_X86
+	if (ops_simd()) {
+		scale_avx(y, a, n);
+		return;
+	}
+#endif
+	for (int64_t i = 0; i < n; i++)
+		y[i] *= a;
 }
 
 /* ---- matmul ----------------------------------------------------------------- */
 
 struct ops_mm {
 	pool *p;
-	int n_slots;          /* one per pool thread                        */
 	int64_t max_cols;
-	float *tile;          /* (n_slots, MM_TILE_ROWS, max_cols)          */
 };
 
 ops_mm *
@@ -281,13 +326,7 @@ ops_mm_create(pool *p, int64_t max_cols)
 	if (!mm)
 		return NULL;
 	mm->p = p;
-	mm->n_slots = pool_threads(p);
 	mm->max_cols = max_cols;
-	mm->tile = malloc((size_t)mm->n_slots * MM_TILE_ROWS * (size_t)max_cols * sizeof(float));
-	if (!mm->tile) {
-		free(mm);
-		return NULL;
-	}
 	(void)ops_simd();
 	return mm;
 }
@@ -295,78 +334,94 @@ ops_mm_create(pool *p, int64_t max_cols)
 void
 ops_mm_destroy(ops_mm *mm)
 {
-	if (!mm)
-		return;
-	free(mm->tile);
 	free(mm);
 }
 
+/* A tile kernel: out[b * ostride + t] for t < R (fixed per kernel), b < B. */
+typedef void (*tile_fn)(const float *x, int B, int64_t cols, const char *w, size_t wrow,
+			const char *pf, float *out, int64_t ostride);
+
 struct mm_job {
-	ops_mm *mm;
 	float *out;             /* (n, rows) */
 	const float *x;         /* (n, cols) */
 	int n;
 	const struct weight *w;
-	dot_fn dot;             /* on the file dtype */
-	dot_fn dot32;           /* on f32            */
-	conv_fn conv;
+	int64_t n_items;
+	tile_fn tile_rn, tile_r1;   /* NULL: portable                     */
+	dot_fn dot;                 /* portable, on the file dtype        */
 };
 
-/* Slot s computes output columns [rows*s/S, rows*(s+1)/S), tile by tile:
- * the tile's weight rows stay in cache while every batch row uses them. */
+/* Weight rows [r0, r1) against batch rows [b0, b1). */
 static void
-mm_slots(void *ctx, int s0, int s1)
+mm_block(const struct mm_job *j, int64_t r0, int64_t r1, int b0, int b1)
+{
+	const int64_t rows = j->w->rows, cols = j->w->cols;
+	const size_t wrow = (size_t)cols * st_dtype_size(j->w->dtype);
+	const char *wbase = j->w->data;
+	if (!j->tile_rn) {
+		for (int64_t r = r0; r < r1; r++)
+			for (int b = b0; b < b1; b++)
+				j->out[(size_t)b * (size_t)rows + (size_t)r] =
+					j->dot(j->x + (size_t)b * (size_t)cols, wbase + (size_t)r * wrow, cols);
+		return;
+	}
+	for (int64_t r = r0; r < r1;) {
+		const int R = r1 - r >= MM_R && j->n > MM_SEQ_MAX ? MM_R : 1;
+		const tile_fn fn = R == MM_R ? j->tile_rn : j->tile_r1;
+		/* prefetch the next rows (within the matrix) on the first tile */
+		const char *pf = r + 2 * R <= rows && R > 1 ? wbase + (size_t)(r + R) * wrow : NULL;
+		for (int b = b0; b < b1; b += MM_B) {
+			fn(j->x + (size_t)b * (size_t)cols, b1 - b < MM_B ? b1 - b : MM_B, cols,
+			   wbase + (size_t)r * wrow, wrow, pf, j->out + (size_t)b * (size_t)rows + (size_t)r, rows);
+			pf = NULL;
+		}
+		r += R;
+	}
+}
+
+static void
+mm_item(const struct mm_job *j, int64_t it)
+{
+	const int64_t rows = j->w->rows, item_rows = (int64_t)MM_R * MM_ITEM_PANELS;
+	int64_t r0 = it * item_rows, r1 = r0 + item_rows < rows ? r0 + item_rows : rows;
+	for (int b0 = 0; b0 < j->n; b0 += MM_BCHUNK)
+		mm_block(j, r0, r1, b0, j->n - b0 < MM_BCHUNK ? j->n : b0 + MM_BCHUNK);
+}
+
+/* Each thread takes a contiguous range of items.  (Claiming items
+ * dynamically measured slower: the two threads' weight streams then
+ * interleave and the prefetchers lose them.)  Which thread computes an
+ * element never changes its value. */
+static void
+mm_static(void *ctx, int i0, int i1)
 {
 	const struct mm_job *j = ctx;
-	const int64_t rows = j->w->rows, cols = j->w->cols;
-	const size_t esz = st_dtype_size(j->w->dtype);
-	const char *wbase = j->w->data;
-	const int S = j->mm->n_slots;
-
-	for (int s = s0; s < s1; s++) {
-		int64_t r0 = rows * s / S, r1 = rows * (s + 1) / S;
-		float *tile = j->mm->tile + (size_t)s * MM_TILE_ROWS * (size_t)j->mm->max_cols;
-		for (int64_t r = r0; r < r1; r += MM_TILE_ROWS) {
-			int nr = (int)(r1 - r < MM_TILE_ROWS ? r1 - r : MM_TILE_ROWS);
-			const void *wr[MM_TILE_ROWS];
-			dot_fn dot = j->dot;
-			for (int t = 0; t < nr; t++)
-				wr[t] = wbase + (size_t)(r + t) * (size_t)cols * esz;
-			if (j->n > 1 && j->w->dtype != ST_F32) {
-				for (int t = 0; t < nr; t++) {
-					j->conv(tile + (size_t)t * cols, wr[t], cols);
-					wr[t] = tile + (size_t)t * cols;
-				}
-				dot = j->dot32;
-			}
-#ifdef OPS_X86
-			if (j->n > 1 && dot == dot_f32_avx) {
-				mm_block_avx(j->x, j->n, (const float *const *)wr, nr, cols, j->out + r, rows);
-				continue;
-			}
-#endif
-			for (int b = 0; b < j->n; b++) {
-				const float *xb = j->x + (size_t)b * cols;
-				float *ob = j->out + (size_t)b * rows + r;
-				for (int t = 0; t < nr; t++)
-					ob[t] = dot(xb, wr[t], cols);
-			}
-		}
-	}
+	for (int i = i0; i < i1; i++)
+		mm_item(j, i);
 }
 
 void
 ops_matmul(ops_mm *mm, float *out, const float *x, int n, const struct weight *w)
 {
 	assert(w->cols <= mm->max_cols);
+	const int64_t item_rows = (int64_t)MM_R * MM_ITEM_PANELS;
 	struct mm_job j = {
-		.mm = mm, .out = out, .x = x, .n = n, .w = w,
-		.dot = pick_dot(w->dtype), .dot32 = pick_dot(ST_F32),
-		.conv = w->dtype == ST_F32 ? NULL : pick_conv(w->dtype),
+		.out = out, .x = x, .n = n, .w = w,
+		.n_items = (w->rows + item_rows - 1) / item_rows,
+		.dot = pick_dot_c(w->dtype),
 	};
+#ifdef OPS_X86
+	if (ops_simd()) {
+		switch (w->dtype) {
+		case ST_F32: j.tile_rn = tile_f32_rn, j.tile_r1 = tile_f32_r1; break;
+		case ST_F16: j.tile_rn = tile_f16_rn, j.tile_r1 = tile_f16_r1; break;
+		case ST_BF16: j.tile_rn = tile_bf16_rn, j.tile_r1 = tile_bf16_r1; break;
+		}
+	}
+#endif
 	if (n <= 0 || w->rows <= 0)
 		return;
-	pool_run(mm->p, mm_slots, &j, mm->n_slots);
+	pool_run(mm->p, mm_static, &j, (int)j.n_items);
 }
 
 /* ---- element-wise ----------------------------------------------------------- */

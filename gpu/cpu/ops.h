@@ -45,6 +45,12 @@ void ops_add_weight(float *y, const struct weight *b, int64_t n);
 /* y[n] += x[n]. */
 void ops_add(float *y, const float *x, int64_t n);
 
+/* y[n] += a * v[n] (one fused multiply-add per element with SIMD). */
+void ops_axpy(float *y, float a, const float *v, int64_t n);
+
+/* y[n] *= a. */
+void ops_scale(float *y, float a, int64_t n);
+
 /* g[n] = silu(g) * u. */
 void ops_swiglu(float *g, const float *u, int64_t n);
 

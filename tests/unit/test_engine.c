@@ -519,6 +519,99 @@ test_max_seqs(void **state)
 	eng_destroy(e);
 }
 
+/* A scratch copy of qwen3-f32 (no tokenizer) whose config says
+ * max_position_embeddings = max, or lacks the key when max is 0. */
+static char *
+model_with_max_pos(int max)
+{
+	char *dir = tu_tmpdir(), from[4096], to[4096];
+	assert_non_null(dir);
+	snprintf(from, sizeof from, "%s/model.safetensors", tu_data("models/qwen3-f32"));
+	snprintf(to, sizeof to, "%s/model.safetensors", dir);
+	assert_int_equal(tu_copy_file(from, to), 0);
+	snprintf(from, sizeof from, "%s/config.json", tu_data("models/qwen3-f32"));
+	snprintf(to, sizeof to, "%s/config.json", dir);
+	json_t *c = json_load_file(from, 0, NULL);
+	assert_non_null(c);
+	if (max)
+		json_object_set_new(c, "max_position_embeddings", json_integer(max));
+	else
+		json_object_del(c, "max_position_embeddings");
+	assert_int_equal(json_dump_file(c, to, 0), 0);
+	json_decref(c);
+	return dir;
+}
+
+/* No sequence grows past max_position_embeddings: not at creation, not by
+ * appending, not by a step's sampled token; a refused call changes nothing. */
+static void
+test_max_position(void **state)
+{
+	(void)state;
+	char err[ENG_ERRLEN] = "";
+	char *dir = model_with_max_pos(8);
+	struct eng_params p = eng_default_params();
+	p.model_dir = dir;
+	p.n_threads = 2;
+	p.kv_bytes = 1 << 20;
+	eng *e = eng_create(&p, err, sizeof err);
+	if (!e)
+		fail_msg("eng_create: %s", err);
+	assert_int_equal(eng_config(e)->max_position, 8);
+	int32_t ids[300];
+	fill_tokens(ids, 300, 11);
+	struct eng_token out[3];
+	int n = -1, kid;
+
+	assert_int_equal(eng_seq_new(e, ids, 9, NULL), ENG_ERR_RANGE);
+	int a = eng_seq_new(e, ids, 6, NULL), b = eng_seq_new(e, ids, 3, NULL);
+	assert_true(a >= 0 && b >= 0);
+	assert_int_equal(eng_seq_append(e, a, ids, 3), ENG_ERR_RANGE);
+	assert_int_equal(eng_seq_len(e, a), 6);
+	assert_int_equal(eng_seq_append(e, a, ids, 1), 0);
+	assert_int_equal(eng_step(e, out, 3, &n), 0);            /* a: 8, b: 4 */
+	assert_int_equal(n, 2);
+	assert_int_equal(eng_seq_len(e, a), 8);
+	assert_int_equal(eng_seq_len(e, b), 4);
+
+	/* a is full: appending or stepping would make it 9 long */
+	int free0 = eng_kv_blocks_free(e);
+	assert_int_equal(eng_seq_append(e, a, ids, 1), ENG_ERR_RANGE);
+	assert_int_equal(eng_step(e, out, 3, &n), ENG_ERR_RANGE);
+	assert_int_equal(n, 0);
+	assert_int_equal(eng_seq_len(e, a), 8);
+	assert_int_equal(eng_seq_len(e, b), 4);
+	assert_int_equal(eng_kv_blocks_free(e), free0);
+	/* running its last token without growing is fine, and so is a fork */
+	assert_int_equal(eng_seq_prefill(e, a, NULL), 0);
+	assert_non_null(eng_seq_logits(e, a));
+	assert_int_equal(eng_seq_fork(e, a, 1, &kid), 0);
+	assert_int_equal(eng_seq_len(e, kid), 8);
+	assert_int_equal(eng_seq_free(e, a), 0);
+	assert_int_equal(eng_seq_free(e, kid), 0);
+	assert_int_equal(eng_step(e, out, 3, &n), 0);            /* b goes on */
+	assert_int_equal(n, 1);
+	assert_int_equal(eng_seq_len(e, b), 5);
+	eng_destroy(e);
+	tu_rmtree(dir);
+	free(dir);
+
+	/* without the key there is no such limit (the tests' config says 256) */
+	dir = model_with_max_pos(0);
+	p.model_dir = dir;
+	e = eng_create(&p, err, sizeof err);
+	if (!e)
+		fail_msg("eng_create: %s", err);
+	assert_int_equal(eng_config(e)->max_position, 0);
+	a = eng_seq_new(e, ids, 300, NULL);
+	assert_true(a >= 0);
+	assert_int_equal(eng_seq_append(e, a, ids, 300), 0);
+	assert_int_equal(eng_seq_len(e, a), 600);
+	eng_destroy(e);
+	tu_rmtree(dir);
+	free(dir);
+}
+
 static void
 expect_create_fail(const struct eng_params *p, const char *needle)
 {
@@ -594,6 +687,7 @@ main(void)
 		cmocka_unit_test(test_kv_exhaustion),
 		cmocka_unit_test(test_bad_args),
 		cmocka_unit_test(test_max_seqs),
+		cmocka_unit_test(test_max_position),
 		cmocka_unit_test(test_bad_model_dir),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -153,8 +153,38 @@ test_matmul(void **state)
 	check_matmul(1, 3, 37, 75, 6);
 	check_matmul(0, 2, 37, 75, 6);
 	check_matmul(1, 2, 13, 603, 11);
+	/* batches of 1-2 (one weight row at a time), past one batch chunk,
+	 * several work items with a partial last one */
+	check_matmul(1, 2, 37, 75, 2);
+	check_matmul(0, 2, 37, 75, 2);
+	check_matmul(1, 2, 70, 136, 50);
+	check_matmul(0, 3, 70, 41, 29);
 	check_matmul(1, 1, 9, 512, 17);
 	check_matmul(0, 2, 9, 603, 3);
+}
+
+/* ops_axpy and ops_scale against float64, both kernels, with tails. */
+static void
+test_axpy_scale(void **state)
+{
+	(void)state;
+	for (int simd = 1; simd >= 0; simd--) {
+		ops_set_simd(simd);
+		for (int n = 1; n <= 45; n += 11) {
+			float y0[64], y[64], z[64], v[64];
+			for (int i = 0; i < n; i++)
+				y0[i] = y[i] = z[i] = frand(), v[i] = frand();
+			ops_axpy(y, 0.37f, v, n);
+			ops_scale(z, -1.5f, n);
+			for (int i = 0; i < n; i++) {
+				double want = (double)y0[i] + (double)0.37f * v[i];
+				assert_true(fabs(y[i] - want) <= 1.2e-7 * (fabs(y0[i]) + fabs(0.37 * v[i])));
+				/* -1.5 * y0 is exact in float64 and rounds once to float */
+				assert_true(z[i] == (float)(-1.5 * (double)y0[i]));
+			}
+		}
+	}
+	ops_set_simd(1);
 }
 
 /* ---- rmsnorm, rope ------------------------------------------------------------------ */
@@ -387,7 +417,7 @@ check_model(const char *name)
 		fail_msg("%s", err);
 	assert_int_equal(m->cfg.vocab_size, r.vocab);
 	struct backend be;
-	assert_int_equal(cpu_backend_create(m, 8 * SEQ_BLOCKS, BT, 2, &be, err, sizeof err), 0);
+	assert_int_equal(cpu_backend_create(m, 8 * SEQ_BLOCKS, BT, 2, NULL, &be, err, sizeof err), 0);
 	init_tables();
 	const int V = r.vocab;
 	float *out = malloc(sizeof(float) * 64 * V);
@@ -464,7 +494,7 @@ test_batch_invariance(void **state)
 	if (!m)
 		fail_msg("%s", err);
 	struct backend be;
-	assert_int_equal(cpu_backend_create(m, 8 * SEQ_BLOCKS, BT, 0, &be, err, sizeof err), 0);
+	assert_int_equal(cpu_backend_create(m, 8 * SEQ_BLOCKS, BT, 0, NULL, &be, err, sizeof err), 0);
 	init_tables();
 	const int V = r.vocab;
 	int total = 0;
@@ -532,6 +562,7 @@ main(void)
 		cmocka_unit_test(test_dot_simd),
 		cmocka_unit_test(test_dot_portable),
 		cmocka_unit_test(test_matmul),
+		cmocka_unit_test(test_axpy_scale),
 		cmocka_unit_test(test_rmsnorm),
 		cmocka_unit_test(test_rope),
 		cmocka_unit_test(test_llama_f32),
