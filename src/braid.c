@@ -13,6 +13,9 @@ static const struct {
 } commands[] = {
 	{ "generate", cmd_generate, "sample a continuation of a prompt; prints one JSON object" },
 	{ "tokenize", cmd_tokenize, "UTF-8 text on stdin to token ids (or --decode ids to text)" },
+	{ "serve", cmd_serve, "run the daemon: REST, OpenAI-compatible API, websocket events, dashboard" },
+	{ "solve", cmd_solve, "run a JSONL problem set; results JSONL and an accuracy report" },
+	{ "ask", cmd_ask, "one question: its reasoning threads stream in the terminal, then the answer" },
 	{ "bench", cmd_bench, "engine benchmarks: decode tokens/s and memory bandwidth" },
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])

@@ -56,5 +56,8 @@ int cli_parse_device(const char *cmd, const char *s, enum eng_device *out);
 int cmd_tokenize(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_serve(int argc, char **argv);
+int cmd_solve(int argc, char **argv);
+int cmd_ask(int argc, char **argv);
 
 #endif
