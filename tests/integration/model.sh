@@ -1,0 +1,62 @@
+#!/bin/sh
+# model.sh - the embedded model models/braid-arith in braid's own engine: the
+# shipped files, its tokenizer and chat format against HF, and logits and greedy
+# ids against HF transformers in float32 (tests/data/ref/braid-arith.json,
+# written by tools/train_arith.py).  TAP.
+set -u
+. "$BRAID_SRCDIR/tests/integration/tap.sh"
+B=$BRAID_BIN
+M=$BRAID_SRCDIR/models/braid-arith
+R=$BRAID_TEST_DATA/ref/braid-arith.json
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+
+# logits agree when |braid - HF| <= ATOL + RTOL * |HF| (f32 compute on bf16 weights;
+# the engine matches HF to ~1e-6 relative, the top-10 gaps here are >= 7e-3)
+ATOL=0.001
+RTOL=0.0001
+
+# jq_q ARGS...: jq -e, its output dropped (the status is the test)
+jq_q() { jq -e "$@" >/dev/null 2>&1; }
+
+tap_plan 8
+
+# ---- the shipped directory ------------------------------------------------------------
+check "model directory has config, tokenizer, chat template and safetensors" sh -c \
+	"[ -s '$M/config.json' ] && [ -s '$M/tokenizer.json' ] && grep -q '<|im_start|>' '$M/tokenizer_config.json' && ls '$M'/*.safetensors >/dev/null"
+big=$(find "$M" -name '*.safetensors' -size +16777216c | wc -l)
+total=$(cat "$M"/*.safetensors | wc -c)
+check "every shard <= 16 MiB, all shards <= 40 MiB ($total bytes)" sh -c "[ $big -eq 0 ] && [ $total -le 41943040 ]"
+check "config is Qwen3ForCausalLM with tied embeddings" jq_q \
+	'(.architectures == ["Qwen3ForCausalLM"]) and (.tie_word_embeddings == true)' "$M/config.json"
+
+# ---- tokenizer: braid tokenize equals HF tokenizers' ids ---------------------------------
+n=$(jq '.tokenizer_cases | length' "$R")
+bad=0
+i=0
+while [ $i -lt "$n" ]; do
+	jq -j ".tokenizer_cases[$i].text" "$R" >"$T/text"
+	"$B" tokenize --model "$M" <"$T/text" >"$T/got" 2>"$T/err" || bad=$((bad + 1))
+	jq -e --argjson w "$(jq -c ".tokenizer_cases[$i].ids" "$R")" '. == $w' "$T/got" >/dev/null 2>&1 || bad=$((bad + 1))
+	i=$((i + 1))
+done
+check "tokenize: $n texts (ChatML prompt, Multiverse tags, Known block, Check task) equal HF ids" [ $bad -eq 0 ]
+
+# ---- engine against HF float32 -----------------------------------------------------------
+prompt=$(jq -c '.prompt' "$R")
+want=$(jq -c '.greedy' "$R")
+len=$(jq '.greedy | length' "$R")
+"$B" generate --model "$M" --prompt-ids "$prompt" --max-tokens "$len" --ignore-eos --top-logits 10 >"$T/out" 2>"$T/err"
+check "generate: greedy ids equal HF's ($len tokens)" jq_q --argjson w "$want" '.ids == $w' "$T/out"
+check "generate: top-10 logits at the last prompt position: same ids, values within $ATOL + $RTOL*|v| of HF" \
+	jq_q --slurpfile r "$R" --argjson at "$ATOL" --argjson rt "$RTOL" \
+	'[.top_logits, $r[0].top_logits] | transpose | all(.[0][0] == .[1][0] and
+	 ((.[0][1] - .[1][1]) | fabs) <= $at + $rt * (.[1][1] | fabs))' "$T/out"
+
+# ---- the chat format and the task ---------------------------------------------------------
+"$B" generate --model "$M" --prompt "$(jq -r '.question' "$R")" --chat --max-tokens "$len" --ignore-eos >"$T/chat" 2>"$T/err"
+check "generate --chat renders the prompt the model was trained on (same greedy ids)" \
+	jq_q --argjson w "$want" '.ids == $w' "$T/chat"
+"$B" generate --model "$M" --prompt "Compute (37+12)*(45-8)+6*7" --chat --max-tokens 200 >"$T/solve" 2>"$T/err"
+check "greedy solves the reference problem and stops (Answer: 1855)" \
+	jq_q '.text | endswith("Answer: 1855")' "$T/solve"

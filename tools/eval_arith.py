@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""eval_arith.py - accuracy of a model on arithmetic problem sets, measured with
+the braid binary itself (`braid generate`): greedy, pass@1 at T=0.8 and
+majority of N samples (one `braid generate --n N` call), by tier, and tokens
+per problem.  Python standard library only.
+
+Usage: eval_arith.py --braid src/braid [--model DIR] [--n 16] [--limit K]
+                     [--json OUT.json] [--md OUT.md] FILE.jsonl...
+Each FILE is a JSONL problem set from tools/arith_tasks.py (id, question,
+answer, tier, format); its rows are reported under the file's name and tier.
+"""
+import argparse
+import collections
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+
+def extract(text):
+    m = re.findall(r"Answer:\s*(-?\d+)", text)
+    return m[-1] if m else None
+
+
+def generate(braid, model, question, n, temperature, seed, max_tokens):
+    cmd = [braid, "generate", "--prompt", question, "--chat", "--n", str(n),
+           "--temperature", str(temperature), "--seed", str(seed), "--max-tokens", str(max_tokens)]
+    if model:
+        cmd += ["--model", model]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:2])}: exit {p.returncode}: {p.stderr.strip()[:300]}")
+    return [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
+
+
+def eval_set(a, path):
+    rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+    if a.limit:
+        rows = rows[: a.limit]
+    stats = collections.defaultdict(lambda: collections.Counter())
+    per = []
+    for i, r in enumerate(rows):
+        g = generate(a.braid, a.model, r["question"], 1, 0, 0, a.max_tokens)[0]
+        s = generate(a.braid, a.model, r["question"], a.n, 0.8, 1000 + i, a.max_tokens)
+        gold = str(r["answer"])
+        answers = [extract(x["text"]) for x in s]
+        votes = collections.Counter(x for x in answers if x is not None)
+        maj = votes.most_common(1)[0][0] if votes else None
+        c = stats[r.get("tier", 0)]
+        c["n"] += 1
+        c["greedy"] += extract(g["text"]) == gold
+        c["pass1"] += sum(x == gold for x in answers) / len(answers)
+        c["maj"] += maj == gold
+        c["tokens_greedy"] += len(g["ids"])
+        c["tokens_sample"] += sum(len(x["ids"]) for x in s) / len(s)
+        per.append({"id": r["id"], "answer": gold, "greedy": extract(g["text"]), "samples": answers,
+                    "majority": maj, "tokens_greedy": len(g["ids"])})
+        print(f"{os.path.basename(path)} {r['id']}: gold {gold} greedy {per[-1]['greedy']} maj {maj} "
+              f"({sum(x == gold for x in answers)}/{len(answers)})", file=sys.stderr, flush=True)
+    out = []
+    for tier, c in sorted(stats.items()):
+        n = c["n"]
+        out.append({"set": os.path.basename(path), "tier": tier, "n": n,
+                    "greedy": c["greedy"] / n, "pass1": c["pass1"] / n, "maj": c["maj"] / n,
+                    "tokens_greedy": c["tokens_greedy"] / n, "tokens_sample": c["tokens_sample"] / n})
+    return out, per
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--braid", required=True, help="the braid binary")
+    ap.add_argument("--model", help="model directory (default: braid's embedded model)")
+    ap.add_argument("--n", type=int, default=16, help="samples per problem for pass@1 and majority")
+    ap.add_argument("--limit", type=int, default=0, help="the first K problems of each file")
+    ap.add_argument("--max-tokens", type=int, default=1024)
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--md", help="write a markdown table here")
+    ap.add_argument("files", nargs="+")
+    a = ap.parse_args()
+    t0 = time.time()
+    table, per = [], {}
+    try:
+        for f in a.files:
+            rows, p = eval_set(a, f)
+            table += rows
+            per[os.path.basename(f)] = p
+    except (OSError, RuntimeError, ValueError, KeyError) as e:
+        print(f"eval_arith: {e}", file=sys.stderr)
+        return 1
+    md = [f"| set | tier | problems | greedy | pass@1 (T=0.8) | majority of {a.n} | tokens (greedy) | tokens (sampled) |",
+          "|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        md.append(f"| {r['set']} | {r['tier']} | {r['n']} | {100 * r['greedy']:.1f}% | {100 * r['pass1']:.1f}% | "
+                  f"{100 * r['maj']:.1f}% | {r['tokens_greedy']:.1f} | {r['tokens_sample']:.1f} |")
+    print("\n".join(md))
+    if a.md:
+        with open(a.md, "w") as f:
+            f.write("\n".join(md) + "\n")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"braid": a.braid, "model": a.model, "n": a.n, "limit": a.limit, "rows": table,
+                       "problems": per, "seconds": round(time.time() - t0, 1)}, f, indent=1)
+    print(f"# {time.time() - t0:.0f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
