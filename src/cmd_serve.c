@@ -28,6 +28,7 @@ static const struct cli_opt opts[] = {
 	{ "max-running", "N", "jobs decoding at once (default 32)" },
 	{ "max-queue", "N", "jobs waiting before 429 (default 256)" },
 	{ "max-body", "BYTES", "request body cap (default 1048576)" },
+	{ "ws-queue", "N", "events queued per websocket client before it gets a gap (default 4096)" },
 };
 #define N_OPTS ((int)(sizeof opts / sizeof opts[0]))
 static const char synopsis[] =
@@ -50,12 +51,13 @@ cmd_serve(int argc, char **argv)
 	struct sched_params sp = sched_default_params();
 	struct srv_params vp = srv_default_params();
 	long port = vp.port, threads = 0, max_running = sp.max_running, max_queue = sp.max_queue;
-	long max_body = (long)vp.max_body;
+	long max_body = (long)vp.max_body, ws_queue = (long)vp.ws_queue;
 	if ((OPT("port") && cli_int("port", OPT("port"), 0, 65535, &port)) ||
 	    (OPT("threads") && cli_int("threads", OPT("threads"), 0, 1024, &threads)) ||
 	    (OPT("max-running") && cli_int("max-running", OPT("max-running"), 1, 4096, &max_running)) ||
 	    (OPT("max-queue") && cli_int("max-queue", OPT("max-queue"), 1, 1000000, &max_queue)) ||
 	    (OPT("max-body") && cli_int("max-body", OPT("max-body"), 1024, 1L << 30, &max_body)) ||
+	    (OPT("ws-queue") && cli_int("ws-queue", OPT("ws-queue"), 1, 1L << 24, &ws_queue)) ||
 	    cli_parse_device("serve", OPT("device"), &ep.device))
 		return 2;
 	ep.model_dir = OPT("model") ? OPT("model") : cli_default_model();
@@ -64,6 +66,7 @@ cmd_serve(int argc, char **argv)
 	sp.max_queue = (int)max_queue;
 	vp.port = (int)port;
 	vp.max_body = (size_t)max_body;
+	vp.ws_queue = (size_t)ws_queue;
 	if (OPT("host"))
 		vp.host = OPT("host");
 	if (OPT("api-key"))

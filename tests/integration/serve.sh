@@ -63,7 +63,7 @@ wait_final() {
 	echo "$st"
 }
 
-tap_plan 42
+tap_plan 44
 
 # ---- start, health, REST ------------------------------------------------------------
 start main --db "$T/braid.db"
@@ -202,6 +202,18 @@ curl -s "$url/v1/jobs/$JL/events" >"$T/body"
 check "a streaming client that disconnects cancels its job ($JL: $st)" sh -c \
 	"[ -n '$JL' ] && [ '$st' = failed ] && jq -e 'any(.[]; .type == \"job.failed\" and .reason == \"cancelled\")' '$T/body' >/dev/null"
 [ $tap_failed -eq 0 ] || diag "trace tail: $(jq -c '.[-3:] | map([.type, .reason])' "$T/body")"
+
+# ---- a slow websocket client ------------------------------------------------------------------
+# A client that stops reading must not hold the engine back: its queue is
+# bounded (--ws-queue 8 here), the job runs to the end meanwhile, and when
+# the client reads again it finds a gap event counting what was dropped.
+start slow --db "$T/slow.db" --ws-queue 8
+node tests/integration/ws_client.mjs "$url" slow "Count to a hundred." 32 >"$T/ws" 2>&1
+check "a websocket client that stops reading does not stall the job" jqt '.doneWhilePaused == true' "$T/ws"
+check "... it gets gap events naming the job and the number dropped; re-reading gives the final state" jqt \
+	'.gaps >= 1 and .dropped > 0 and .gapNamesJob and .stateAfter == "done" and .threadsAfter == 32' "$T/ws"
+[ $tap_failed -eq 0 ] || diag "slow client: $(cat "$T/ws")"
+kill $pid
 
 # ---- API keys ------------------------------------------------------------------------------------
 "$B" serve --port 0 --host 0.0.0.0 --model "$MODEL" --db "$T/other.db" >"$T/nokey.out" 2>"$T/nokey.err" &

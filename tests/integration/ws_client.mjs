@@ -50,6 +50,47 @@ if (mode === 'origin') {
     out({ job, n: events.length, first: events[0] && events[0].type, last: events.at(-1) && events.at(-1).type,
       consecutive, types, spawned, done, allHave });
   }
+} else if (mode === 'slow') {
+  // A client that stops reading: subscribe, pause the socket, run a job over
+  // REST to completion (the engine must not wait for us), then read again and
+  // report what arrived (a gap where events were dropped, then the rest).
+  const ws = new WebSocket(wsurl, { headers });
+  const events = [];
+  let job = null, doneWhilePaused = false;
+  ws.on('message', (m) => {
+    const e = JSON.parse(m.toString());
+    events.push(e);
+    if (job && e.job === job && (e.type === 'job.done' || e.type === 'job.failed')) finish();
+  });
+  ws.on('error', (e) => out({ error: String(e) }));
+  ws.on('open', async () => {
+    ws._socket.pause();
+    const r = await fetch(base + '/v1/jobs', { method: 'POST', headers: { ...headers, 'content-type': 'application/json' },
+      body: JSON.stringify({ question: arg1, strategy: 'sc', n: Number(arg2), max_tokens: 200 }) });
+    job = (await r.json()).id;
+    for (let i = 0; i < 600; i++) {
+      const st = (await (await fetch(base + '/v1/jobs/' + job, { headers })).json()).status;
+      if (st === 'done' || st === 'failed') { doneWhilePaused = st === 'done'; break; }
+      await new Promise((res) => setTimeout(res, 100));
+    }
+    ws._socket.resume();
+    setTimeout(finish, 3000);
+  });
+  let finishing = false;
+  async function finish() {
+    if (finishing) return;
+    finishing = true;
+    const gaps = events.filter((e) => e.type === 'gap');
+    const mine = events.filter((e) => e.job === job && e.type !== 'gap');
+    ws.close();
+    // what a client does after a gap: re-read the job's state
+    const state = await (await fetch(base + '/v1/jobs/' + job, { headers })).json();
+    out({ job, doneWhilePaused, received: events.length, gaps: gaps.length,
+      dropped: gaps.reduce((a, g) => a + (g.dropped || 0), 0),
+      gapNamesJob: gaps.some((g) => g.job === job || (g.jobs || []).includes(job)),
+      lastType: mine.length ? mine.at(-1).type : null, stateAfter: state.status,
+      threadsAfter: (state.threads || []).length });
+  }
 } else {
   out({ error: 'unknown mode' });
 }
