@@ -80,7 +80,7 @@ struct api_sess {
 	struct api_sess *prev, *next;  /* the server's list of live sessions     */
 };
 
-/* ---- answering (server.c) ---- */
+/* ---- answering (server_sess.c) ---- */
 /* A whole response; body copied.  Returns 0 (or -1 on allocation failure). */
 int api_respond(struct api_sess *s, int status, const char *ctype, const char *body, size_t len);
 /* A JSON response; steals j. */

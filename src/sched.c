@@ -1,7 +1,8 @@
 /* sched.c - the scheduler: the engine thread admits jobs, drives their
  * strategies and runs one batched engine step for every live thread of
  * every running job; sched_submit/sched_cancel/sched_stats run on any
- * thread and only touch the mutex-guarded command state.
+ * thread and only touch the mutex-guarded command state.  Jobs, threads
+ * and the strategy API are in sched_job.c.
  *
  * Fair share.  eng_step advances every live sequence, so sharing is decided
  * at admission: jobs leave the queue in FIFO order while fewer than
@@ -10,12 +11,7 @@
  * its n, and a job is always admitted when nothing runs); the head of the queue is
  * never overtaken by a smaller job behind it, so a wide job cannot starve.
  * Once admitted, every thread of every running job gets exactly one token
- * per step.
- *
- * Threads: thread t of a job samples with seed(t) = the job's seed for
- * t = 0, samp_derive_seed(seed, t) otherwise, so a job's text depends only
- * on its request, not on what else shares the batch. */
-#include <errno.h>
+ * per step. */
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -23,97 +19,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "answer.h"
-#include "sched.h"
-#include "strategy.h"
-
-#define SCHED_STEP_SEQS 256    /* sequences one step should carry at most */
-#define SCHED_PIECE 1024       /* stream-decoded bytes of one token, typical */
-
-enum { JOB_QUEUED = 0, JOB_RUNNING = 1 };
-
-struct sthread {
-	int seq;              /* engine sequence, -1 once ended          */
-	int parent;           /* -1 = the prompt                         */
-	int tokens;           /* generated, including the parent's part  */
-	char *text;           /* generated text (owned, NUL-terminated)  */
-	size_t len, cap;
-	tok_stream *ts;
-	char *answer;         /* extracted at the end, or NULL           */
-	const char *finish;   /* static string once ended                */
-	int done_pending;     /* thread_done owed to the strategy        */
-};
-
-struct sjob {
-	struct sjob *qnext;          /* queue link (under the mutex)           */
-	sched *s;
-	struct job_req req;
-	int state;                   /* JOB_QUEUED / JOB_RUNNING (mutex)       */
-	int cancel;                  /* set by sched_cancel (mutex)            */
-	int64_t next_seq;            /* next event seq; engine thread after
-					job.queued                              */
-	int64_t t_submit_ms;
-	int max_tokens;
-	const struct strategy *st;
-	void *st_state;
-	struct strat_api api;
-	int32_t *prompt;             /* (n_prompt) token ids                   */
-	int n_prompt;
-	int prompt_seq;              /* live only during start, else -1        */
-	struct sthread *t;           /* (n_threads)                            */
-	int n_threads, cap_threads, n_live;
-	int finished, error;
-	int cancel_now;              /* engine: cancel seen this iteration     */
-	char *answer;
-	json_t *votes;
-	char fail_reason[160];
-};
-
-struct seq_ref {
-	struct sjob *job;
-	int thread;
-};
-
-struct sched {
-	bus *bus;
-	struct sched_params p;
-	struct eng_params ep;
-	eng *e;
-	pthread_t thread;
-	int thread_started;
-
-	pthread_mutex_t mu;
-	pthread_cond_t cv;           /* engine thread waits here when idle     */
-	pthread_cond_t ready_cv;     /* sched_create waits for the engine      */
-	int ready;                   /* 1 ok, -1 failed                        */
-	char err[ENG_ERRLEN];
-	int stop;
-	int cancel_pending;
-	struct sjob *q_head, *q_tail;
-	int n_queued;
-	struct sjob **run;           /* (n_run) running jobs, admission order;
-					written under mu by the engine thread   */
-	int n_run, cap_run;
-	struct sched_stats stats;    /* snapshot, under mu                     */
-	int64_t last_step_ms;
-
-	/* engine thread only */
-	int max_seqs;
-	struct seq_ref *seq_map;     /* (max_seqs)                             */
-	struct eng_token *out;       /* (max_seqs)                             */
-	int reserved;                /* threads reserved by running jobs       */
-	int step_budget;             /* min(SCHED_STEP_SEQS, max_seqs - 1)     */
-	int kv_blocked;              /* admission waits for a job to end       */
-	int32_t eos[MCFG_MAX_EOS + 1];
-	int n_eos;
-	int max_position;
-	unsigned long long steps, tokens_total, jobs_done, jobs_failed;
-	double step_ms_avg, overhead_ms_avg;
-	int64_t win_start_ms;
-	unsigned long long win_tokens, prev_win_tokens;
-	int64_t prev_win_ms;
-	double tokens_per_s;
-};
+#include "sched_impl.h"
 
 static double
 now_ms(void)
@@ -131,66 +37,13 @@ sched_default_params(void)
 	return p;
 }
 
-/* ---- events (engine thread, except job.queued) ----------------------------------- */
+/* ---- the running list (engine thread) --------------------------------------------------- */
 
+/* Take j out of the running list and release its reservation (under the
+ * mutex). */
 static void
-publish(sched *s, struct sjob *j, enum ev_type type, int thread, json_t *payload)
+run_remove_locked(sched *s, struct sjob *j)
 {
-	struct ev *e = ev_new(type, j->req.id, j->next_seq++, thread, payload);
-	if (!e)
-		return;   /* out of memory: the event is lost, the job goes on */
-	bus_publish(s->bus, e);
-	ev_unref(e);
-}
-
-/* ---- thread text ------------------------------------------------------------------ */
-
-static int
-text_append(struct sthread *t, const char *p, size_t n)
-{
-	if (t->len + n + 1 > t->cap) {
-		size_t cap = t->cap ? t->cap : 256;
-		while (cap < t->len + n + 1)
-			cap *= 2;
-		char *np = realloc(t->text, cap);
-		if (!np)
-			return ENG_ERR_NOMEM;
-		t->text = np;
-		t->cap = cap;
-	}
-	memcpy(t->text + t->len, p, n);
-	t->len += n;
-	t->text[t->len] = '\0';
-	return 0;
-}
-
-/* ---- job lifetime (engine thread) --------------------------------------------------- */
-
-static void
-job_free(struct sjob *j)
-{
-	if (!j)
-		return;
-	if (j->st && j->st_state)
-		j->st->destroy(j->st_state);
-	for (int i = 0; i < j->n_threads; i++) {
-		free(j->t[i].text);
-		free(j->t[i].answer);
-		tok_stream_free(j->t[i].ts);
-	}
-	free(j->t);
-	free(j->prompt);
-	free(j->answer);
-	json_decref(j->votes);
-	job_req_free(&j->req);
-	free(j);
-}
-
-/* Drop j from the running list (under the mutex) and free it. */
-static void
-job_retire(sched *s, struct sjob *j)
-{
-	pthread_mutex_lock(&s->mu);
 	for (int i = 0; i < s->n_run; i++) {
 		if (s->run[i] == j) {
 			memmove(&s->run[i], &s->run[i + 1], (size_t)(s->n_run - i - 1) * sizeof *s->run);
@@ -198,513 +51,33 @@ job_retire(sched *s, struct sjob *j)
 			break;
 		}
 	}
-	pthread_mutex_unlock(&s->mu);
 	s->reserved -= j->req.n;
+}
+
+void
+sched_retire(sched *s, struct sjob *j)
+{
+	pthread_mutex_lock(&s->mu);
+	run_remove_locked(s, j);
+	pthread_mutex_unlock(&s->mu);
 	s->kv_blocked = 0;
-	job_free(j);
+	sched_job_free(j);
 }
 
-/* End thread i: free its sequence, flush its decoder, extract its answer and
- * publish thread.pruned (prune_reason set) or thread.done. */
-static void
-thread_end(sched *s, struct sjob *j, int i, const char *finish, const char *prune_reason)
+void
+sched_count_end(sched *s, int failed)
 {
-	struct sthread *t = &j->t[i];
-	if (t->seq < 0)
-		return;
-	eng_seq_free(s->e, t->seq);
-	if (t->seq < s->max_seqs)
-		s->seq_map[t->seq].job = NULL;
-	t->seq = -1;
-	j->n_live--;
-	char tail[64];
-	size_t n = 0;
-	if (t->ts && tok_stream_flush(t->ts, tail, sizeof tail, &n) == 0 && n)
-		text_append(t, tail, n);
-	t->finish = finish;
-	if (prune_reason) {
-		publish(s, j, EV_THREAD_PRUNED, i, json_pack("{s:s}", "reason", prune_reason));
-		return;
-	}
-	t->answer = ans_extract(t->text ? t->text : "");
-	publish(s, j, EV_THREAD_DONE, i,
-		json_pack("{s:s, s:s?, s:i, s:s}", "finish_reason", finish, "answer", t->answer,
-			  "tokens", t->tokens, "text", t->text ? t->text : ""));
-	if (strcmp(finish, "cancelled") != 0)
-		t->done_pending = 1;
-}
-
-/* The job counters in the snapshot move before a job's last event goes
- * out, so a client that saw job.done reads counters that include it. */
-static void
-stats_job_ended(sched *s)
-{
+	if (failed)
+		s->jobs_failed++;
+	else
+		s->jobs_done++;
 	pthread_mutex_lock(&s->mu);
 	s->stats.jobs_done = s->jobs_done;
 	s->stats.jobs_failed = s->jobs_failed;
 	pthread_mutex_unlock(&s->mu);
 }
 
-/* Stop every live thread of j with finish_reason. */
-static void
-job_stop_threads(sched *s, struct sjob *j, const char *finish)
-{
-	for (int i = 0; i < j->n_threads; i++)
-		thread_end(s, j, i, finish, NULL);
-	if (j->prompt_seq >= 0) {
-		eng_seq_free(s->e, j->prompt_seq);
-		j->prompt_seq = -1;
-	}
-}
-
-/* Fail a running (or just dequeued) job: free its sequences, publish
- * job.failed, free it. */
-static void
-job_fail(sched *s, struct sjob *j, const char *reason)
-{
-	job_stop_threads(s, j, "cancelled");
-	s->jobs_failed++;
-	stats_job_ended(s);
-	publish(s, j, EV_JOB_FAILED, -1, json_pack("{s:s}", "reason", reason));
-	if (j->state == JOB_RUNNING)
-		job_retire(s, j);
-	else
-		job_free(j);
-}
-
-/* The strategy finished the job: publish job.done and free it. */
-static void
-job_complete(sched *s, struct sjob *j)
-{
-	json_t *threads = json_array();
-	long long tokens = 0;
-	for (int i = 0; i < j->n_threads; i++) {
-		struct sthread *t = &j->t[i];
-		tokens += t->tokens;
-		json_array_append_new(threads, json_pack("{s:i, s:s?, s:i, s:s?}", "thread", i,
-							 "answer", t->answer, "tokens", t->tokens,
-							 "finish_reason", t->finish));
-	}
-	s->jobs_done++;
-	stats_job_ended(s);
-	json_t *votes = j->votes ? json_incref(j->votes) : json_object();
-	publish(s, j, EV_JOB_DONE, -1,
-		json_pack("{s:s?, s:o, s:I, s:i, s:I, s:o}", "answer", j->answer, "votes", votes,
-			  "tokens", (json_int_t)tokens, "prompt_tokens", j->n_prompt, "ms",
-			  (json_int_t)(ev_now_ms() - j->t_submit_ms), "threads", threads));
-	job_retire(s, j);
-}
-
-/* Settle j after anything happened to it: owe the strategy its thread_done
- * calls, ask it to go on when nothing is live, and complete or fail the
- * job.  Returns 1 if j was freed. */
-static int
-job_progress(sched *s, struct sjob *j)
-{
-	int idled = 0;
-	for (;;) {
-		if (j->error) {
-			job_fail(s, j, j->fail_reason);
-			return 1;
-		}
-		if (j->finished) {
-			job_stop_threads(s, j, "stop");
-			job_complete(s, j);
-			return 1;
-		}
-		int i;
-		for (i = 0; i < j->n_threads && !j->t[i].done_pending; i++)
-			;
-		if (i < j->n_threads) {
-			j->t[i].done_pending = 0;
-			int rc = j->st->thread_done(j->st_state, &j->api, i, j->t[i].answer,
-						    j->t[i].finish);
-			if (rc < 0 && !j->error) {
-				j->error = 1;
-				snprintf(j->fail_reason, sizeof j->fail_reason, "strategy %s: %s",
-					 j->st->name, eng_strerror(rc));
-			}
-			continue;
-		}
-		if (j->n_live > 0)
-			return 0;
-		if (idled) {
-			j->error = 1;
-			snprintf(j->fail_reason, sizeof j->fail_reason,
-				 "strategy %s made no progress", j->st->name);
-			continue;
-		}
-		idled = 1;
-		int rc = j->st->idle(j->st_state, &j->api);
-		if (rc < 0 && !j->error) {
-			j->error = 1;
-			snprintf(j->fail_reason, sizeof j->fail_reason, "strategy %s: %s", j->st->name,
-				 rc == ENG_ERR_NO_KV ? "out of KV cache memory" : eng_strerror(rc));
-		}
-	}
-}
-
-/* ---- the strategy API (engine thread, inside hooks) ------------------------------------ */
-
-static uint64_t
-thread_seed(const struct sjob *j, int t)
-{
-	return t == 0 ? j->req.sampling.seed : samp_derive_seed(j->req.sampling.seed, (uint64_t)t);
-}
-
-/* A fresh sequence holding the prompt, prefilled.  Returns its id or an
- * error. */
-static int
-prompt_seq_new(sched *s, struct sjob *j)
-{
-	int seq = eng_seq_new(s->e, j->prompt, j->n_prompt, &j->req.sampling);
-	if (seq < 0)
-		return seq;
-	int rc = eng_seq_prefill(s->e, seq, NULL);
-	if (rc < 0) {
-		eng_seq_free(s->e, seq);
-		return rc;
-	}
-	return seq;
-}
-
-static int
-api_spawn(void *ctx, int n, int parent)
-{
-	struct sjob *j = ctx;
-	sched *s = j->s;
-	int *kids = NULL, src = -1, tmp = -1, rc, first = j->n_threads;
-
-	if (n < 1 || parent < -1 || parent >= j->n_threads || j->finished)
-		return ENG_ERR_INVALID;
-	if (parent >= 0 && j->t[parent].seq < 0)
-		return ENG_ERR_INVALID;
-	if (j->n_threads + n > j->req.n)
-		return ENG_ERR_RANGE;
-	if (j->n_threads + n > j->cap_threads) {
-		struct sthread *nt = realloc(j->t, (size_t)(j->n_threads + n) * sizeof *nt);
-		if (!nt)
-			return ENG_ERR_NOMEM;
-		j->t = nt;
-		j->cap_threads = j->n_threads + n;
-	}
-	if (!(kids = malloc((size_t)n * sizeof *kids)))
-		return ENG_ERR_NOMEM;
-	if (parent >= 0) {
-		src = j->t[parent].seq;
-	} else if (j->prompt_seq >= 0) {
-		src = j->prompt_seq;
-	} else {
-		/* the prompt sequence is gone once start returns: prefill it again */
-		if ((rc = tmp = prompt_seq_new(s, j)) < 0)
-			goto out;
-		src = tmp;
-	}
-	if ((rc = eng_seq_fork(s->e, src, n, kids)) < 0)
-		goto out;
-	for (int k = 0; k < n; k++) {
-		int i = j->n_threads++;
-		struct sthread *t = &j->t[i];
-		memset(t, 0, sizeof *t);
-		t->seq = kids[k];
-		t->parent = parent;
-		t->ts = tok_stream_new(eng_tokenizer(s->e));
-		struct samp_params sp = j->req.sampling;
-		sp.seed = thread_seed(j, i);
-		eng_seq_set_sampling(s->e, kids[k], &sp);
-		if (parent >= 0) {
-			t->tokens = j->t[parent].tokens;
-			if (j->t[parent].len)
-				text_append(t, j->t[parent].text, j->t[parent].len);
-		}
-		if (kids[k] < s->max_seqs)
-			s->seq_map[kids[k]] = (struct seq_ref){ j, i };
-		j->n_live++;
-		if (!t->ts) {
-			/* out of memory: keep the invariants, end it at once */
-			thread_end(s, j, i, "stop", NULL);
-			continue;
-		}
-		publish(s, j, EV_THREAD_SPAWNED, i,
-			json_pack("{s:i, s:i}", "parent", parent, "at_token",
-				  parent >= 0 ? j->t[parent].tokens : 0));
-	}
-	rc = first;
-out:
-	if (tmp >= 0)
-		eng_seq_free(s->e, tmp);
-	free(kids);
-	return rc;
-}
-
-static int
-api_stop(void *ctx, int thread, const char *reason)
-{
-	struct sjob *j = ctx;
-	if (thread < 0 || thread >= j->n_threads)
-		return ENG_ERR_NOT_FOUND;
-	if (j->t[thread].seq < 0)
-		return ENG_ERR_INVALID;
-	thread_end(j->s, j, thread, "stop", reason);
-	return 0;
-}
-
-static int
-api_inject(void *ctx, int thread, const char *text)
-{
-	struct sjob *j = ctx;
-	sched *s = j->s;
-	int32_t *ids = NULL;
-	size_t n = 0;
-	if (thread < 0 || thread >= j->n_threads)
-		return ENG_ERR_NOT_FOUND;
-	if (j->t[thread].seq < 0 || !text)
-		return ENG_ERR_INVALID;
-	int rc = tok_encode(eng_tokenizer(s->e), text, strlen(text), 0, &ids, &n);
-	if (rc < 0)
-		return rc;
-	if (n > 0 && (rc = eng_seq_append(s->e, j->t[thread].seq, ids, (int)n)) == 0)
-		rc = text_append(&j->t[thread], text, strlen(text));
-	free(ids);
-	return rc;
-}
-
-static int
-api_finish(void *ctx, const char *answer, json_t *votes)
-{
-	struct sjob *j = ctx;
-	if (j->finished) {
-		json_decref(votes);
-		return ENG_ERR_INVALID;
-	}
-	j->finished = 1;
-	j->votes = votes;
-	if (answer && !(j->answer = strdup(answer)))
-		return ENG_ERR_NOMEM;
-	return 0;
-}
-
-static int
-api_emit(void *ctx, enum ev_type type, int thread, json_t *payload)
-{
-	struct sjob *j = ctx;
-	if ((unsigned)type >= EV_N_TYPES || thread < -1 || thread >= j->n_threads) {
-		json_decref(payload);
-		return ENG_ERR_INVALID;
-	}
-	publish(j->s, j, type, thread, payload);
-	return 0;
-}
-
-static const char *
-api_text(void *ctx, int thread)
-{
-	struct sjob *j = ctx;
-	if (thread < 0 || thread >= j->n_threads)
-		return NULL;
-	return j->t[thread].text ? j->t[thread].text : "";
-}
-
-static int
-api_tokens(void *ctx, int thread)
-{
-	struct sjob *j = ctx;
-	return thread >= 0 && thread < j->n_threads ? j->t[thread].tokens : ENG_ERR_NOT_FOUND;
-}
-
-static int
-api_live(void *ctx, int thread)
-{
-	struct sjob *j = ctx;
-	return thread >= 0 && thread < j->n_threads && j->t[thread].seq >= 0;
-}
-
-static int
-api_n_threads(void *ctx)
-{
-	return ((struct sjob *)ctx)->n_threads;
-}
-
-static const struct strat_api api_base = {
-	.spawn = api_spawn, .stop = api_stop,	      .inject = api_inject, .finish = api_finish,
-	.emit = api_emit,   .text = api_text,	      .tokens = api_tokens, .live = api_live,
-	.n_threads = api_n_threads,
-};
-
-/* ---- admission (engine thread) --------------------------------------------------------- */
-
-/* Tokenize j's prompt into j->prompt.  0, or an error with reason set. */
-static int
-build_prompt(sched *s, struct sjob *j)
-{
-	const tok *tk = eng_tokenizer(s->e);
-	enum chat_format fmt = eng_chat_format(s->e);
-	struct chat_msg *msgs = NULL;
-	size_t n = 0;
-	char *text = NULL;
-	int32_t *ids = NULL;
-	size_t n_ids = 0;
-	int rc = ENG_ERR_INVALID;
-
-	if (!tk) {
-		snprintf(j->fail_reason, sizeof j->fail_reason, "the model has no tokenizer");
-		goto out;
-	}
-	if (j->req.messages) {
-		size_t m = json_array_size(j->req.messages);
-		if (!m || !(msgs = calloc(m, sizeof *msgs))) {
-			snprintf(j->fail_reason, sizeof j->fail_reason, "messages: empty");
-			goto out;
-		}
-		for (n = 0; n < m; n++) {
-			json_t *msg = json_array_get(j->req.messages, n);
-			msgs[n].role = json_string_value(json_object_get(msg, "role"));
-			msgs[n].content = json_string_value(json_object_get(msg, "content"));
-			if (!msgs[n].role || !msgs[n].content) {
-				snprintf(j->fail_reason, sizeof j->fail_reason,
-					 "messages[%zu]: role and content must be strings", n);
-				goto out;
-			}
-		}
-		rc = chat_render(fmt, msgs, n, 1, tok_bos_token(tk), &text);
-	} else if (fmt != CHAT_NONE) {
-		struct chat_msg two[2];
-		if (j->req.system)
-			two[n++] = (struct chat_msg){ "system", j->req.system };
-		two[n++] = (struct chat_msg){ "user", j->req.question ? j->req.question : "" };
-		rc = chat_render(fmt, two, n, 1, tok_bos_token(tk), &text);
-	} else {
-		/* plain text: system, a blank line, the question, a newline */
-		const char *sys = j->req.system ? j->req.system : "";
-		const char *q = j->req.question ? j->req.question : "";
-		size_t len = strlen(sys) + strlen(q) + 4;
-		rc = ENG_ERR_NOMEM;
-		if (!(text = malloc(len)))
-			goto out;
-		snprintf(text, len, "%s%s%s\n", sys, *sys ? "\n\n" : "", q);
-		rc = 0;
-	}
-	if (rc < 0) {
-		snprintf(j->fail_reason, sizeof j->fail_reason, "cannot render the prompt: %s",
-			 eng_strerror(rc));
-		goto out;
-	}
-	/* the template's special tokens are parsed; plain text stays text */
-	if ((rc = tok_encode(tk, text, strlen(text), fmt != CHAT_NONE, &ids, &n_ids)) < 0) {
-		snprintf(j->fail_reason, sizeof j->fail_reason, "cannot tokenize the prompt: %s",
-			 eng_strerror(rc));
-		goto out;
-	}
-	rc = ENG_ERR_INVALID;
-	if (n_ids == 0) {
-		snprintf(j->fail_reason, sizeof j->fail_reason, "empty prompt");
-		goto out;
-	}
-	if (s->max_position > 0 && n_ids >= (size_t)s->max_position) {
-		snprintf(j->fail_reason, sizeof j->fail_reason,
-			 "prompt too long: %zu tokens, the model's context is %d", n_ids,
-			 s->max_position);
-		goto out;
-	}
-	j->prompt = ids;
-	j->n_prompt = (int)n_ids;
-	ids = NULL;
-	rc = 0;
-out:
-	free(ids);
-	free(text);
-	free(msgs);
-	return rc;
-}
-
-/* Start an admitted job (already in s->run).  Returns 1 when it must go
- * back to the head of the queue (the cache is full for now). */
-static int
-job_start(sched *s, struct sjob *j)
-{
-	int rc;
-	if (!j->prompt && build_prompt(s, j) < 0) {
-		job_fail(s, j, j->fail_reason);
-		return 0;
-	}
-	if ((rc = j->prompt_seq = prompt_seq_new(s, j)) < 0) {
-		j->prompt_seq = -1;
-		if (rc == ENG_ERR_NO_KV && s->n_run > 1)
-			return 1;
-		job_fail(s, j, rc == ENG_ERR_NO_KV ? "out of KV cache memory" : eng_strerror(rc));
-		return 0;
-	}
-	publish(s, j, EV_JOB_STARTED, -1,
-		json_pack("{s:i, s:s, s:i}", "prompt_tokens", j->n_prompt, "strategy", j->st->name,
-			  "n", j->req.n));
-	rc = j->st->start(j->st_state, &j->api);
-	eng_seq_free(s->e, j->prompt_seq);
-	j->prompt_seq = -1;
-	if (rc < 0 && !j->error) {
-		j->error = 1;
-		snprintf(j->fail_reason, sizeof j->fail_reason, "strategy %s: %s", j->st->name,
-			 rc == ENG_ERR_NO_KV ? "out of KV cache memory" : eng_strerror(rc));
-	}
-	job_progress(s, j);
-	return 0;
-}
-
-/* ---- the engine thread -------------------------------------------------------------------- */
-
-static int
-is_eos(const sched *s, int32_t id)
-{
-	for (int i = 0; i < s->n_eos; i++)
-		if (s->eos[i] == id)
-			return 1;
-	return 0;
-}
-
-/* Route one sampled token to its thread. */
-static void
-on_token(sched *s, struct sjob *j, int i, const struct samp_result *r)
-{
-	struct sthread *t = &j->t[i];
-	char piece[SCHED_PIECE], *big = NULL, *p = piece;
-	size_t n = 0, m = 0;
-	const char *finish = NULL;
-
-	t->tokens++;
-	int eos = is_eos(s, r->token);
-	if (!eos && tok_stream_push(t->ts, r->token, piece, sizeof piece, &n) == ENG_ERR_RANGE) {
-		/* a very long token piece: one retry with room for anything */
-		if ((big = malloc(1 << 16)) && tok_stream_push(t->ts, r->token, big, 1 << 16, &n) == 0)
-			p = big;
-		else
-			n = 0;
-	}
-	if (eos)
-		finish = "eos";
-	else if (t->tokens >= j->max_tokens)
-		finish = "length";
-	else if (s->max_position > 0 && eng_seq_len(s->e, t->seq) >= s->max_position)
-		finish = "length";
-	if (n)
-		text_append(t, p, n);
-	if (finish && tok_stream_flush(t->ts, piece + n, sizeof piece - n, &m) == 0 && m && p == piece) {
-		text_append(t, piece + n, m);
-		n += m;
-	}
-	json_t *payload = json_pack("{s:s%, s:i, s:f, s:f}", "text", p, n, "tokens", t->tokens,
-				    "logprob", (double)r->logprob, "entropy", (double)r->entropy);
-	publish(s, j, EV_THREAD_DELTA, i, payload);
-	free(big);
-	if (j->st->token) {
-		int rc = j->st->token(j->st_state, &j->api, i, r);
-		if (rc < 0 && !j->error) {
-			j->error = 1;
-			snprintf(j->fail_reason, sizeof j->fail_reason, "strategy %s: %s", j->st->name,
-				 eng_strerror(rc));
-		}
-	}
-	if (finish && j->t[i].seq >= 0 && !j->finished)
-		thread_end(s, j, i, finish, NULL);
-}
+/* ---- the step loop (engine thread) -------------------------------------------------------- */
 
 /* The newest running job that has live threads, or NULL. */
 static struct sjob *
@@ -727,14 +100,14 @@ step_once(sched *s)
 		struct sjob *victim = newest_live_job(s);
 		if (!victim)
 			break;
-		job_fail(s, victim, "out of KV cache memory");
+		sched_job_fail(s, victim, "out of KV cache memory");
 	}
 	double dt = now_ms() - t0;
 	if (rc < 0) {
 		char reason[128];
 		snprintf(reason, sizeof reason, "engine step failed: %s", eng_strerror(rc));
 		while (s->n_run > 0)
-			job_fail(s, s->run[s->n_run - 1], reason);
+			sched_job_fail(s, s->run[s->n_run - 1], reason);
 		return dt;
 	}
 	if (n_out == 0)
@@ -749,7 +122,7 @@ step_once(sched *s)
 	struct seq_ref *refs = malloc((size_t)n_out * sizeof *refs);
 	if (!refs) {
 		while (s->n_run > 0)
-			job_fail(s, s->run[s->n_run - 1], "out of memory");
+			sched_job_fail(s, s->run[s->n_run - 1], "out of memory");
 		return dt;
 	}
 	for (int k = 0; k < n_out; k++) {
@@ -760,26 +133,22 @@ step_once(sched *s)
 		struct sjob *j = refs[k].job;
 		if (!j || j->finished || j->error || j->t[refs[k].thread].seq != s->out[k].seq)
 			continue;
-		on_token(s, j, refs[k].thread, &s->out[k].r);
+		sched_job_token(s, j, refs[k].thread, &s->out[k].r);
 	}
 	free(refs);
 	for (int i = 0; i < s->n_run;)
-		if (!job_progress(s, s->run[i]))
+		if (!sched_job_progress(s, s->run[i]))
 			i++;
 	return dt;
 }
+
+/* ---- commands and admission (engine thread) ------------------------------------------------ */
 
 /* Take an admitted job back out of the running list (under the mutex). */
 static void
 unadmit_locked(sched *s, struct sjob *j)
 {
-	for (int i = 0; i < s->n_run; i++)
-		if (s->run[i] == j) {
-			memmove(&s->run[i], &s->run[i + 1], (size_t)(s->n_run - i - 1) * sizeof *s->run);
-			s->n_run--;
-			break;
-		}
-	s->reserved -= j->req.n;
+	run_remove_locked(s, j);
 	j->state = JOB_QUEUED;
 	s->n_queued++;
 }
@@ -840,12 +209,12 @@ apply_commands(sched *s, double *prefill_ms)
 
 	for (struct sjob *j = cancelled, *next; j; j = next) {
 		next = j->qnext;
-		job_fail(s, j, "cancelled");
+		sched_job_fail(s, j, "cancelled");
 	}
 	if (any_cancel)
 		for (int i = 0; i < s->n_run;) {
 			if (s->run[i]->cancel_now)
-				job_fail(s, s->run[i], "cancelled");
+				sched_job_fail(s, s->run[i], "cancelled");
 			else
 				i++;
 		}
@@ -853,7 +222,7 @@ apply_commands(sched *s, double *prefill_ms)
 	for (struct sjob *j = admit, *next; j; j = next) {
 		next = j->qnext;
 		j->qnext = NULL;
-		if (!job_start(s, j))
+		if (!sched_job_start(s, j))
 			continue;
 		/* The cache is full for now: j and the rest of this batch go
 		 * back to the head of the queue, in order, until a job ends. */
@@ -874,6 +243,8 @@ apply_commands(sched *s, double *prefill_ms)
 	}
 	*prefill_ms = now_ms() - t0;
 }
+
+/* ---- stats and the engine thread --------------------------------------------------------- */
 
 /* Publish the stats snapshot (engine thread). */
 static void
@@ -941,7 +312,7 @@ engine_main(void *arg)
 		const tok *tk = eng_tokenizer(s->e);
 		for (int i = 0; i < cfg->n_eos && s->n_eos < MCFG_MAX_EOS; i++)
 			s->eos[s->n_eos++] = cfg->eos_ids[i];
-		if (tk && tok_eos_id(tk) >= 0 && !is_eos(s, tok_eos_id(tk)))
+		if (tk && tok_eos_id(tk) >= 0 && !sched_is_eos(s, tok_eos_id(tk)))
 			s->eos[s->n_eos++] = tok_eos_id(tk);
 		s->max_position = cfg->max_position;
 		update_stats(s, 0, 0);
@@ -977,7 +348,7 @@ engine_main(void *arg)
 
 	/* shutdown: every job fails, nothing stays in the cache */
 	while (s->n_run > 0)
-		job_fail(s, s->run[s->n_run - 1], "shutdown");
+		sched_job_fail(s, s->run[s->n_run - 1], "shutdown");
 	pthread_mutex_lock(&s->mu);
 	struct sjob *q = s->q_head;
 	s->q_head = s->q_tail = NULL;
@@ -985,7 +356,7 @@ engine_main(void *arg)
 	pthread_mutex_unlock(&s->mu);
 	for (struct sjob *next; q; q = next) {
 		next = q->qnext;
-		job_fail(s, q, "shutdown");
+		sched_job_fail(s, q, "shutdown");
 	}
 	update_stats(s, 0, 0);
 	return NULL;
@@ -1098,6 +469,7 @@ int
 sched_submit(sched *s, struct job_req *req, char *err, size_t errlen)
 {
 	struct sjob *j = NULL;
+	char id[sizeof req->id];
 	int rc;
 
 	if (!s || !req)
@@ -1114,22 +486,15 @@ sched_submit(sched *s, struct job_req *req, char *err, size_t errlen)
 				  s->p.max_tokens, req->max_tokens);
 	if (!req->messages && !req->question)
 		return eng_seterr(err, errlen, ENG_ERR_INVALID, "question: missing");
+	/* a fresh id goes to req only on success (req is untouched on failure) */
 	if (!req->id[0])
-		job_new_id(req->id);
-	else if (!job_id_valid(req->id))
+		job_new_id(id);
+	else if (job_id_valid(req->id))
+		memcpy(id, req->id, sizeof id);
+	else
 		return eng_seterr(err, errlen, ENG_ERR_INVALID, "id: not a valid job id");
-	if (!(j = calloc(1, sizeof *j)))
-		return eng_seterr(err, errlen, ENG_ERR_NOMEM, "out of memory");
-	j->s = s;
-	j->st = st;
-	j->prompt_seq = -1;
-	j->max_tokens = req->max_tokens;
-	j->api = api_base;
-	j->api.ctx = j;
-	if ((rc = st->init(req, &j->st_state, err, errlen)) < 0) {
-		free(j);
+	if (!(j = sched_job_new(s, st, req, &rc, err, errlen)))
 		return rc;
-	}
 
 	pthread_mutex_lock(&s->mu);
 	if (s->stop) {
@@ -1140,17 +505,18 @@ sched_submit(sched *s, struct job_req *req, char *err, size_t errlen)
 		rc = eng_seterr(err, errlen, ENG_ERR_RANGE, "queue full (%d jobs waiting)", s->n_queued);
 		goto unlock_fail;
 	}
-	if (find_locked(s, req->id)) {
-		rc = eng_seterr(err, errlen, ENG_ERR_INVALID, "id: job %s already exists", req->id);
+	if (find_locked(s, id)) {
+		rc = eng_seterr(err, errlen, ENG_ERR_INVALID, "id: job %s already exists", id);
 		goto unlock_fail;
 	}
 	j->req = *req;
+	memcpy(j->req.id, id, sizeof id);
 	job_req_init(req);
-	memcpy(req->id, j->req.id, sizeof req->id);
+	memcpy(req->id, id, sizeof id);
 	j->t_submit_ms = ev_now_ms();
 	/* job.queued goes out before the engine thread can see the job, so
 	 * the job's seq 0 is always this event */
-	publish(s, j, EV_JOB_QUEUED, -1, json_pack("{s:o}", "request", job_req_to_json(&j->req)));
+	sched_publish(s, j, EV_JOB_QUEUED, -1, json_pack("{s:o}", "request", job_req_to_json(&j->req)));
 	if (s->q_tail)
 		s->q_tail->qnext = j;
 	else
@@ -1164,8 +530,7 @@ sched_submit(sched *s, struct job_req *req, char *err, size_t errlen)
 
 unlock_fail:
 	pthread_mutex_unlock(&s->mu);
-	st->destroy(j->st_state);
-	free(j);
+	sched_job_free(j);       /* holds no part of req yet */
 	return rc;
 }
 
