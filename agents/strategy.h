@@ -22,6 +22,11 @@ struct strat_api {
 	 * seed.  Returns the first new thread index (they are consecutive), or
 	 * a negative error (e.g. ENG_ERR_RANGE past the job's thread cap). */
 	int (*spawn)(void *ctx, int n, int parent);
+	/* n new threads from a fresh prompt: the job's system prompt and this
+	 * user turn, rendered in the model's chat format and prefilled once
+	 * (the n share it).  For rounds that restate the problem, e.g. with a
+	 * distilled "Known:" block.  Returns the first index, or an error. */
+	int (*spawn_prompt)(void *ctx, int n, const char *user_text);
 	/* Stop a thread now (its blocks are freed): thread.pruned with reason,
 	 * or thread.done with finish_reason "stop" when reason is NULL. */
 	int (*stop)(void *ctx, int thread, const char *reason);
@@ -43,6 +48,9 @@ struct strategy {
 	const char *name;
 	const char *help;
 	const char *params_help;       /* one line per parameter               */
+	int top_logprobs;              /* top logprobs each token reports to the
+					  token hook (samp_result.top_*); 0 = as
+					  the request asks                       */
 	/* Parse req (n, params) into a state.  ENG_ERR_INVALID with err for a
 	 * 400 on bad parameters. */
 	int (*init)(const struct job_req *req, void **state, char *err, size_t errlen);

@@ -222,17 +222,12 @@ prompt_seq_new(sched *s, struct sjob *j)
 	return seq;
 }
 
-static int
-api_spawn(void *ctx, int n, int parent)
-{
-	struct sjob *j = ctx;
-	sched *s = j->s;
-	int *kids = NULL, src = -1, tmp = -1, rc, first = j->n_threads;
+static int render_prompt(sched *s, struct sjob *j, const char *question, int32_t **out, int *n_out);
 
-	if (n < 1 || parent < -1 || parent >= j->n_threads || j->finished)
-		return ENG_ERR_INVALID;
-	if (parent >= 0 && j->t[parent].seq < 0)
-		return ENG_ERR_INVALID;
+/* Room for n more threads of j: ENG_ERR_RANGE past the job's n. */
+static int
+make_room(struct sjob *j, int n)
+{
 	if (n > j->req.n - j->n_threads)     /* (n_threads + n could overflow) */
 		return ENG_ERR_RANGE;
 	if (j->n_threads + n > j->cap_threads) {
@@ -242,18 +237,18 @@ api_spawn(void *ctx, int n, int parent)
 		j->t = nt;
 		j->cap_threads = j->n_threads + n;
 	}
-	if (!(kids = malloc((size_t)n * sizeof *kids)))
+	return 0;
+}
+
+/* n new threads forked from sequence src (the prompt, a thread, or a fresh
+ * prompt), recorded with parent.  Returns the first new index or an error. */
+static int
+spawn_from(struct sjob *j, int src, int n, int parent)
+{
+	sched *s = j->s;
+	int *kids = malloc((size_t)n * sizeof *kids), rc, first = j->n_threads;
+	if (!kids)
 		return ENG_ERR_NOMEM;
-	if (parent >= 0) {
-		src = j->t[parent].seq;
-	} else if (j->prompt_seq >= 0) {
-		src = j->prompt_seq;
-	} else {
-		/* the prompt sequence is gone once start returns: prefill it again */
-		if ((rc = tmp = prompt_seq_new(s, j)) < 0)
-			goto out;
-		src = tmp;
-	}
 	if ((rc = eng_seq_fork(s->e, src, n, kids)) < 0)
 		goto out;
 	for (int k = 0; k < n; k++) {
@@ -265,6 +260,8 @@ api_spawn(void *ctx, int n, int parent)
 		t->ts = tok_stream_new(eng_tokenizer(s->e));
 		struct samp_params sp = j->req.sampling;
 		sp.seed = thread_seed(j, i);
+		if (j->st->top_logprobs > sp.n_top)
+			sp.n_top = j->st->top_logprobs;
 		eng_seq_set_sampling(s->e, kids[k], &sp);
 		if (parent >= 0) {
 			t->tokens = j->t[parent].tokens;
@@ -284,9 +281,59 @@ api_spawn(void *ctx, int n, int parent)
 	}
 	rc = first;
 out:
+	free(kids);
+	return rc;
+}
+
+static int
+api_spawn(void *ctx, int n, int parent)
+{
+	struct sjob *j = ctx;
+	sched *s = j->s;
+	int src = -1, tmp = -1, rc;
+
+	if (n < 1 || parent < -1 || parent >= j->n_threads || j->finished)
+		return ENG_ERR_INVALID;
+	if (parent >= 0 && j->t[parent].seq < 0)
+		return ENG_ERR_INVALID;
+	if ((rc = make_room(j, n)) < 0)
+		return rc;
+	if (parent >= 0) {
+		src = j->t[parent].seq;
+	} else if (j->prompt_seq >= 0) {
+		src = j->prompt_seq;
+	} else {
+		/* the prompt sequence is gone once start returns: prefill it again */
+		if ((tmp = prompt_seq_new(s, j)) < 0)
+			return tmp;
+		src = tmp;
+	}
+	rc = spawn_from(j, src, n, parent);
 	if (tmp >= 0)
 		eng_seq_free(s->e, tmp);
-	free(kids);
+	return rc;
+}
+
+static int
+api_spawn_prompt(void *ctx, int n, const char *question)
+{
+	struct sjob *j = ctx;
+	sched *s = j->s;
+	int32_t *ids = NULL;
+	int n_ids = 0, rc, seq;
+
+	if (n < 1 || !question || j->finished)
+		return ENG_ERR_INVALID;
+	if ((rc = make_room(j, n)) < 0)
+		return rc;
+	if ((rc = render_prompt(s, j, question, &ids, &n_ids)) < 0)
+		return rc;     /* (fail_reason says why; the job goes on) */
+	if ((rc = seq = eng_seq_new(s->e, ids, n_ids, &j->req.sampling)) >= 0 &&
+	    (rc = eng_seq_prefill(s->e, seq, NULL)) >= 0)
+		rc = spawn_from(j, seq, n, -1);
+	if (seq >= 0)
+		eng_seq_free(s->e, seq);
+	free(ids);
 	return rc;
 }
 
@@ -388,8 +435,15 @@ api_n_threads(void *ctx)
 }
 
 static const struct strat_api api_base = {
-	.spawn = api_spawn, .stop = api_stop,	      .inject = api_inject, .finish = api_finish,
-	.emit = api_emit,   .text = api_text,	      .tokens = api_tokens, .live = api_live,
+	.spawn = api_spawn,
+	.spawn_prompt = api_spawn_prompt,
+	.stop = api_stop,
+	.inject = api_inject,
+	.finish = api_finish,
+	.emit = api_emit,
+	.text = api_text,
+	.tokens = api_tokens,
+	.live = api_live,
 	.n_threads = api_n_threads,
 };
 
@@ -417,9 +471,11 @@ sched_job_new(sched *s, const struct strategy *st, const struct job_req *req, in
 
 /* ---- starting a job (engine thread, at admission) --------------------------------------- */
 
-/* Tokenize j's prompt into j->prompt.  0, or an error with reason set. */
+/* Render and tokenize j's prompt, with question in place of the request's
+ * question when non-NULL (then the request's messages are not used).  *out
+ * is malloc'd.  0, or an error with j->fail_reason set. */
 static int
-build_prompt(sched *s, struct sjob *j)
+render_prompt(sched *s, struct sjob *j, const char *question, int32_t **out, int *n_out)
 {
 	const tok *tk = eng_tokenizer(s->e);
 	enum chat_format fmt = eng_chat_format(s->e);
@@ -434,7 +490,7 @@ build_prompt(sched *s, struct sjob *j)
 		snprintf(j->fail_reason, sizeof j->fail_reason, "the model has no tokenizer");
 		goto out;
 	}
-	if (j->req.messages) {
+	if (j->req.messages && !question) {
 		size_t m = json_array_size(j->req.messages);
 		if (!m || !(msgs = calloc(m, sizeof *msgs))) {
 			snprintf(j->fail_reason, sizeof j->fail_reason, "messages: empty");
@@ -455,12 +511,14 @@ build_prompt(sched *s, struct sjob *j)
 		struct chat_msg two[2];
 		if (j->req.system)
 			two[n++] = (struct chat_msg){ "system", j->req.system };
-		two[n++] = (struct chat_msg){ "user", j->req.question ? j->req.question : "" };
+		if (!question)
+			question = j->req.question ? j->req.question : "";
+		two[n++] = (struct chat_msg){ "user", question };
 		rc = chat_render(fmt, two, n, 1, tok_bos_token(tk), &text);
 	} else {
 		/* plain text: system, a blank line, the question, a newline */
 		const char *sys = j->req.system ? j->req.system : "";
-		const char *q = j->req.question ? j->req.question : "";
+		const char *q = question ? question : j->req.question ? j->req.question : "";
 		size_t len = strlen(sys) + strlen(q) + 4;
 		rc = ENG_ERR_NOMEM;
 		if (!(text = malloc(len)))
@@ -490,8 +548,8 @@ build_prompt(sched *s, struct sjob *j)
 			 s->max_position);
 		goto out;
 	}
-	j->prompt = ids;
-	j->n_prompt = (int)n_ids;
+	*out = ids;
+	*n_out = (int)n_ids;
 	ids = NULL;
 	rc = 0;
 out:
@@ -507,7 +565,7 @@ int
 sched_job_start(sched *s, struct sjob *j)
 {
 	int rc;
-	if (!j->prompt && build_prompt(s, j) < 0) {
+	if (!j->prompt && render_prompt(s, j, NULL, &j->prompt, &j->n_prompt) < 0) {
 		sched_job_fail(s, j, j->fail_reason);
 		return 0;
 	}
