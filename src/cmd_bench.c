@@ -2,7 +2,9 @@
  * forked from one prompt, and the fraction of the machine's memory bandwidth
  * that is (main thread = engine thread).  With --shape it writes a
  * random-weight bf16 model of a real architecture's shape to a scratch
- * directory and loads it through the normal loader. */
+ * directory and loads it through the normal loader.  --server-path hands
+ * over to bench_server.c: the scheduler and server path against the engine
+ * alone. */
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -14,6 +16,7 @@
 
 #include <jansson.h>
 
+#include "bench_server.h"
 #include "cli.h"
 #include "engine.h"
 #include "safetensors.h"
@@ -28,11 +31,17 @@ static const struct cli_opt opts[] = {
 	{ "threads", "N", "CPU threads (default: all cores)" },
 	{ "device", "D", "auto, cpu or cuda (default auto)" },
 	{ "json", "FILE", "also write the results as JSON to FILE" },
+	{ "server-path", NULL, "benchmark the server path instead: the engine alone, N sc jobs through the "
+			       "scheduler, then through the server with websocket clients (default model: the "
+			       "tiny test model; --n is the threads per job, default 8; --gen the steps, default 64)" },
+	{ "jobs", "LIST", "--server-path: comma-separated counts N of concurrent sc jobs (default 1,4,16)" },
+	{ "clients", "N", "--server-path: websocket clients on /v1/events (default 50; 0 = no server)" },
 };
 #define N_OPTS ((int)(sizeof opts / sizeof opts[0]))
 #define OPT(name) cli_get(opts, N_OPTS, &a, name)
 static const char synopsis[] =
-	"[--model DIR | --shape tiny|0.6b|1.7b|8b] [--n 1,8,32] [--prompt-len T] [--gen T] [--threads N] [--json FILE]";
+	"[--model DIR | --shape tiny|0.6b|1.7b|8b] [--n 1,8,32] [--prompt-len T] [--gen T] [--threads N] [--json FILE]\n"
+	"       braid bench --server-path [--model DIR | --shape S] [--jobs 1,4,16] [--n 8] [--gen 64] [--clients 50] [--json FILE]";
 
 /* ---- synthetic models ------------------------------------------------------ */
 
@@ -138,7 +147,7 @@ write_shape_model(const struct shape *s, const char *dir)
 				"head_dim", s->head_dim, "intermediate_size", s->inter,
 				"max_position_embeddings", 40960, "rms_norm_eps", 1e-6,
 				"rope_theta", 1000000.0, "tie_word_embeddings", s->tied,
-				"eos_token_id", 151645, "torch_dtype", "bfloat16");
+				"eos_token_id", s->vocab > 151645 ? 151645 : s->vocab - 1, "torch_dtype", "bfloat16");
 	if (!cfg || json_dump_file(cfg, path, JSON_INDENT(1)) != 0) {
 		json_decref(cfg);
 		fprintf(stderr, "braid bench: cannot write %s\n", path);
@@ -338,6 +347,142 @@ done:
 	return rc;
 }
 
+/* A comma-separated list of counts in [1, 4096] into out[max]. */
+static int
+parse_list(const char *opt, const char *list, int *out, int max, int *n_out)
+{
+	int n = 0;
+	for (const char *p = list; *p;) {
+		char *end;
+		long v = strtol(p, &end, 10);
+		if (end == p || v < 1 || v > 4096 || (*end && *end != ',') || n == max) {
+			fprintf(stderr, "braid bench: --%s wants a comma-separated list of at most %d counts in [1, 4096], got '%s'\n",
+				opt, max, list);
+			return -1;
+		}
+		out[n++] = (int)v;
+		p = *end ? end + 1 : end;
+	}
+	if (n == 0) {
+		fprintf(stderr, "braid bench: --%s is empty\n", opt);
+		return -1;
+	}
+	*n_out = n;
+	return 0;
+}
+
+/* The tiny test model of the source tree this binary was built from. */
+static void
+test_model_dir(char *out, size_t cap)
+{
+	const char *data = getenv("BRAID_TEST_DATA");
+	if (data && *data) {
+		snprintf(out, cap, "%s/models/qwen3-f32", data);
+		return;
+	}
+	/* BRAID_WEB_ROOT is the tree's web/ folder */
+	size_t len = strlen(BRAID_WEB_ROOT);
+	snprintf(out, cap, "%.*s/tests/data/models/qwen3-f32", (int)(len > 4 ? len - 4 : len), BRAID_WEB_ROOT);
+}
+
+static int
+copy_file(const char *from, const char *to)
+{
+	FILE *in = fopen(from, "rb"), *o = in ? fopen(to, "wb") : NULL;
+	char buf[65536];
+	size_t n;
+	int rc = in && o ? 0 : -1;
+	while (rc == 0 && (n = fread(buf, 1, sizeof buf, in)) > 0)
+		if (fwrite(buf, 1, n, o) != n)
+			rc = -1;
+	if (in && ferror(in))
+		rc = -1;
+	if (o && fclose(o) != 0)
+		rc = -1;
+	if (in)
+		fclose(in);
+	return rc;
+}
+
+/* Resolve --model / --shape into dir (writing the shape model if needed).
+ * A shape model gets the test model's tokenizer when with_tokenizer is
+ * set (the scheduler needs one to render prompts).  0, 1 on failure. */
+static int
+resolve_model(const struct cli_args *args, int with_tokenizer, char *dir, size_t cap)
+{
+	const struct cli_args a = *args;
+	const struct shape *shp = NULL;
+	if (OPT("model")) {
+		snprintf(dir, cap, "%s", OPT("model"));
+		return 0;
+	}
+	if (with_tokenizer && !OPT("shape")) {
+		test_model_dir(dir, cap);
+		return 0;
+	}
+	const char *want = OPT("shape") ? OPT("shape") : "0.6b";
+	for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
+		if (!strcmp(shapes[i].name, want))
+			shp = &shapes[i];
+	if (!shp) {
+		fprintf(stderr, "braid bench: unknown --shape '%s' (tiny, 0.6b, 1.7b, 8b)\n", want);
+		return 2;
+	}
+	const char *scratch = OPT("scratch") ? OPT("scratch") : getenv("TMPDIR");
+	snprintf(dir, cap, "%s/braid-bench-%s", scratch ? scratch : "/tmp", shp->name);
+	char st_path[4200];
+	snprintf(st_path, sizeof st_path, "%s/model.safetensors", dir);
+	if (access(st_path, R_OK) != 0) {
+		fprintf(stderr, "writing a random bf16 model of shape %s to %s ...\n", shp->name, dir);
+		if (write_shape_model(shp, dir) != 0) {
+			fprintf(stderr, "braid bench: cannot write the model to %s\n", dir);
+			return 1;
+		}
+	}
+	static const char *const tok_files[] = { "tokenizer.json", "tokenizer_config.json" };
+	for (int i = 0; with_tokenizer && i < 2; i++) {
+		char from[4200], to[4200], tm[4096];
+		test_model_dir(tm, sizeof tm);
+		snprintf(from, sizeof from, "%s/%s", tm, tok_files[i]);
+		snprintf(to, sizeof to, "%s/%s", dir, tok_files[i]);
+		if (access(to, R_OK) != 0 && copy_file(from, to) != 0) {
+			fprintf(stderr, "braid bench: cannot copy %s to %s\n", from, to);
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static int
+bench_server_path(const struct cli_args *args, long gen, long threads, enum eng_device device)
+{
+	const struct cli_args a = *args;
+	struct bsrv_params bp = { 0 };
+	char dir[4096];
+	long clients = 50;
+	if (parse_list("jobs", OPT("jobs") ? OPT("jobs") : "1,4,16", bp.jobs, BSRV_MAX_LIST, &bp.n_jobs) ||
+	    parse_list("n", OPT("n") ? OPT("n") : "8", bp.per_job, BSRV_MAX_LIST, &bp.n_per_job) ||
+	    (OPT("clients") && cli_int("clients", OPT("clients"), 0, 1000, &clients)))
+		return 2;
+	for (int i = 0; i < bp.n_jobs; i++)
+		for (int k = 0; k < bp.n_per_job; k++)
+			if (bp.jobs[i] * bp.per_job[k] > 255) {
+				fprintf(stderr, "braid bench: --jobs x --n = %d x %d threads is more than one step carries (255)\n",
+					bp.jobs[i], bp.per_job[k]);
+				return 2;
+			}
+	int rc = resolve_model(&a, 1, dir, sizeof dir);
+	if (rc)
+		return rc;
+	bp.model_dir = dir;
+	bp.device = device;
+	bp.n_threads = (int)threads;
+	bp.steps = OPT("gen") ? (int)gen : 64;
+	bp.clients = (int)clients;
+	bp.json_path = OPT("json");
+	return bsrv_run(&bp);
+}
+
 int
 cmd_bench(int argc, char **argv)
 {
@@ -352,44 +497,20 @@ cmd_bench(int argc, char **argv)
 	    (OPT("threads") && cli_int("threads", OPT("threads"), 0, 1024, &threads)) ||
 	    cli_parse_device("bench", OPT("device"), &ep.device))
 		return 2;
-	int ns[16], n_ns = 0;
-	const char *list = OPT("n") ? OPT("n") : "1,8,32";
-	for (const char *p = list; *p && n_ns < 16;) {
-		char *end;
-		long v = strtol(p, &end, 10);
-		if (end == p || v < 1 || v > 4096 || (*end && *end != ',')) {
-			fprintf(stderr, "braid bench: --n wants a comma-separated list of counts in [1, 4096], got '%s'\n", list);
-			return 2;
-		}
-		ns[n_ns++] = (int)v;
-		p = *end ? end + 1 : end;
+	if (OPT("server-path"))
+		return bench_server_path(&a, gen, threads, ep.device);
+	if (OPT("jobs") || OPT("clients")) {
+		fprintf(stderr, "braid bench: --jobs and --clients go with --server-path\n");
+		return 2;
 	}
+	int ns[16], n_ns = 0;
+	if (parse_list("n", OPT("n") ? OPT("n") : "1,8,32", ns, 16, &n_ns))
+		return 2;
 
 	char dir[4096];
-	const struct shape *shp = NULL;
-	if (OPT("model")) {
-		snprintf(dir, sizeof dir, "%s", OPT("model"));
-	} else {
-		const char *want = OPT("shape") ? OPT("shape") : "0.6b";
-		for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
-			if (!strcmp(shapes[i].name, want))
-				shp = &shapes[i];
-		if (!shp) {
-			fprintf(stderr, "braid bench: unknown --shape '%s' (tiny, 0.6b, 1.7b, 8b)\n", want);
-			return 2;
-		}
-		const char *scratch = OPT("scratch") ? OPT("scratch") : getenv("TMPDIR");
-		snprintf(dir, sizeof dir, "%s/braid-bench-%s", scratch ? scratch : "/tmp", shp->name);
-		char st_path[4200];
-		snprintf(st_path, sizeof st_path, "%s/model.safetensors", dir);
-		if (access(st_path, R_OK) != 0) {
-			fprintf(stderr, "writing a random bf16 model of shape %s to %s ...\n", shp->name, dir);
-			if (write_shape_model(shp, dir) != 0) {
-				fprintf(stderr, "braid bench: cannot write the model to %s\n", dir);
-				return 1;
-			}
-		}
-	}
+	int mr = resolve_model(&a, 0, dir, sizeof dir);
+	if (mr)
+		return mr;
 
 	ep.model_dir = dir;
 	ep.n_threads = (int)threads;

@@ -19,7 +19,7 @@ fails_clearly() {
 	else not_ok "$d (rc=$rc, stderr: $(head -c 300 "$T/err"))"; fi
 }
 
-tap_plan 31
+tap_plan 34
 
 # ---- the command table ----------------------------------------------------------
 run "$B" --help
@@ -103,3 +103,14 @@ fails_clearly "generate: a missing model directory is named" 1 "$T/none" "$B" ge
 # ---- bench (a smoke run of the command, not a timing) ---------------------------------
 run "$B" bench --model "$M" --n 1,4 --prompt-len 8 --gen 2 --json "$T/bench.json"
 check "bench runs and writes its JSON" sh -c "[ $rc -eq 0 ] && jq -e '.rows|length==2 and (.[1].n==4) and (.[1].decode_tok_s > 0)' '$T/bench.json' >/dev/null"
+
+# ---- bench --server-path (a smoke run: fields and bookkeeping, not timings) -----------------
+run "$B" bench --server-path --model "$M" --jobs 1,2 --n 2 --gen 4 --clients 3 --json "$T/sbench.json"
+check "bench --server-path runs, prints its table and writes one JSON row per N" \
+	sh -c "[ $rc -eq 0 ] && grep -q '| engine alone ms/step |' '$T/out' && jq -e '.clients == 3 and (.rows|length == 2) and (.rows|map(.N) == [1,2])' '$T/sbench.json' >/dev/null"
+check "bench --server-path rows have every field, and no event was lost or reordered" \
+	jq -e '.rows|all(has("N","n","steps","engine_ms_per_step","sched_ms_per_step","overhead_ms_per_step","overhead_pct",
+		"events_published_per_s","events_delivered_per_s","gaps") and .engine_ms_per_step > 0 and .sched_ms_per_step > 0
+		and .lost == 0 and .out_of_order == 0 and .jobs_failed == 0 and .tokens_sched == .tokens_server
+		and (.gaps > 0 or (.clients_complete == .clients and .events_delivered == .clients * .events_published)))' "$T/sbench.json"
+fails_clearly "bench --server-path: a bad --jobs list is a clear error" 2 "jobs" "$B" bench --server-path --model "$M" --jobs 0
