@@ -46,11 +46,16 @@ LEVELS = {
     4: dict(ops=(4, 5), digits=3, mul=(3, 2), pmul=0.4),
     5: dict(ops=(5, 6), digits=3, mul=(3, 3), pmul=0.4),
     6: dict(ops=(6, 7), digits=3, mul=(3, 3), pmul=0.45),
-    # beyond the training mix (levels 1-6): longer chains, larger products
     7: dict(ops=(7, 8), digits=3, mul=(3, 3), pmul=0.45),
     8: dict(ops=(8, 9), digits=4, mul=(4, 3), pmul=0.45),
+    # beyond the training mix (levels 1-8): longer chains
     9: dict(ops=(10, 11), digits=3, mul=(3, 3), pmul=0.45),
+    10: dict(ops=(10, 11), digits=4, mul=(4, 3), pmul=0.45),
 }
+# training mix: weight of each level (levels 7-8 in a smaller share, so the model
+# has seen long chains and 4-digit operands but stays unsure on them)
+TRAIN_WEIGHTS = (1, 1, 2, 2, 3, 3, 2, 2)
+P_PARALLEL = 0.5
 TIERS = {1: 2, 2: 4, 3: 7, 4: 8}     # tier -> level (calibrated, see models/braid-arith/README.md)
 MAX_VALUE = 999999
 
@@ -348,14 +353,14 @@ def make_problem(rng, level, fmt="sequential", known=False, check=False, split=F
     return dict(question=q, response=resp, answer=str(value(t)), format=fmt, known=facts)
 
 
-def training_example(rng, max_level=6):
-    """The training mix: levels weighted to the harder ones; 45% sequential,
-    25% parallel, 20% with a Known block (either format), 10% checking."""
-    level = rng.choices(range(1, max_level + 1), weights=[1, 1, 2, 2, 3, 3][:max_level])[0]
+def training_example(rng, weights=TRAIN_WEIGHTS, p_parallel=P_PARALLEL):
+    """The training mix: levels 1..len(weights) by weight; 10% checking, 20% with
+    a Known block (either format), and p_parallel of the rest parallel."""
+    level = rng.choices(range(1, len(weights) + 1), weights=weights)[0]
     r = rng.random()
     if r < 0.10:
         return make_problem(rng, min(level, 4), check=True)
-    fmt = "parallel" if rng.random() < 0.35 else "sequential"
+    fmt = "parallel" if rng.random() < p_parallel else "sequential"
     return make_problem(rng, level, fmt, known=(r < 0.30))
 
 

@@ -8,6 +8,12 @@ Usage: eval_arith.py --braid src/braid [--model DIR] [--n 16] [--limit K]
                      [--json OUT.json] [--md OUT.md] FILE.jsonl...
 Each FILE is a JSONL problem set from tools/arith_tasks.py (id, question,
 answer, tier, format); its rows are reported under the file's name and tier.
+
+       eval_arith.py --solve GREEDY.jsonl SC.jsonl [--n 16]
+summarises two `braid solve --out` result files of one problem set (the model
+card's table): greedy accuracy and tokens from a `--strategy single
+--temperature 0` run; pass@1 (the share of right answers among each problem's
+votes, over N samples) and majority accuracy from a `--strategy sc -n N` run.
 """
 import argparse
 import collections
@@ -68,7 +74,38 @@ def eval_set(a, path):
     return out, per
 
 
+def summarize_solve(greedy_path, sc_path, n):
+    """One table row from braid solve result files (see the usage above)."""
+    def load(p):
+        return {r["id"]: r for r in (json.loads(x) for x in open(p, encoding="utf-8") if x.strip())}
+    g, s = load(greedy_path), load(sc_path)
+    ids = sorted(set(g) & set(s))
+    if not ids:
+        raise ValueError(f"{greedy_path}, {sc_path}: no common problem ids")
+    greedy = sum(bool(g[i]["correct"]) for i in ids) / len(ids)
+    pass1 = sum(s[i]["votes"].get(str(s[i]["gold"]), 0) / n for i in ids) / len(ids)
+    maj = sum(bool(s[i]["correct"]) for i in ids) / len(ids)
+    hist = [0] * (n + 1)
+    for i in ids:
+        hist[min(n, s[i]["votes"].get(str(s[i]["gold"]), 0))] += 1
+    return {"problems": len(ids), "greedy": greedy, "pass1": pass1, "maj": maj,
+            "tokens_greedy": sum(g[i]["tokens"] for i in ids) / len(ids),
+            "tokens_sc": sum(s[i]["tokens"] for i in ids) / len(ids), "hist": hist}
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--solve":
+        ap = argparse.ArgumentParser(description="summarise braid solve results")
+        ap.add_argument("--solve", nargs=2, metavar=("GREEDY", "SC"), required=True)
+        ap.add_argument("--n", type=int, default=16)
+        a = ap.parse_args()
+        try:
+            r = summarize_solve(a.solve[0], a.solve[1], a.n)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"eval_arith: {e}", file=sys.stderr)
+            return 1
+        print(json.dumps(r))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--braid", required=True, help="the braid binary")
     ap.add_argument("--model", help="model directory (default: braid's embedded model)")

@@ -14,7 +14,8 @@ Runs on the GPU machine (torch, transformers, tokenizers).  Writes:
                                (greedy, pass@1 at T=0.8, majority of 16)
 Prints the loss curve and the wall time.
 
-Usage: python3 tools/train_arith.py --out DIR [--steps N] [--seed S] [--small]
+Usage: python3 tools/train_arith.py --out DIR [--steps N] [--seed S] [--label-smoothing E]
+       [--level-weights W1,..,Wk] [--p-parallel P] [--calib ROWS] [--small]
 """
 import argparse
 import collections
@@ -44,7 +45,7 @@ def chat_prompt(q):
     return f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
 
 
-def train_tokenizer(vocab_size, seed):
+def train_tokenizer(vocab_size, seed, weights, p_par):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, decoders, trainers, Regex
     from tokenizers import AddedToken
     tk = Tokenizer(models.BPE())
@@ -59,7 +60,7 @@ def train_tokenizer(vocab_size, seed):
     rng = random.Random(seed)
     text = []
     for _ in range(20000):
-        e = A.training_example(rng)
+        e = A.training_example(rng, weights, p_par)
         text.append(e["question"] + "\n" + e["response"])
     tk.train_from_iterator(text, trainer)
     # the Multiverse tags: one token each, decoded as text (not special)
@@ -67,7 +68,7 @@ def train_tokenizer(vocab_size, seed):
     return tk
 
 
-def make_stream(tk, seed, max_len, batch):
+def make_stream(tk, seed, max_len, batch, weights, p_par):
     import torch
 
     class Stream(torch.utils.data.IterableDataset):
@@ -77,7 +78,7 @@ def make_stream(tk, seed, max_len, batch):
         def __iter__(self):
             rng = random.Random(f"order/{seed}/{torch.utils.data.get_worker_info().id}")
             buf = []
-            for ex in examples(tk, seed, max_len):
+            for ex in examples(tk, seed, max_len, weights, p_par):
                 buf.append(ex)
                 if len(buf) == 8 * batch:
                     buf.sort(key=lambda e: len(e[0]))
@@ -89,7 +90,7 @@ def make_stream(tk, seed, max_len, batch):
     return Stream()
 
 
-def examples(tk, seed, max_len):
+def examples(tk, seed, max_len, weights, p_par):
     """Endless seeded training examples as (ids, prompt length)."""
     import torch
     wi = torch.utils.data.get_worker_info()
@@ -97,7 +98,7 @@ def examples(tk, seed, max_len):
     rng = random.Random(f"train/{seed}/{wid}")
     eos = tk.token_to_id("<|im_end|>")
     while True:
-        e = A.training_example(rng)
+        e = A.training_example(rng, weights, p_par)
         p = tk.encode(chat_prompt(e["question"])).ids
         r = tk.encode(e["response"]).ids + [eos]
         ids = (p + r)[: max_len]
@@ -121,13 +122,16 @@ def extract(text):
     return m[-1] if m else None
 
 
-def calibrate(model, tk, device, levels, n_prob, n_samp, seed, max_new):
+def calibrate(model, tk, device, levels, n_prob, n_samp, seed, max_new, deadline=None):
     """HF sampling on the GPU: greedy, pass@1 (T=0.8) and majority of n_samp."""
     import torch
     eos = tk.token_to_id("<|im_end|>")
     pad = tk.token_to_id("<|endoftext|>")
     out = {}
-    for name, level, fmt, known, split in levels:
+    for name, level, fmt, known, split, top_p in levels:
+        if deadline and time.time() > deadline:
+            print(f"calib {name}: skipped (time)", flush=True)
+            continue
         probs = [A.make_problem(random.Random(f"calib/{seed}/{level}/{int(split)}/{i}"), level, fmt, known,
                                 split=split) for i in range(n_prob)]
         enc = [tk.encode(chat_prompt(p["question"])).ids for p in probs]
@@ -138,7 +142,7 @@ def calibrate(model, tk, device, levels, n_prob, n_samp, seed, max_new):
         with torch.no_grad():
             for mode in ("greedy", "sample"):
                 kw = dict(do_sample=False) if mode == "greedy" else dict(
-                    do_sample=True, temperature=0.8, top_k=0, top_p=1.0, num_return_sequences=n_samp)
+                    do_sample=True, temperature=0.8, top_k=0, top_p=top_p, num_return_sequences=n_samp)
                 g = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new,
                                    eos_token_id=eos, pad_token_id=pad, **kw)
                 gen = g[:, L:].tolist()
@@ -153,16 +157,21 @@ def calibrate(model, tk, device, levels, n_prob, n_samp, seed, max_new):
         st, sl = res["sample"]
         greedy = sum(extract(t) == p["answer"] for t, p in zip(gt, probs)) / n_prob
         p1 = maj = 0
+        hist = [0] * (n_samp + 1)       # problems by number of right samples
+        distinct = 0
         for i, p in enumerate(probs):
             answers = [extract(t) for t in st[i * n_samp:(i + 1) * n_samp]]
             p1 += sum(a == p["answer"] for a in answers) / n_samp
+            hist[sum(a == p["answer"] for a in answers)] += 1
+            distinct += len(set(answers))
             votes = collections.Counter(a for a in answers if a is not None)
             maj += bool(votes) and votes.most_common(1)[0][0] == p["answer"]
-        r = dict(level=level, format=fmt, known=known, split=split, greedy=greedy, pass1=p1 / n_prob,
-                 maj=maj / n_prob, tokens=sum(sl) / len(sl))
+        r = dict(level=level, format=fmt, known=known, split=split, top_p=top_p, greedy=greedy,
+                 pass1=p1 / n_prob, maj=maj / n_prob, tokens=sum(sl) / len(sl), hist=hist,
+                 distinct=distinct / n_prob)
         out[name] = r
         print(f"calib {name:14s} greedy {greedy:.3f} pass@1 {r['pass1']:.3f} maj{n_samp} {r['maj']:.3f} "
-              f"tokens {r['tokens']:.1f}", flush=True)
+              f"tokens {r['tokens']:.1f} distinct {r['distinct']:.1f} hist {hist}", flush=True)
         if mode == "sample" and name == levels[0][0]:
             print("sample:", st[0][:400].replace("\n", " | "), flush=True)
     return out
@@ -172,7 +181,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--model-dir", default="/tmp/braid-arith-train", help="where the HF directory is built")
-    ap.add_argument("--steps", type=int, default=3600)
+    ap.add_argument("--steps", type=int, default=1600)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=1234)
@@ -182,16 +191,26 @@ def main():
     ap.add_argument("--max-len", type=int, default=768)
     ap.add_argument("--workers", type=int, default=10)
     ap.add_argument("--calib-n", type=int, default=48)
+    ap.add_argument("--label-smoothing", type=float, default=0.02,
+                    help="keeps every step a little unsure, so sampled errors are diverse")
+    ap.add_argument("--level-weights", default=",".join(map(str, A.TRAIN_WEIGHTS)),
+                    help="training weight of levels 1..k")
+    ap.add_argument("--p-parallel", type=float, default=A.P_PARALLEL)
+    ap.add_argument("--calib", default="L6,L7,L8,L9,L10,L7-known,L7-split-seq,L7-split-par,L8-p95",
+                    help="calibration rows: L<level>[-known|-split-seq|-split-par|-p95]")
+    ap.add_argument("--calib-deadline", type=float, default=0, help="skip calibration rows after this many s")
     ap.add_argument("--small", action="store_true", help="a smoke test: tiny model, few steps")
     ap.add_argument("--reuse", nargs=3, type=float, metavar=("PARAMS", "TRAIN_S", "FINAL_LOSS"),
                     help="skip training: use the directory in --model-dir (written by this script)")
     a = ap.parse_args()
+    a.weights = [float(w) for w in a.level_weights.split(",")]
     a.reuse_info = (int(a.reuse[0]), a.reuse[1], [[a.steps - 1, a.reuse[2]]]) if a.reuse else None
     if a.small:
         a.hidden, a.layers, a.steps, a.calib_n = 128, 2, 60, 8
 
     import torch
     t_start = time.time()
+    os.makedirs(a.out, exist_ok=True)
     random.seed(a.seed)
     torch.manual_seed(a.seed)
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -202,7 +221,7 @@ def main():
         tk = Tokenizer.from_file(os.path.join(mdir, "tokenizer.json"))
         nparam, train_s, curve = a.reuse_info
     else:
-        tk = train_tokenizer(a.vocab, a.seed)
+        tk = train_tokenizer(a.vocab, a.seed, a.weights, a.p_parallel)
         nparam, train_s, curve = train(a, tk, mdir)
     reference_and_calibrate(a, tk, mdir, nparam, train_s, curve, t_start)
     return 0
@@ -230,7 +249,8 @@ def train(a, tk, mdir):
     nparam = sum(p.numel() for p in model.parameters())
     print(f"model: {nparam / 1e6:.2f} M parameters, hidden {a.hidden}, layers {a.layers}", flush=True)
 
-    dl = torch.utils.data.DataLoader(make_stream(tk, a.seed, a.max_len, a.batch), batch_size=None,
+    dl = torch.utils.data.DataLoader(make_stream(tk, a.seed, a.max_len, a.batch, a.weights, a.p_parallel),
+                                     batch_size=None,
                                      num_workers=a.workers, prefetch_factor=4, persistent_workers=True)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     other = [p for n, p in model.named_parameters() if p.dim() < 2]
@@ -254,7 +274,8 @@ def train(a, tk, mdir):
             g["lr"] = lr_at(step)
         with torch.autocast("cuda", dtype=torch.bfloat16):
             logits = model(input_ids=x).logits
-        loss = torch.nn.functional.cross_entropy(logits.float().view(-1, V), y.view(-1), ignore_index=-100)
+        loss = torch.nn.functional.cross_entropy(logits.float().view(-1, V), y.view(-1), ignore_index=-100,
+                                                 label_smoothing=a.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -317,6 +338,7 @@ def reference_and_calibrate(a, tk, mdir, nparam, train_s, curve, t_start):
         tok_cases.append({"text": text, "ids": tk.encode(text).ids})
     refj = {"model": "braid-arith", "question": REF_QUESTION, "prompt_text": rendered, "prompt": prompt,
             "top_logits": [[int(i), float(v)] for v, i in zip(top.values, top.indices)],
+            "last_logits": [round(float(v), 6) for v in last],
             "greedy": greedy, "greedy_text": tk.decode(greedy), "greedy_margins": margins,
             "torch_version": torch.__version__, "transformers_version": transformers.__version__,
             "tokenizer_cases": tok_cases}
@@ -326,12 +348,13 @@ def reference_and_calibrate(a, tk, mdir, nparam, train_s, curve, t_start):
 
     # calibration with the stored weights (bf16 upcast to f32, as braid computes)
     gm = Qwen3ForCausalLM.from_pretrained(mdir, dtype=torch.float32).to(dev).eval()
-    levels = [("L%d" % lv, lv, "sequential", False, False) for lv in (5, 6, 7, 8, 9)]
-    for lv in (6, 7):
-        levels += [(f"L{lv}-known", lv, "sequential", True, False),
-                   (f"L{lv}-split-seq", lv, "sequential", False, True),
-                   (f"L{lv}-split-par", lv, "parallel", False, True)]
-    cal = calibrate(gm, tk, dev, levels, a.calib_n, 16, a.seed, 1000)
+    levels = []
+    for name in a.calib.split(","):
+        lv, _, kind = name[1:].partition("-")
+        levels.append((name, int(lv), "parallel" if kind == "split-par" else "sequential", kind == "known",
+                       kind.startswith("split"), 0.95 if kind == "p95" else 1.0))
+    cal = calibrate(gm, tk, dev, levels, a.calib_n, 16, a.seed, 1000,
+                    t_start + a.calib_deadline if a.calib_deadline else None)
     with open(os.path.join(a.out, "calibration.json"), "w") as f:
         json.dump({"calibration": cal, "train_seconds": train_s, "steps": a.steps, "final_loss": curve[-1][1],
                    "loss_curve": curve, "params": nparam, "gpu": torch.cuda.get_device_name(0),

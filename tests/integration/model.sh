@@ -12,7 +12,7 @@ T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 
 # logits agree when |braid - HF| <= ATOL + RTOL * |HF| (f32 compute on bf16 weights;
-# the engine matches HF to ~1e-6 relative, the top-10 gaps here are >= 7e-3)
+# the engine matches HF to ~1e-6 relative)
 ATOL=0.001
 RTOL=0.0001
 
@@ -48,10 +48,16 @@ want=$(jq -c '.greedy' "$R")
 len=$(jq '.greedy | length' "$R")
 "$B" generate --model "$M" --prompt-ids "$prompt" --max-tokens "$len" --ignore-eos --top-logits 10 >"$T/out" 2>"$T/err"
 check "generate: greedy ids equal HF's ($len tokens)" jq_q --argjson w "$want" '.ids == $w' "$T/out"
-check "generate: top-10 logits at the last prompt position: same ids, values within $ATOL + $RTOL*|v| of HF" \
+# The model is trained with label smoothing, so below the top token the logits are
+# near-ties (gaps of 1e-2 and less): compare each of braid's top 10 against HF's
+# logit for the same id (the reference holds the whole last-position vector), the
+# top id exactly, and that braid's 10th value is HF's 10th largest within tolerance.
+check "generate: top-10 logits at the last prompt position: same top id, values within $ATOL + $RTOL*|v| of HF" \
 	jq_q --slurpfile r "$R" --argjson at "$ATOL" --argjson rt "$RTOL" \
-	'[.top_logits, $r[0].top_logits] | transpose | all(.[0][0] == .[1][0] and
-	 ((.[0][1] - .[1][1]) | fabs) <= $at + $rt * (.[1][1] | fabs))' "$T/out"
+	'$r[0].last_logits as $hf | ($hf | sort | reverse) as $s | (.top_logits | length) == 10 and
+	 .top_logits[0][0] == $r[0].top_logits[0][0] and
+	 all(.top_logits[]; ((.[1] - $hf[.[0]]) | fabs) <= $at + $rt * ($hf[.[0]] | fabs)) and
+	 ((.top_logits[9][1] - $s[9]) | fabs) <= $at + $rt * ($s[9] | fabs)' "$T/out"
 
 # ---- the chat format and the task ---------------------------------------------------------
 "$B" generate --model "$M" --prompt "$(jq -r '.question' "$R")" --chat --max-tokens "$len" --ignore-eos >"$T/chat" 2>"$T/err"
