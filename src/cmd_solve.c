@@ -43,6 +43,7 @@
 
 static const struct cli_opt opts[] = {
 	{ "strategy", "S", "reasoning strategy: single, sc, ... (default sc)" },
+	{ "params", "JSON", "the strategy's parameters as a JSON object, e.g. '{\"mode\":\"offline\"}'" },
 	{ "n", "N", "threads per problem (default 8)" },
 	{ "out", "FILE", "append one result line per problem; rerunning resumes (default: stdout)" },
 	{ "report", "FILE", "write the summary JSON here at the end" },
@@ -618,9 +619,10 @@ submit(struct run *r, struct problem *p, const struct job_req *proto)
 		return 0;
 	struct job_req q = *proto;
 	char err[512] = "";
+	q.params = proto->params ? json_deep_copy(proto->params) : NULL;
 	q.question = strdup(p->question);
 	q.gold = p->gold ? strdup(p->gold) : NULL;
-	if (!q.question || (p->gold && !q.gold)) {
+	if (!q.question || (p->gold && !q.gold) || (proto->params && !q.params)) {
 		job_req_free(&q);
 		r->fatal = 1;
 		progress_say(&r->t, "braid solve: out of memory\n");
@@ -725,6 +727,16 @@ cmd_solve(int argc, char **argv)
 		return 2;
 	}
 	snprintf(proto.strategy, sizeof proto.strategy, "%s", strategy);
+	if (OPT("params")) {
+		json_error_t jerr;
+		proto.params = json_loads(OPT("params"), 0, &jerr);
+		if (!json_is_object(proto.params)) {
+			fprintf(stderr, "braid solve: --params wants a JSON object%s%s\n",
+				proto.params ? "" : ": ", proto.params ? "" : jerr.text);
+			job_req_free(&proto);
+			return 2;
+		}
+	}
 	proto.n = (int)n;
 	proto.max_tokens = (int)max_tokens;
 	proto.sampling.temperature = (float)temperature;
