@@ -56,8 +56,10 @@
 #include <string.h>
 
 #include "answer.h"
+#include "sparams.h"
 #include "status.h"
 #include "strat_rows.h"
+#include "vote.h"
 
 #define DC_WINDOW_MAX 4096
 #define DC_LOGPROB_FLOOR (-100.0)
@@ -93,71 +95,22 @@ struct deepconf {
 /* ---- parameters ---------------------------------------------------------------------- */
 
 static int
-num_param(json_t *v, const char *key, double lo, double hi, int lo_open, double *out, char *err,
-	  size_t errlen)
-{
-	if (!json_is_number(v))
-		return eng_seterr(err, errlen, ENG_ERR_INVALID, "params.%s: must be a number", key);
-	double x = json_number_value(v);
-	if (!isfinite(x) || x > hi || (lo_open ? x <= lo : x < lo))
-		return eng_seterr(err, errlen, ENG_ERR_INVALID, "params.%s: must be in %s%g, %g]", key,
-				  lo_open ? "(" : "[", lo, hi);
-	*out = x;
-	return 0;
-}
-
-static int
-int_param(json_t *v, const char *key, int lo, int hi, int *out, char *err, size_t errlen)
-{
-	if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-		return eng_seterr(err, errlen, ENG_ERR_INVALID, "params.%s: must be an integer in [%d, %d]",
-				  key, lo, hi);
-	*out = (int)json_integer_value(v);
-	return 0;
-}
-
-static int
 parse_params(const struct job_req *req, struct deepconf *s, char *err, size_t errlen)
 {
-	const char *key;
-	json_t *v;
-	int rc;
-	if (!req->params)
-		return 0;
-	if (!json_is_object(req->params))
-		return eng_seterr(err, errlen, ENG_ERR_INVALID, "params: must be an object");
-	json_object_foreach(req->params, key, v) {
-		if (strcmp(key, "mode") == 0) {
-			const char *m = json_string_value(v);
-			if (m && strcmp(m, "online") == 0)
-				s->mode = DC_ONLINE;
-			else if (m && strcmp(m, "offline") == 0)
-				s->mode = DC_OFFLINE;
-			else
-				return eng_seterr(err, errlen, ENG_ERR_INVALID,
-						  "params.mode: must be \"online\" or \"offline\"");
-			rc = 0;
-		} else if (strcmp(key, "eta") == 0) {
-			rc = num_param(v, "eta", 0, 100, 1, &s->eta, err, errlen);
-		} else if (strcmp(key, "consensus") == 0) {
-			rc = num_param(v, "consensus", 0, 1, 1, &s->consensus, err, errlen);
-		} else if (strcmp(key, "window") == 0) {
-			rc = int_param(v, "window", 1, DC_WINDOW_MAX, &s->window, err, errlen);
-		} else if (strcmp(key, "warmup") == 0) {
-			rc = int_param(v, "warmup", 1, req->n, &s->warmup, err, errlen);
-		} else if (strcmp(key, "detail") == 0) {
-			if (!json_is_boolean(v))
-				return eng_seterr(err, errlen, ENG_ERR_INVALID,
-						  "params.detail: must be true or false");
-			s->detail = json_is_true(v);
-			rc = 0;
-		} else {
-			return eng_seterr(err, errlen, ENG_ERR_INVALID,
-					  "params.%.64s: unknown parameter of strategy \"deepconf\"", key);
-		}
-		if (rc < 0)
-			return rc;
-	}
+	static const char *const keys[] = { "mode", "eta", "consensus", "window", "warmup",
+					    "detail", NULL };
+	static const char *const modes[] = { "online", "offline", NULL };   /* enum dc_mode */
+	const json_t *p = req->params;
+	int mode = (int)s->mode, rc;
+	if ((rc = sp_check(p, "deepconf", keys, err, errlen)) < 0 ||
+	    (rc = sp_enum(p, "mode", modes, &mode, err, errlen)) < 0 ||
+	    (rc = sp_num(p, "eta", 0, 100, 1, &s->eta, err, errlen)) < 0 ||
+	    (rc = sp_num(p, "consensus", 0, 1, 1, &s->consensus, err, errlen)) < 0 ||
+	    (rc = sp_int(p, "window", 1, DC_WINDOW_MAX, &s->window, err, errlen)) < 0 ||
+	    (rc = sp_int(p, "warmup", 1, req->n, &s->warmup, err, errlen)) < 0 ||
+	    (rc = sp_bool(p, "detail", &s->detail, err, errlen)) < 0)
+		return rc;
+	s->mode = (enum dc_mode)mode;
 	return 0;
 }
 
@@ -285,44 +238,19 @@ voters(const struct deepconf *s, int *out)
 static json_t *
 tally(const struct deepconf *s, const int *vt, int m, const char **answer, double *share)
 {
-	int *rep = malloc((size_t)(m ? m : 1) * sizeof *rep);   /* (m) group representative */
-	double *w = calloc((size_t)(m ? m : 1), sizeof *w);     /* (m) group weight         */
-	json_t *votes = json_object();
-	int n_groups = 0, best = -1;
-	double total = 0;
+	vote_tally *v = vote_new(m);
+	json_t *votes = NULL;
+	int best = -1;
 	*answer = NULL;
 	*share = 0;
-	if (!rep || !w || !votes)
-		goto fail;
-	for (int k = 0; k < m; k++) {
-		const struct dc_thread *t = &s->t[vt[k]];
-		int g;
-		for (g = 0; g < n_groups && !ans_equal(s->t[rep[g]].answer, t->answer); g++)
-			;
-		if (g == n_groups)
-			rep[n_groups++] = vt[k];
-		double c = trace_confidence(s, t);
-		w[g] += c;
-		total += c;
-	}
-	for (int g = 0; g < n_groups; g++) {
-		if (best < 0 || w[g] > w[best])
-			best = g;
-		if (json_object_set_new(votes, s->t[rep[g]].answer, json_real(w[g])))
-			goto fail;
-	}
-	if (best >= 0) {
-		*answer = s->t[rep[best]].answer;
-		*share = total > 0 ? w[best] / total : 1.0;
-	}
-	free(rep);
-	free(w);
+	if (!v)
+		return NULL;
+	for (int k = 0; k < m; k++)
+		vote_add(v, s->t[vt[k]].answer, trace_confidence(s, &s->t[vt[k]]), vt[k]);
+	if (vote_result(v, 1, &votes, &best, share) == 0 && best >= 0)
+		*answer = s->t[best].answer;
+	vote_free(v);
 	return votes;
-fail:
-	free(rep);
-	free(w);
-	json_decref(votes);
-	return NULL;
 }
 
 static json_t *

@@ -7,6 +7,7 @@
 #include "answer.h"
 #include "distil.h"
 #include "status.h"
+#include "vote.h"
 
 #define DST_NUM_MAX 18        /* digits of one number (fits a long long)  */
 #define DST_FACTS_MAX 4096    /* distinct facts kept; a bound for garbage */
@@ -342,38 +343,16 @@ dst_tail(const char *s, size_t max_bytes)
 int
 dst_vote(char *const *answers, const int *order, int n, json_t **votes, int *best)
 {
-	int *rep = malloc((size_t)(n > 0 ? n : 1) * sizeof *rep);   /* (n) group's first */
-	int *cnt = calloc((size_t)(n > 0 ? n : 1), sizeof *cnt);   /* (n) group size    */
-	json_t *v = json_object();
-	int groups = 0, win = -1, rc = ENG_ERR_NOMEM;
-	if (!rep || !cnt || !v)
-		goto fail;
-	for (int k = 1; k <= n; k++) {
-		int i;
-		for (i = 0; i < n && order[i] != k; i++)
-			;
-		if (i == n || !answers[i])
-			continue;
-		int g;
-		for (g = 0; g < groups && !ans_equal(answers[rep[g]], answers[i]); g++)
-			;
-		if (g == groups)
-			rep[groups++] = i;
-		cnt[g]++;
-	}
-	for (int g = 0; g < groups; g++) {
-		if (win < 0 || cnt[g] > cnt[win])
-			win = g;
-		if (json_object_set_new(v, answers[rep[g]], json_integer(cnt[g])))
-			goto fail;
-	}
-	*votes = v;
-	v = NULL;
-	*best = win >= 0 ? rep[win] : -1;
-	rc = 0;
-fail:
-	json_decref(v);
-	free(rep);
-	free(cnt);
+	vote_tally *v = vote_new(n);
+	if (!v)
+		return ENG_ERR_NOMEM;
+	for (int k = 1; k <= n; k++)
+		for (int i = 0; i < n; i++)
+			if (order[i] == k) {
+				vote_add(v, answers[i], 1.0, i);
+				break;
+			}
+	int rc = vote_result(v, 0, votes, best, NULL);
+	vote_free(v);
 	return rc;
 }

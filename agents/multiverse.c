@@ -38,8 +38,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sparams.h"
 #include "status.h"
 #include "strat_rows.h"
+#include "vote.h"
 
 enum mv_kind {
 	MV_NONE = 0,   /* not ours any more: stopped by us, or never tracked   */
@@ -87,38 +89,15 @@ struct mv {
 	int n_blk;
 };
 
-static int
-param_int(json_t *v, const char *key, int lo, int hi, int *out, char *err, size_t errlen)
-{
-	if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-		return eng_seterr(err, errlen, ENG_ERR_INVALID,
-				  "params.%s: must be an integer in [%d, %d]", key, lo, hi);
-	*out = (int)json_integer_value(v);
-	return 0;
-}
-
 int
 multiverse_init(const struct job_req *req, void **state, char *err, size_t errlen)
 {
+	static const char *const keys[] = { "max_paths", "max_depth", NULL };
 	int max_paths = 4, max_depth = 1, rc;
-	if (req->params) {
-		const char *key;
-		json_t *v;
-		if (!json_is_object(req->params))
-			return eng_seterr(err, errlen, ENG_ERR_INVALID, "params: must be an object");
-		json_object_foreach(req->params, key, v) {
-			if (strcmp(key, "max_paths") == 0)
-				rc = param_int(v, key, 2, 64, &max_paths, err, errlen);
-			else if (strcmp(key, "max_depth") == 0)
-				rc = param_int(v, key, 0, 8, &max_depth, err, errlen);
-			else
-				rc = eng_seterr(err, errlen, ENG_ERR_INVALID,
-						"params.%.64s: unknown parameter of strategy \"multiverse\"",
-						key);
-			if (rc < 0)
-				return rc;
-		}
-	}
+	if ((rc = sp_check(req->params, "multiverse", keys, err, errlen)) < 0 ||
+	    (rc = sp_int(req->params, "max_paths", 2, 64, &max_paths, err, errlen)) < 0 ||
+	    (rc = sp_int(req->params, "max_depth", 0, 8, &max_depth, err, errlen)) < 0)
+		return rc;
 	if (req->n < 1)
 		return eng_seterr(err, errlen, ENG_ERR_INVALID, "n: must be at least 1");
 	struct mv *s = calloc(1, sizeof *s);
@@ -497,13 +476,9 @@ multiverse_thread_done(void *state, const struct strat_api *api, int t, const ch
 	/* the main line ended: that is the job's answer */
 	s->role[t].kind = MV_NONE;
 	s->finished = 1;
-	json_t *votes = json_object();
+	json_t *votes = vote_single(answer);
 	if (!votes)
 		return ENG_ERR_NOMEM;
-	if (answer && json_object_set_new(votes, answer, json_integer(1))) {
-		json_decref(votes);
-		return ENG_ERR_NOMEM;
-	}
 	return api->finish(api->ctx, answer, votes);
 }
 

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "distil.h"
+#include "sparams.h"
 #include "status.h"
 #include "strat_rows.h"
 
@@ -39,43 +40,15 @@ struct parathink {
 int
 parathink_init(const struct job_req *req, void **state, char *err, size_t errlen)
 {
-	int k = req->n - 1, ws = 512, fmt = PT_AUTO;
+	static const char *const keys[] = { "paths", "workspace_tokens", "format", NULL };
+	static const char *const formats[] = { "auto", "known", "text", NULL };   /* PT_ */
+	int k = req->n - 1, ws = 512, fmt = PT_AUTO, rc;
 	const char *q = dst_request_question(req->question, req->messages);
-	if (req->params) {
-		const char *key;
-		json_t *v;
-		if (!json_is_object(req->params))
-			return eng_seterr(err, errlen, ENG_ERR_INVALID, "params: must be an object");
-		json_object_foreach(req->params, key, v) {
-			if (strcmp(key, "paths") == 0) {
-				if (!json_is_integer(v) || json_integer_value(v) < 1 ||
-				    json_integer_value(v) > req->n - 1)
-					return eng_seterr(err, errlen, ENG_ERR_INVALID,
-							  "params.paths: must be an integer in [1, n - 1 = %d]",
-							  req->n - 1);
-				k = (int)json_integer_value(v);
-			} else if (strcmp(key, "workspace_tokens") == 0) {
-				if (!json_is_integer(v) || json_integer_value(v) < 16 ||
-				    json_integer_value(v) > 8192)
-					return eng_seterr(err, errlen, ENG_ERR_INVALID,
-							  "params.workspace_tokens: must be an integer in [16, 8192]");
-				ws = (int)json_integer_value(v);
-			} else if (strcmp(key, "format") == 0) {
-				const char *f = json_string_value(v);
-				if (f && strcmp(f, "auto") == 0)
-					fmt = PT_AUTO;
-				else if (f && strcmp(f, "known") == 0)
-					fmt = PT_KNOWN;
-				else if (f && strcmp(f, "text") == 0)
-					fmt = PT_TEXT;
-				else
-					return eng_seterr(err, errlen, ENG_ERR_INVALID,
-							  "params.format: must be \"auto\", \"known\" or \"text\"");
-			} else
-				return eng_seterr(err, errlen, ENG_ERR_INVALID,
-						  "params.%.64s: unknown parameter of strategy \"parathink\"", key);
-		}
-	}
+	if ((rc = sp_check(req->params, "parathink", keys, err, errlen)) < 0 ||
+	    (rc = sp_int(req->params, "paths", 1, req->n - 1, &k, err, errlen)) < 0 ||
+	    (rc = sp_int(req->params, "workspace_tokens", 16, 8192, &ws, err, errlen)) < 0 ||
+	    (rc = sp_enum(req->params, "format", formats, &fmt, err, errlen)) < 0)
+		return rc;
 	if (req->n < 2)
 		return eng_seterr(err, errlen, ENG_ERR_INVALID,
 				  "n: strategy \"parathink\" needs at least 2 threads (paths + 1 summary)");

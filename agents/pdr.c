@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "distil.h"
+#include "sparams.h"
 #include "status.h"
 #include "strat_rows.h"
 
@@ -34,52 +35,19 @@ struct pdr {
 	char *best;           /* the last completed round's answer, or NULL */
 };
 
-static int
-get_int(const char *key, json_t *v, int lo, int hi, int *out, char *err, size_t errlen)
-{
-	if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-		return eng_seterr(err, errlen, ENG_ERR_INVALID, "params.%s: must be an integer in [%d, %d]",
-				  key, lo, hi);
-	*out = (int)json_integer_value(v);
-	return 0;
-}
-
 int
 pdr_init(const struct job_req *req, void **state, char *err, size_t errlen)
 {
+	static const char *const keys[] = { "rounds", "drafts", "workspace_tokens", "format", NULL };
+	static const char *const formats[] = { "auto", "known", "text", NULL };   /* PDR_ */
 	int rounds = 2, drafts = 0, ws = 256, fmt = PDR_AUTO, rc;
 	const char *q = dst_request_question(req->question, req->messages);
-	if (req->params) {
-		const char *key;
-		json_t *v;
-		if (!json_is_object(req->params))
-			return eng_seterr(err, errlen, ENG_ERR_INVALID, "params: must be an object");
-		json_object_foreach(req->params, key, v) {
-			if (strcmp(key, "rounds") == 0)
-				rc = get_int(key, v, 1, 16, &rounds, err, errlen);
-			else if (strcmp(key, "drafts") == 0)
-				rc = get_int(key, v, 1, 1024, &drafts, err, errlen);
-			else if (strcmp(key, "workspace_tokens") == 0)
-				rc = get_int(key, v, 16, 8192, &ws, err, errlen);
-			else if (strcmp(key, "format") == 0) {
-				const char *f = json_string_value(v);
-				rc = 0;
-				if (f && strcmp(f, "auto") == 0)
-					fmt = PDR_AUTO;
-				else if (f && strcmp(f, "known") == 0)
-					fmt = PDR_KNOWN;
-				else if (f && strcmp(f, "text") == 0)
-					fmt = PDR_TEXT;
-				else
-					rc = eng_seterr(err, errlen, ENG_ERR_INVALID,
-							"params.format: must be \"auto\", \"known\" or \"text\"");
-			} else
-				rc = eng_seterr(err, errlen, ENG_ERR_INVALID,
-						"params.%.64s: unknown parameter of strategy \"pdr\"", key);
-			if (rc < 0)
-				return rc;
-		}
-	}
+	if ((rc = sp_check(req->params, "pdr", keys, err, errlen)) < 0 ||
+	    (rc = sp_int(req->params, "rounds", 1, 16, &rounds, err, errlen)) < 0 ||
+	    (rc = sp_int(req->params, "drafts", 1, 1024, &drafts, err, errlen)) < 0 ||
+	    (rc = sp_int(req->params, "workspace_tokens", 16, 8192, &ws, err, errlen)) < 0 ||
+	    (rc = sp_enum(req->params, "format", formats, &fmt, err, errlen)) < 0)
+		return rc;
 	if (!drafts)
 		drafts = req->n / rounds;
 	if (drafts < 1 || (long)drafts * rounds > req->n)

@@ -46,12 +46,12 @@
 #include <string.h>
 
 #include "answer.h"
+#include "sparams.h"
 #include "status.h"
 #include "strat_rows.h"
+#include "vote.h"
 
 enum prune_measure { PRUNE_BOTH, PRUNE_NGRAM, PRUNE_ANSWER };
-
-static const char *const measure_names[] = { "both", "ngram", "answer" };
 
 struct prune_thread {
 	char *answer;       /* extracted at thread_done, or NULL            */
@@ -73,72 +73,29 @@ struct prune {
 
 /* ---- parameters (submitting thread) ----------------------------------------------------- */
 
-static int
-param_int(json_t *v, const char *key, int lo, int hi, int *out, char *err, size_t errlen)
-{
-	if (!json_is_integer(v) || json_integer_value(v) < lo || json_integer_value(v) > hi)
-		return eng_seterr(err, errlen, ENG_ERR_INVALID,
-				  "params.%s: must be an integer from %d to %d", key, lo, hi);
-	*out = (int)json_integer_value(v);
-	return 0;
-}
-
 int
 prune_init(const struct job_req *req, void **state, char *err, size_t errlen)
 {
-	int every = 32, ngram = 3, width = 0, budget = 0, rc;
+	static const char *const keys[] = { "every", "ngram", "threshold", "measure", "width",
+					    "budget", NULL };
+	static const char *const measure_names[] = { "both", "ngram", "answer", NULL };
+	const json_t *p = req->params;
+	int every = 32, ngram = 3, width, budget, measure = PRUNE_BOTH, rc;
 	double threshold = 0.8;
-	enum prune_measure measure = PRUNE_BOTH;
-	json_t *jwidth = NULL, *jbudget = NULL;
 
 	if (req->n < 1)
 		return eng_seterr(err, errlen, ENG_ERR_INVALID, "n: must be at least 1");
-	if (req->params) {
-		const char *key;
-		json_t *v;
-		if (!json_is_object(req->params))
-			return eng_seterr(err, errlen, ENG_ERR_INVALID, "params: must be an object");
-		json_object_foreach(req->params, key, v) {
-			rc = 0;
-			if (!strcmp(key, "every")) {
-				rc = param_int(v, "every", 1, 1 << 20, &every, err, errlen);
-			} else if (!strcmp(key, "ngram")) {
-				rc = param_int(v, "ngram", 1, 16, &ngram, err, errlen);
-			} else if (!strcmp(key, "threshold")) {
-				if (!json_is_number(v) || !(json_number_value(v) > 0.0) ||
-				    json_number_value(v) > 1.0)
-					return eng_seterr(err, errlen, ENG_ERR_INVALID,
-							  "params.threshold: must be a number in (0, 1]");
-				threshold = json_number_value(v);
-			} else if (!strcmp(key, "measure")) {
-				const char *m = json_string_value(v);
-				int k;
-				for (k = 0; m && k < 3 && strcmp(m, measure_names[k]); k++)
-					;
-				if (!m || k == 3)
-					return eng_seterr(err, errlen, ENG_ERR_INVALID,
-							  "params.measure: must be \"both\", \"ngram\" or "
-							  "\"answer\"");
-				measure = (enum prune_measure)k;
-			} else if (!strcmp(key, "width")) {
-				jwidth = v;
-			} else if (!strcmp(key, "budget")) {
-				jbudget = v;
-			} else {
-				return eng_seterr(err, errlen, ENG_ERR_INVALID,
-						  "params.%.64s: unknown parameter of strategy \"prune\"",
-						  key);
-			}
-			if (rc < 0)
-				return rc;
-		}
-	}
 	/* the scheduler lets a job spawn n threads in all */
 	budget = req->n;
-	if (jbudget && (rc = param_int(jbudget, "budget", 1, req->n, &budget, err, errlen)) < 0)
+	if ((rc = sp_check(p, "prune", keys, err, errlen)) < 0 ||
+	    (rc = sp_int(p, "every", 1, 1 << 20, &every, err, errlen)) < 0 ||
+	    (rc = sp_int(p, "ngram", 1, 16, &ngram, err, errlen)) < 0 ||
+	    (rc = sp_num(p, "threshold", 0, 1, 1, &threshold, err, errlen)) < 0 ||
+	    (rc = sp_enum(p, "measure", measure_names, &measure, err, errlen)) < 0 ||
+	    (rc = sp_int(p, "budget", 1, req->n, &budget, err, errlen)) < 0)
 		return rc;
 	width = (budget + 1) / 2;
-	if (jwidth && (rc = param_int(jwidth, "width", 1, budget, &width, err, errlen)) < 0)
+	if ((rc = sp_int(p, "width", 1, budget, &width, err, errlen)) < 0)
 		return rc;
 
 	struct prune *s = calloc(1, sizeof *s);
@@ -155,7 +112,7 @@ prune_init(const struct job_req *req, void **state, char *err, size_t errlen)
 	s->every = every;
 	s->ngram = ngram;
 	s->threshold = threshold;
-	s->measure = measure;
+	s->measure = (enum prune_measure)measure;
 	*state = s;
 	return 0;
 }
@@ -499,35 +456,23 @@ prune_idle(void *state, const struct strat_api *api)
 	struct prune *s = state;
 	if (s->finished)
 		return api->finish(api->ctx, NULL, NULL);
-	int n = api->n_threads(api->ctx), n_groups = 0, rc = ENG_ERR_NOMEM;
+	int n = api->n_threads(api->ctx), rc = ENG_ERR_NOMEM;
 	if (n > s->budget)
 		n = s->budget;
-	int *grep = malloc(((size_t)n + 1) * sizeof *grep);    /* (n) group's first thread */
-	int *gw = calloc((size_t)n + 1, sizeof *gw);            /* (n) group weight         */
-	json_t *votes = json_object(), *clusters = json_array(), *payload = NULL;
-
-	if (!grep || !gw || !votes || !clusters)
-		goto fail;
-	for (int order = 1; order <= s->n_reported; order++) {
-		int i;
-		for (i = 0; i < n && s->t[i].order != order; i++)
-			;
-		if (i == n || !s->t[i].answer)
-			continue;
-		int g;
-		for (g = 0; g < n_groups && !ans_equal(s->t[grep[g]].answer, s->t[i].answer); g++)
-			;
-		if (g == n_groups)
-			grep[n_groups++] = i;
-		gw[g] += s->t[i].weight;
-	}
+	vote_tally *tally = vote_new(n);
+	json_t *votes = NULL, *clusters = json_array(), *payload = NULL;
 	int best = -1;
-	for (int g = 0; g < n_groups; g++) {
-		if (best < 0 || gw[g] > gw[best])
-			best = g;
-		if (json_object_set_new(votes, s->t[grep[g]].answer, json_integer(gw[g])))
-			goto fail;
-	}
+
+	if (!tally || !clusters)
+		goto fail;
+	for (int order = 1; order <= s->n_reported; order++)
+		for (int i = 0; i < n; i++)
+			if (s->t[i].order == order) {
+				vote_add(tally, s->t[i].answer, s->t[i].weight, i);
+				break;
+			}
+	if (vote_result(tally, 0, &votes, &best, NULL) < 0)
+		goto fail;
 	/* clusters: each surviving thread with the threads pruned into it */
 	for (int r = 0; r < n; r++) {
 		if (s->t[r].into >= 0)
@@ -544,7 +489,7 @@ prune_idle(void *state, const struct strat_api *api)
 		if (!c || json_array_append_new(clusters, c))
 			goto fail;
 	}
-	const char *answer = best >= 0 ? s->t[grep[best]].answer : NULL;
+	const char *answer = best >= 0 ? s->t[best].answer : NULL;
 	payload = json_pack("{s:s, s:O, s:s?, s:O, s:i, s:i, s:i}", "method", "cluster_vote",
 			    "votes", votes, "answer", answer, "clusters", clusters, "checks",
 			    s->n_checks, "pruned", s->n_pruned, "spawned", n);
@@ -558,7 +503,6 @@ prune_idle(void *state, const struct strat_api *api)
 fail:
 	json_decref(clusters);
 	json_decref(votes);
-	free(grep);
-	free(gw);
+	vote_free(tally);
 	return rc;
 }

@@ -15,8 +15,10 @@
 #include <string.h>
 
 #include "answer.h"
+#include "sparams.h"
 #include "status.h"
 #include "strat_rows.h"
+#include "vote.h"
 
 struct sc_thread {
 	char *answer;        /* extracted, or NULL                     */
@@ -37,22 +39,11 @@ struct sc {
 int
 sc_init(const struct job_req *req, void **state, char *err, size_t errlen)
 {
-	int weighted = 0;
-	if (req->params) {
-		const char *key;
-		json_t *v;
-		if (!json_is_object(req->params))
-			return eng_seterr(err, errlen, ENG_ERR_INVALID, "params: must be an object");
-		json_object_foreach(req->params, key, v) {
-			if (strcmp(key, "weighted") != 0)
-				return eng_seterr(err, errlen, ENG_ERR_INVALID,
-						  "params.%.64s: unknown parameter of strategy \"sc\"", key);
-			if (!json_is_boolean(v))
-				return eng_seterr(err, errlen, ENG_ERR_INVALID,
-						  "params.weighted: must be true or false");
-			weighted = json_is_true(v);
-		}
-	}
+	static const char *const keys[] = { "weighted", NULL };
+	int weighted = 0, rc;
+	if ((rc = sp_check(req->params, "sc", keys, err, errlen)) < 0 ||
+	    (rc = sp_bool(req->params, "weighted", &weighted, err, errlen)) < 0)
+		return rc;
 	if (req->n < 1)
 		return eng_seterr(err, errlen, ENG_ERR_INVALID, "n: must be at least 1");
 	struct sc *s = calloc(1, sizeof *s);
@@ -113,35 +104,22 @@ vote_weight(const struct sc *s, const struct sc_thread *t)
 static int
 sc_merge(struct sc *s, const struct strat_api *api)
 {
-	/* groups in the order their first member was reported */
-	int *rep = malloc((size_t)s->n * sizeof *rep);   /* (n) representative thread */
-	double *w = calloc((size_t)s->n, sizeof *w);     /* (n) group weight          */
-	json_t *votes = json_object(), *payload = NULL;
-	int n_groups = 0, rc = ENG_ERR_NOMEM;
-	if (!rep || !w || !votes)
+	/* answers in the order they were reported */
+	vote_tally *tally = vote_new(s->n);
+	json_t *votes = NULL, *payload = NULL;
+	int best = -1, rc = ENG_ERR_NOMEM;
+	if (!tally)
 		goto fail;
-	for (int order = 1; order <= s->n_reported; order++) {
-		int i;
-		for (i = 0; i < s->n && s->t[i].order != order; i++)
-			;
-		if (i == s->n || !s->t[i].answer)
-			continue;
-		int g;
-		for (g = 0; g < n_groups && !ans_equal(s->t[rep[g]].answer, s->t[i].answer); g++)
-			;
-		if (g == n_groups)
-			rep[n_groups++] = i;
-		w[g] += vote_weight(s, &s->t[i]);
-	}
-	int best = -1;
-	for (int g = 0; g < n_groups; g++) {
-		if (best < 0 || w[g] > w[best])
-			best = g;
-		json_t *v = s->weighted ? json_real(w[g]) : json_integer((json_int_t)w[g]);
-		if (json_object_set_new(votes, s->t[rep[g]].answer, v))
-			goto fail;
-	}
-	const char *answer = best >= 0 ? s->t[rep[best]].answer : NULL;
+	for (int order = 1; order <= s->n_reported; order++)
+		for (int i = 0; i < s->n; i++)
+			if (s->t[i].order == order) {
+				vote_add(tally, s->t[i].answer, vote_weight(s, &s->t[i]), i);
+				break;
+			}
+	if ((rc = vote_result(tally, s->weighted, &votes, &best, NULL)) < 0)
+		goto fail;
+	rc = ENG_ERR_NOMEM;
+	const char *answer = best >= 0 ? s->t[best].answer : NULL;
 	payload = json_pack("{s:s, s:O, s:s?}", "method", s->weighted ? "weighted_vote" : "vote",
 			    "votes", votes, "answer", answer);
 	if (!payload)
@@ -155,8 +133,7 @@ sc_merge(struct sc *s, const struct strat_api *api)
 	votes = NULL;
 fail:
 	json_decref(votes);
-	free(rep);
-	free(w);
+	vote_free(tally);
 	return rc;
 }
 

@@ -5,6 +5,7 @@
 
 #include "status.h"
 #include "strat_rows.h"
+#include "vote.h"
 
 struct single {
 	int done;
@@ -47,13 +48,9 @@ single_thread_done(void *state, const struct strat_api *api, int thread, const c
 	if (s->done)
 		return 0;
 	s->done = 1;
-	json_t *votes = json_object();
+	json_t *votes = vote_single(answer);
 	if (!votes)
 		return ENG_ERR_NOMEM;
-	if (answer && json_object_set_new(votes, answer, json_integer(1))) {
-		json_decref(votes);
-		return ENG_ERR_NOMEM;
-	}
 	return api->finish(api->ctx, answer, votes);
 }
 

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "answer.h"
+#include "sparams.h"
 #include "status.h"
 #include "strat_rows.h"
 
@@ -357,22 +358,13 @@ team_init(const struct job_req *req, void **state, char *err, size_t errlen)
 	int rc;
 
 	memset(&d, 0, sizeof d);
+	static const char *const keys[] = { "team", "teams", "max_rounds", NULL };
+	if ((rc = sp_check(req->params, "team", keys, err, errlen)) < 0)
+		return rc;
 	if (req->params) {
-		const char *key;
-		json_t *v;
-		if (!json_is_object(req->params))
-			return eng_seterr(err, errlen, ENG_ERR_INVALID, "params: must be an object");
-		json_object_foreach(req->params, key, v) {
-			if (!strcmp(key, "team"))
-				team = v;
-			else if (!strcmp(key, "teams"))
-				teams = v;
-			else if (!strcmp(key, "max_rounds"))
-				rounds = v;
-			else
-				return eng_seterr(err, errlen, ENG_ERR_INVALID,
-						  "params.%.64s: unknown parameter of strategy \"team\"", key);
-		}
+		team = json_object_get(req->params, "team");
+		teams = json_object_get(req->params, "teams");
+		rounds = json_object_get(req->params, "max_rounds");
 	}
 	if (!team || json_is_string(team))
 		rc = load_named(team ? json_string_value(team) : TEAM_DEFAULT, &d, err, errlen);

@@ -5,10 +5,14 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "build_config.h"
 #include "cli.h"
+#include "client.h"
+#include "job.h"
+#include "strategy.h"
 
 void
 cli_usage(FILE *f, const char *cmd, const char *synopsis,
@@ -183,4 +187,71 @@ cli_slurp(FILE *f, size_t *len)
 	if (len)
 		*len = n;
 	return buf;
+}
+
+int
+cli_job_opts(const char *cmd, const struct cli_opt *opts, int n_opts, const struct cli_args *a,
+	     struct job_req *req, struct cl_params *cp)
+{
+#define JOPT(name) cli_get(opts, n_opts, a, name)
+	long n = req->n, max_tokens = req->max_tokens, seed = 0, threads = 0;
+	double temperature = req->sampling.temperature, top_p = req->sampling.top_p;
+	if ((JOPT("n") && cli_int("n", JOPT("n"), 1, 4096, &n)) ||
+	    (JOPT("max-tokens") && cli_int("max-tokens", JOPT("max-tokens"), 1, 1 << 20, &max_tokens)) ||
+	    (JOPT("seed") && cli_int("seed", JOPT("seed"), 0, 0x7fffffffffffffffL, &seed)) ||
+	    (JOPT("threads") && cli_int("threads", JOPT("threads"), 0, 1024, &threads)) ||
+	    (JOPT("temperature") && cli_double("temperature", JOPT("temperature"), 0, 100, &temperature)) ||
+	    (JOPT("top-p") && cli_double("top-p", JOPT("top-p"), 1e-9, 1, &top_p)) ||
+	    cli_parse_device(cmd, JOPT("device"), &cp->engine.device))
+		return -1;
+	const char *strategy = JOPT("strategy") ? JOPT("strategy") : "sc";
+	if (!strat_find(strategy)) {
+		fprintf(stderr, "braid %s: unknown strategy '%s' (known:", cmd, strategy);
+		for (const struct strategy *st = strat_table; st->name; st++)
+			fprintf(stderr, " %s", st->name);
+		fprintf(stderr, ")\n");
+		return -1;
+	}
+	snprintf(req->strategy, sizeof req->strategy, "%s", strategy);
+	req->n = (int)n;
+	req->max_tokens = (int)max_tokens;
+	req->sampling.temperature = (float)temperature;
+	req->sampling.top_p = (float)top_p;
+	req->sampling.seed = (uint64_t)seed;
+	cp->server = JOPT("server");
+	cp->api_key = JOPT("api-key") ? JOPT("api-key") : getenv("BRAID_API_KEY");
+	cp->engine.model_dir = JOPT("model") ? JOPT("model") : cli_default_model();
+	cp->engine.n_threads = (int)threads;
+	return 0;
+#undef JOPT
+}
+
+double
+cli_now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+volatile sig_atomic_t cli_interrupted;
+
+static void
+on_signal(int sig)
+{
+	if (cli_interrupted)
+		_exit(128 + sig);       /* a second Ctrl-C: leave now */
+	cli_interrupted = sig;
+}
+
+void
+cli_catch_signals(void)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_signal;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
 }

@@ -3,9 +3,13 @@
 #ifndef BRAID_CLI_H
 #define BRAID_CLI_H
 
+#include <signal.h>
 #include <stdio.h>
 
 #include "engine.h"
+
+struct job_req;
+struct cl_params;
 
 /* One option of a subcommand.  Options are "--name VALUE" or "--name=VALUE";
  * flags (arg == NULL) take no value. */
@@ -46,12 +50,31 @@ int cli_double(const char *opt, const char *s, double lo, double hi, double *out
  * models/ folder of the source tree this binary was built from). */
 const char *cli_default_model(void);
 
+/* Seconds on the monotonic clock. */
+double cli_now(void);
+
+/* The signal number of the first SIGINT or SIGTERM once cli_catch_signals
+ * ran (0 before); a second one exits at once with 128 + its number.
+ * cli_catch_signals also ignores SIGPIPE. */
+extern volatile sig_atomic_t cli_interrupted;
+void cli_catch_signals(void);
+
 /* Read a whole stream into a malloc'd NUL-terminated buffer. */
 char *cli_slurp(FILE *f, size_t *len);
 
 /* Subcommands: int cmd_x(int argc, char **argv), argv[0] = "x". */
 /* --device value to enum eng_device (NULL = auto); -1 and a message on error. */
 int cli_parse_device(const char *cmd, const char *s, enum eng_device *out);
+
+/* The job options the job-running subcommands share, those of opts that
+ * are given: --strategy (default "sc", must name a strategy), -n,
+ * --max-tokens, --temperature, --top-p, --seed into req (initialised by
+ * job_req_init); --device, --threads, --model (default the embedded
+ * model), --server, --api-key (default $BRAID_API_KEY) into cp (from
+ * cl_default_params; it borrows a's strings).  0, or -1 after printing
+ * "braid CMD: problem" to stderr. */
+int cli_job_opts(const char *cmd, const struct cli_opt *opts, int n_opts,
+		 const struct cli_args *a, struct job_req *req, struct cl_params *cp);
 
 int cmd_tokenize(int argc, char **argv);
 int cmd_generate(int argc, char **argv);

@@ -4,12 +4,10 @@
  * thread.  On a terminal each thread has one line redrawn in place (the
  * tail of its text and its token count); otherwise every thread.delta is
  * printed as it arrives, "[T] text" with newlines escaped. */
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -41,16 +39,6 @@ static const char synopsis[] =
 
 #define TAIL_MAX 1024    /* bytes of each thread's text kept for its line */
 
-static volatile sig_atomic_t interrupted;
-
-static void
-on_signal(int sig)
-{
-	if (interrupted)
-		_exit(128 + sig);
-	interrupted = sig;
-}
-
 /* What the terminal shows of one thread. */
 struct tline {
 	char tail[TAIL_MAX + 1];
@@ -66,14 +54,6 @@ struct view {
 	int drawn;            /* lines drawn last time (to move back over) */
 	double last_draw;
 };
-
-static double
-now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 static struct tline *
 view_thread(struct view *v, int i)
@@ -134,7 +114,7 @@ put_tail(const char *s, size_t len, int cols)
 static void
 view_draw(struct view *v, int force)
 {
-	double now = now_s();
+	double now = cli_now();
 	if (!v->tty || (!force && now - v->last_draw < 0.08))
 		return;
 	v->last_draw = now;
@@ -258,31 +238,9 @@ cmd_ask(int argc, char **argv)
 	}
 	struct job_req req;
 	job_req_init(&req);
-	long n = req.n, max_tokens = req.max_tokens, seed = 0, threads = 0;
-	double temperature = req.sampling.temperature, top_p = req.sampling.top_p;
 	struct cl_params cp = cl_default_params();
-	if ((OPT("n") && cli_int("n", OPT("n"), 1, 4096, &n)) ||
-	    (OPT("max-tokens") && cli_int("max-tokens", OPT("max-tokens"), 1, 1 << 20, &max_tokens)) ||
-	    (OPT("seed") && cli_int("seed", OPT("seed"), 0, 0x7fffffffffffffffL, &seed)) ||
-	    (OPT("threads") && cli_int("threads", OPT("threads"), 0, 1024, &threads)) ||
-	    (OPT("temperature") && cli_double("temperature", OPT("temperature"), 0, 100, &temperature)) ||
-	    (OPT("top-p") && cli_double("top-p", OPT("top-p"), 1e-9, 1, &top_p)) ||
-	    cli_parse_device("ask", OPT("device"), &cp.engine.device))
+	if (cli_job_opts("ask", opts, N_OPTS, &a, &req, &cp) < 0)
 		return 2;
-	const char *strategy = OPT("strategy") ? OPT("strategy") : "sc";
-	if (!strat_find(strategy)) {
-		fprintf(stderr, "braid ask: unknown strategy '%s' (known:", strategy);
-		for (const struct strategy *st = strat_table; st->name; st++)
-			fprintf(stderr, " %s", st->name);
-		fprintf(stderr, ")\n");
-		return 2;
-	}
-	snprintf(req.strategy, sizeof req.strategy, "%s", strategy);
-	req.n = (int)n;
-	req.max_tokens = (int)max_tokens;
-	req.sampling.temperature = (float)temperature;
-	req.sampling.top_p = (float)top_p;
-	req.sampling.seed = (uint64_t)seed;
 
 	struct view v;
 	memset(&v, 0, sizeof v);
@@ -303,18 +261,8 @@ cmd_ask(int argc, char **argv)
 		fprintf(stderr, "braid ask: out of memory\n");
 		goto out;
 	}
-	struct sigaction sa;
-	memset(&sa, 0, sizeof sa);
-	sa.sa_handler = on_signal;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	signal(SIGPIPE, SIG_IGN);
+	cli_catch_signals();
 
-	cp.server = OPT("server");
-	cp.api_key = OPT("api-key") ? OPT("api-key") : getenv("BRAID_API_KEY");
-	cp.engine.model_dir = OPT("model") ? OPT("model") : cli_default_model();
-	cp.engine.n_threads = (int)threads;
 	cp.deltas = 1;
 	c = cl_create(&cp, err, sizeof err);
 	if (!c) {
@@ -330,12 +278,12 @@ cmd_ask(int argc, char **argv)
 	int ended = 0, failed = 0, cancelled = 0;
 	double give_up = 0;
 	while (!ended) {
-		if (interrupted && !cancelled) {
+		if (cli_interrupted && !cancelled) {
 			cancelled = 1;
-			give_up = now_s() + 10;
+			give_up = cli_now() + 10;
 			cl_cancel(c, job);
 		}
-		if (cancelled && now_s() > give_up)
+		if (cancelled && cli_now() > give_up)
 			break;
 		json_t *ev = cl_next(c, 100);
 		if (ev && !strcmp(json_string_value(json_object_get(ev, "job")) ?
@@ -345,7 +293,7 @@ cmd_ask(int argc, char **argv)
 		view_draw(&v, 0);
 	}
 	fflush(stdout);
-	rc = interrupted ? 130 : failed ? 1 : 0;
+	rc = cli_interrupted ? 130 : failed ? 1 : 0;
 out:
 	cl_destroy(c);
 	job_req_free(&req);

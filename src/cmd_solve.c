@@ -23,13 +23,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -64,16 +62,6 @@ static const char synopsis[] =
 	"[--model DIR] [--max-tokens N] [--temperature T] [--seed S] [--concurrency C] [--device D]";
 
 #define OPT(name) cli_get(opts, N_OPTS, &a, name)
-
-static volatile sig_atomic_t interrupted;
-
-static void
-on_signal(int sig)
-{
-	if (interrupted)
-		_exit(128 + sig);       /* a second Ctrl-C: leave now (--out is safe) */
-	interrupted = sig;
-}
 
 /* One problem of the file. */
 struct problem {
@@ -386,14 +374,6 @@ struct tally {
 	double last_draw;
 };
 
-static double
-now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static void
 tally_add(struct tally *t, const struct problem *p)
 {
@@ -408,7 +388,7 @@ tally_add(struct tally *t, const struct problem *p)
 static void
 progress_bar(struct tally *t, int force)
 {
-	double now = now_s();
+	double now = cli_now();
 	if (!t->tty || (!force && now - t->last_draw < 0.2))
 		return;
 	t->last_draw = now;
@@ -492,7 +472,7 @@ report_write(const char *path, const struct problems *ps, const struct tally *t,
 		      "latency_ms_p50", (json_int_t)percentile(ms, nd, 0.50),
 		      "latency_ms_p95", (json_int_t)percentile(ms, nd, 0.95), "strategy", strategy,
 		      "n", n, "failed", t->failed, "resumed", t->resumed, "skipped_lines", ps->bad_lines,
-		      "interrupted", interrupted != 0);
+		      "interrupted", cli_interrupted != 0);
 	if (!o)
 		goto out;
 	/* write beside it and rename, so a crash never leaves half a report */
@@ -598,7 +578,7 @@ on_event(struct run *r, json_t *ev)
 		on_done(r, sl, ev);
 	} else if (!strcmp(type, "job.failed")) {
 		const char *why = json_string_value(json_object_get(ev, "reason"));
-		if (!interrupted) {     /* our own cancels are "not done", not failed */
+		if (!cli_interrupted) {     /* our own cancels are "not done", not failed */
 			r->t.failed++;
 			progress_say(&r->t, "braid solve: problem %s (line %d) failed: %s\n", sl->p->key,
 				     sl->p->line, why ? why : "no reason given");
@@ -653,11 +633,11 @@ run_loop(struct run *r, const struct job_req *proto)
 {
 	int next = 0;
 	struct problems *ps = r->ps;
-	while (!interrupted && !r->fatal) {
+	while (!cli_interrupted && !r->fatal) {
 		while (next < ps->n && ps->v[next].done)
 			next++;
 		int full = 0;
-		while (!interrupted && !r->fatal && next < ps->n && cl_in_flight(r->c) < r->n_slots) {
+		while (!cli_interrupted && !r->fatal && next < ps->n && cl_in_flight(r->c) < r->n_slots) {
 			int s = submit(r, &ps->v[next], proto);
 			if (s == 0) {
 				full = 1;
@@ -677,14 +657,14 @@ run_loop(struct run *r, const struct job_req *proto)
 		json_decref(ev);
 		progress_bar(&r->t, 0);
 	}
-	if (!interrupted && !r->fatal)
+	if (!cli_interrupted && !r->fatal)
 		return;
 	/* stop: cancel what runs, keep what finishes meanwhile */
 	for (int i = 0; i < r->n_slots; i++)
 		if (r->slots[i].p)
 			cl_cancel(r->c, r->slots[i].job);
-	double until = now_s() + 15;
-	while (cl_in_flight(r->c) > 0 && now_s() < until) {
+	double until = cli_now() + 15;
+	while (cl_in_flight(r->c) > 0 && cli_now() < until) {
 		json_t *ev = cl_next(r->c, 200);
 		if (ev)
 			on_event(r, ev);
@@ -706,27 +686,11 @@ cmd_solve(int argc, char **argv)
 	}
 	struct job_req proto;
 	job_req_init(&proto);
-	long n = proto.n, max_tokens = proto.max_tokens, seed = 0, conc = 0, threads = 0;
-	double temperature = proto.sampling.temperature, top_p = proto.sampling.top_p;
+	long conc = 0;
 	struct cl_params cp = cl_default_params();
-	if ((OPT("n") && cli_int("n", OPT("n"), 1, 4096, &n)) ||
-	    (OPT("max-tokens") && cli_int("max-tokens", OPT("max-tokens"), 1, 1 << 20, &max_tokens)) ||
-	    (OPT("seed") && cli_int("seed", OPT("seed"), 0, 0x7fffffffffffffffL, &seed)) ||
-	    (OPT("concurrency") && cli_int("concurrency", OPT("concurrency"), 1, 100000, &conc)) ||
-	    (OPT("threads") && cli_int("threads", OPT("threads"), 0, 1024, &threads)) ||
-	    (OPT("temperature") && cli_double("temperature", OPT("temperature"), 0, 100, &temperature)) ||
-	    (OPT("top-p") && cli_double("top-p", OPT("top-p"), 1e-9, 1, &top_p)) ||
-	    cli_parse_device("solve", OPT("device"), &cp.engine.device))
+	if (cli_job_opts("solve", opts, N_OPTS, &a, &proto, &cp) < 0 ||
+	    (OPT("concurrency") && cli_int("concurrency", OPT("concurrency"), 1, 100000, &conc)))
 		return 2;
-	const char *strategy = OPT("strategy") ? OPT("strategy") : "sc";
-	if (!strat_find(strategy)) {
-		fprintf(stderr, "braid solve: unknown strategy '%s' (known:", strategy);
-		for (const struct strategy *st = strat_table; st->name; st++)
-			fprintf(stderr, " %s", st->name);
-		fprintf(stderr, ")\n");
-		return 2;
-	}
-	snprintf(proto.strategy, sizeof proto.strategy, "%s", strategy);
 	if (OPT("params")) {
 		json_error_t jerr;
 		proto.params = json_loads(OPT("params"), 0, &jerr);
@@ -737,11 +701,6 @@ cmd_solve(int argc, char **argv)
 			return 2;
 		}
 	}
-	proto.n = (int)n;
-	proto.max_tokens = (int)max_tokens;
-	proto.sampling.temperature = (float)temperature;
-	proto.sampling.top_p = (float)top_p;
-	proto.sampling.seed = (uint64_t)seed;
 
 	struct problems ps;
 	struct run r;
@@ -749,7 +708,7 @@ cmd_solve(int argc, char **argv)
 	memset(&r, 0, sizeof r);
 	r.out_fd = -1;
 	int rc = 1;
-	double t_start = now_s();
+	double t_start = cli_now();
 	if (problems_load(a.pos[0], &ps) < 0)
 		goto out;
 	if (ps.n == 0) {
@@ -783,19 +742,9 @@ cmd_solve(int argc, char **argv)
 		r.out_fd = STDOUT_FILENO;
 	}
 
-	struct sigaction sa;
-	memset(&sa, 0, sizeof sa);
-	sa.sa_handler = on_signal;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	signal(SIGPIPE, SIG_IGN);
+	cli_catch_signals();
 
 	char err[ENG_ERRLEN] = "";
-	cp.server = OPT("server");
-	cp.api_key = OPT("api-key") ? OPT("api-key") : getenv("BRAID_API_KEY");
-	cp.engine.model_dir = OPT("model") ? OPT("model") : cli_default_model();
-	cp.engine.n_threads = (int)threads;
 	if (r.t.done < ps.n) {
 		r.c = cl_create(&cp, err, sizeof err);
 		if (!r.c) {
@@ -808,19 +757,19 @@ cmd_solve(int argc, char **argv)
 			fprintf(stderr, "braid solve: out of memory\n");
 			goto out;
 		}
-		r.t.t0 = now_s();
+		r.t.t0 = cli_now();
 		progress_bar(&r.t, 1);
 		run_loop(&r, &proto);
 		if (r.t.tty)
 			fputs("\r\033[K", stderr);
 	}
-	double wall = now_s() - t_start;
+	double wall = cli_now() - t_start;
 	fprintf(stderr, "braid solve: %d/%d problems done, %d correct of %d graded%s, %d not done, %.1f s%s\n",
 		r.t.done, ps.n, r.t.correct, r.t.graded, r.t.graded ? "" : " (no gold answers)",
-		ps.n - r.t.done, wall, interrupted ? " (interrupted)" : "");
+		ps.n - r.t.done, wall, cli_interrupted ? " (interrupted)" : "");
 	if (OPT("report") && report_write(OPT("report"), &ps, &r.t, proto.strategy, proto.n, wall) < 0)
 		r.fatal = 1;
-	if (interrupted)
+	if (cli_interrupted)
 		rc = 130;
 	else
 		rc = r.fatal || r.t.done < ps.n || ps.bad_lines ? 1 : 0;

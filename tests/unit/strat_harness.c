@@ -87,12 +87,15 @@ sh_run_job(const char *model_dir, const char *body, int timeout_s, struct sh_run
 	if (rc != 0)
 		fprintf(stderr, "sh_run_job: no job.done/job.failed within %d s\n", timeout_s);
 	else {
-		/* The scheduler refreshes its stats after it publishes the final
-		 * event: wait (at most 2 s) until the job is retired. */
+		/* The scheduler refreshes its stats snapshot (threads, blocks)
+		 * after it publishes the final event and retires the job: wait
+		 * (at most 2 s) for it to settle.  A real leak still shows: the
+		 * blocks stay in use past the wait. */
 		struct sched_stats st;
 		for (int i = 0; i < 200; i++) {
 			sched_stats(s, &st);
-			if (st.running == 0 && st.queued == 0 && st.live_threads == 0)
+			if (st.running == 0 && st.queued == 0 && st.live_threads == 0 &&
+			    st.kv_blocks_used == 0)
 				break;
 			struct timespec ts = { 0, 10 * 1000 * 1000 };
 			nanosleep(&ts, NULL);

@@ -553,9 +553,12 @@ test_kv_freed(void **st)
 	}
 	assert_int_equal(done, 1);
 	struct sched_stats ss;
+	/* sched_stats reads `running` live but the thread and block counts
+	 * from a snapshot the engine thread refreshes just after retiring the
+	 * job: wait (at most 2 s) for all three to settle */
 	for (int i = 0; i < 200; i++) {
 		sched_stats(s, &ss);
-		if (ss.running == 0)
+		if (ss.running == 0 && ss.live_threads == 0 && ss.kv_blocks_used == 0)
 			break;
 		usleep(10000);
 	}
