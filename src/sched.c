@@ -54,6 +54,8 @@ run_remove_locked(sched *s, struct sjob *j)
 	s->reserved -= j->req.n;
 }
 
+static void update_stats(sched *s, double overhead_ms, int stepped);
+
 void
 sched_retire(sched *s, struct sjob *j)
 {
@@ -62,6 +64,9 @@ sched_retire(sched *s, struct sjob *j)
 	pthread_mutex_unlock(&s->mu);
 	s->kv_blocked = 0;
 	sched_job_free(j);
+	/* the job's threads and blocks are gone: publish that at once, so a
+	 * reader sees running, live threads and blocks change together */
+	update_stats(s, 0, 0);
 }
 
 void
@@ -556,9 +561,8 @@ sched_stats(sched *s, struct sched_stats *out)
 	if (!s || !out)
 		return;
 	pthread_mutex_lock(&s->mu);
-	*out = s->stats;
+	*out = s->stats;      /* running, live threads and blocks: one snapshot */
 	out->queued = s->n_queued;
-	out->running = s->n_run;
 	if (ev_now_ms() - s->last_step_ms > 3000)
 		out->tokens_per_s = 0;   /* idle: the last window is stale */
 	pthread_mutex_unlock(&s->mu);
