@@ -666,6 +666,59 @@ rprepare(store *st, const char *sql, sqlite3_stmt **s)
 	return 0;
 }
 
+/* One row of a statement as JSON: 0, or an error. */
+typedef int (*row_fn)(sqlite3_stmt *s, json_t **out);
+
+/* Step s to the end, appending row(s) of every row to a new array. */
+static int
+collect_rows(sqlite3_stmt *s, row_fn row, json_t **out)
+{
+	json_t *arr = json_array();
+	int rc = ENG_ERR_IO, step;
+	if (!arr)
+		return rc;
+	while ((step = sqlite3_step(s)) == SQLITE_ROW) {
+		json_t *v = NULL;
+		if ((rc = row(s, &v)) || json_array_append_new(arr, v)) {
+			rc = rc ? rc : ENG_ERR_IO;
+			json_decref(arr);
+			return rc;
+		}
+	}
+	if (step != SQLITE_DONE) {
+		json_decref(arr);
+		return ENG_ERR_IO;
+	}
+	*out = arr;
+	return 0;
+}
+
+static int
+job_row_fn(sqlite3_stmt *s, json_t **out)
+{
+	return (*out = job_row(s)) ? 0 : ENG_ERR_IO;
+}
+
+static int
+thread_row_fn(sqlite3_stmt *s, json_t **out)
+{
+	*out = json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
+			 "thread", col_int(s, 0), "parent", col_int(s, 1),
+			 "status", col_str(s, 2), "text", col_str(s, 3),
+			 "answer", col_str(s, 4), "tokens", col_int(s, 5),
+			 "finish_reason", col_str(s, 6));
+	return *out ? 0 : ENG_ERR_IO;
+}
+
+/* A stored event: the JSON text that was published. */
+static int
+event_row_fn(sqlite3_stmt *s, json_t **out)
+{
+	*out = json_loadb((const char *)sqlite3_column_text(s, 0),
+			  (size_t)sqlite3_column_bytes(s, 0), 0, NULL);
+	return *out ? 0 : ENG_ERR_FORMAT;
+}
+
 /* Caller holds rmu. */
 static int
 job_get_locked(store *st, const char *id, json_t **out)
@@ -691,20 +744,8 @@ job_get_locked(store *st, const char *id, json_t **out)
 			       " FROM threads WHERE job = ?1 ORDER BY idx", &s)))
 		goto fail;
 	sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
-	threads = json_array();
-	if (!threads)
-		goto fail_io;
-	while ((step = sqlite3_step(s)) == SQLITE_ROW) {
-		json_t *t = json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
-				      "thread", col_int(s, 0), "parent", col_int(s, 1),
-				      "status", col_str(s, 2), "text", col_str(s, 3),
-				      "answer", col_str(s, 4), "tokens", col_int(s, 5),
-				      "finish_reason", col_str(s, 6));
-		if (!t || json_array_append_new(threads, t))
-			goto fail_io;
-	}
-	if (step != SQLITE_DONE)
-		goto fail_io;
+	if ((rc = collect_rows(s, thread_row_fn, &threads)))
+		goto fail;
 	sqlite3_finalize(s);
 	if (json_object_set_new(job, "threads", threads)) {
 		threads = NULL;
@@ -739,8 +780,7 @@ int
 store_job_list(store *st, int limit, const char *status, json_t **out)
 {
 	sqlite3_stmt *s = NULL;
-	json_t *arr = NULL;
-	int rc, step;
+	int rc;
 
 	*out = NULL;
 	if (!st || limit < 0)
@@ -752,24 +792,10 @@ store_job_list(store *st, int limit, const char *status, json_t **out)
 	if (status)
 		sqlite3_bind_text(s, 1, status, -1, SQLITE_STATIC);
 	sqlite3_bind_int(s, 2, limit);
-	arr = json_array();
-	rc = ENG_ERR_IO;
-	if (!arr)
-		goto out;
-	while ((step = sqlite3_step(s)) == SQLITE_ROW) {
-		json_t *j = job_row(s);
-		if (!j || json_array_append_new(arr, j))
-			goto out;
-	}
-	if (step != SQLITE_DONE)
-		goto out;
-	*out = arr;
-	arr = NULL;
-	rc = 0;
+	rc = collect_rows(s, job_row_fn, out);
 out:
 	sqlite3_finalize(s);
 	pthread_mutex_unlock(&st->rmu);
-	json_decref(arr);
 	return rc;
 }
 
@@ -777,8 +803,7 @@ int
 store_events(store *st, const char *id, long long after_seq, json_t **out)
 {
 	sqlite3_stmt *s = NULL;
-	json_t *arr = NULL;
-	int rc, step;
+	int rc;
 
 	*out = NULL;
 	if (!st || !id)
@@ -789,29 +814,10 @@ store_events(store *st, const char *id, long long after_seq, json_t **out)
 		goto out;
 	sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(s, 2, after_seq);
-	arr = json_array();
-	rc = ENG_ERR_IO;
-	if (!arr)
-		goto out;
-	while ((step = sqlite3_step(s)) == SQLITE_ROW) {
-		json_t *e = json_loadb((const char *)sqlite3_column_text(s, 0),
-				       (size_t)sqlite3_column_bytes(s, 0), 0, NULL);
-		if (!e) {
-			rc = ENG_ERR_FORMAT;
-			goto out;
-		}
-		if (json_array_append_new(arr, e))
-			goto out;
-	}
-	if (step != SQLITE_DONE)
-		goto out;
-	*out = arr;
-	arr = NULL;
-	rc = 0;
+	rc = collect_rows(s, event_row_fn, out);
 out:
 	sqlite3_finalize(s);
 	pthread_mutex_unlock(&st->rmu);
-	json_decref(arr);
 	return rc;
 }
 
