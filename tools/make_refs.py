@@ -287,6 +287,22 @@ def model_refs(out, tokdir, corpus):
             print(f"{name}: {files} min greedy margin {min(min(m) for m in margins):.4f}", flush=True)
 
 
+def write_manifest(out):
+    """ref/SHA256SUMS: what this script wrote, so `make check` can tell the
+    committed reference data is exactly what HF produced."""
+    import hashlib
+    paths = []
+    for top in ("ref", "models"):
+        for d, _, files in os.walk(os.path.join(out, top)):
+            for f in files:
+                if f.endswith((".bin", ".safetensors", ".json")) and f != "braid-arith.json":
+                    paths.append(os.path.relpath(os.path.join(d, f), out))
+    with open(os.path.join(out, "ref", "SHA256SUMS"), "w") as fh:
+        for rel in sorted(paths):
+            digest = hashlib.sha256(open(os.path.join(out, rel), "rb").read()).hexdigest()
+            fh.write(f"{digest}  {rel}\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="tests/data")
@@ -299,6 +315,7 @@ def main():
     chat_refs(a.out, a.tokenizers)
     model_refs(a.out, a.tokenizers, corpus)
     write_json(os.path.join(a.out, "ref", "VERSION.json"), {"script": "tools/make_refs.py", "version": VERSION})
+    write_manifest(a.out)
     return 0
 
 

@@ -19,7 +19,10 @@ fails_clearly() {
 	else not_ok "$d (rc=$rc, stderr: $(head -c 300 "$T/err"))"; fi
 }
 
-tap_plan 34
+tap_plan 35
+
+# ---- the reference data is what tools/make_refs.py wrote (tests/data/ref/README.md) ----
+check "reference data matches ref/SHA256SUMS" sh -c "cd '$D' && sha256sum --quiet -c ref/SHA256SUMS"
 
 # ---- the command table ----------------------------------------------------------
 run "$B" --help
