@@ -205,6 +205,16 @@ enum chat_format eng_chat_format(const eng *e) { return e->chat; }
 const char *eng_device_name(const eng *e) { return e->be.ops->name; }
 size_t eng_weight_bytes(const eng *e) { return e->m->weight_bytes; }
 int eng_threads(const eng *e) { return e->n_slots; }
+
+int
+eng_is_eos(const eng *e, int32_t id)
+{
+	const struct model_config *c = &e->m->cfg;
+	for (int i = 0; i < c->n_eos; i++)
+		if (c->eos_ids[i] == id)
+			return 1;
+	return e->t && tok_eos_id(e->t) == id;
+}
 int eng_kv_blocks_total(const eng *e) { return kv_blocks_total(e->kv); }
 int eng_kv_blocks_free(const eng *e) { return kv_blocks_free(e->kv); }
 

@@ -56,6 +56,9 @@ enum chat_format eng_chat_format(const eng *e);
 const char *eng_device_name(const eng *e);        /* "cpu", "cuda"       */
 size_t eng_weight_bytes(const eng *e);            /* bytes read per step */
 int eng_threads(const eng *e);
+/* 1 if id ends a sequence: one of config.json's eos_token_id or the
+ * tokenizer's eos token. */
+int eng_is_eos(const eng *e, int32_t id);
 
 /* A new sequence with ids[n] pending (n >= 1) and sampling params sp
  * (NULL = samp_default_params()).  Returns its id (>= 0) or an error.

@@ -107,17 +107,6 @@ build_prompt(eng *e, const char *q, int32_t **ids, size_t *n)
 }
 
 static int
-is_eos(const eng *e, int32_t id)
-{
-	const struct model_config *c = eng_config(e);
-	for (int i = 0; i < c->n_eos; i++)
-		if (c->eos_ids[i] == id)
-			return 1;
-	const tok *tk = eng_tokenizer(e);
-	return tk && tok_eos_id(tk) == id;
-}
-
-static int
 run_engine(eng *e, struct row *r)
 {
 	int total = r->N * r->n, live = 0, rc = ENG_ERR_NOMEM;
@@ -165,7 +154,7 @@ run_engine(eng *e, struct row *r)
 			goto done;
 		r->eng_tokens += got;
 		for (int k = 0; k < got; k++) {
-			if (!is_eos(e, out[k].r.token))
+			if (!eng_is_eos(e, out[k].r.token))
 				continue;
 			for (int m = 0; m < total; m++)
 				if (seqs[m] == out[k].seq) {

@@ -101,17 +101,6 @@ ids_from_text(const eng *e, const char *text, int chat, int32_t **out, int *n_ou
 	return 0;
 }
 
-static int
-is_eos(const eng *e, int32_t id)
-{
-	const struct model_config *c = eng_config(e);
-	for (int i = 0; i < c->n_eos; i++)
-		if (c->eos_ids[i] == id)
-			return 1;
-	const tok *t = eng_tokenizer(e);
-	return t && tok_eos_id(t) == id;
-}
-
 /* The K largest of logits[n] as [[id, logit], ...], largest first. */
 static json_t *
 top_logits_json(const float *logits, int n, int k)
@@ -290,7 +279,7 @@ cmd_generate(int argc, char **argv)
 				continue;
 			int32_t *mine = out_ids + i * (max_tokens + 1);
 			mine[n_out[i]++] = toks[j].r.token;
-			if (n_out[i] >= max_tokens || (!OPT("ignore-eos") && is_eos(e, toks[j].r.token))) {
+			if (n_out[i] >= max_tokens || (!OPT("ignore-eos") && eng_is_eos(e, toks[j].r.token))) {
 				eng_seq_free(e, kids[i]);
 				kids[i] = -1;
 				live--;

@@ -314,11 +314,6 @@ engine_main(void *arg)
 	}
 	if (s->e) {
 		const struct model_config *cfg = eng_config(s->e);
-		const tok *tk = eng_tokenizer(s->e);
-		for (int i = 0; i < cfg->n_eos && s->n_eos < MCFG_MAX_EOS; i++)
-			s->eos[s->n_eos++] = cfg->eos_ids[i];
-		if (tk && tok_eos_id(tk) >= 0 && !sched_is_eos(s, tok_eos_id(tk)))
-			s->eos[s->n_eos++] = tok_eos_id(tk);
 		s->max_position = cfg->max_position;
 		update_stats(s, 0, 0);
 	}

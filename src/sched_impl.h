@@ -91,8 +91,6 @@ struct sched {
 	int reserved;                /* threads reserved by running jobs       */
 	int step_budget;             /* min(SCHED_STEP_SEQS, max_seqs - 1)     */
 	int kv_blocked;              /* admission waits for a job to end       */
-	int32_t eos[MCFG_MAX_EOS + 1];
-	int n_eos;
 	int max_position;
 	unsigned long long steps, tokens_total, jobs_done, jobs_failed;
 	double step_ms_avg, overhead_ms_avg;
@@ -101,15 +99,6 @@ struct sched {
 	int64_t prev_win_ms;
 	double tokens_per_s;
 };
-
-static inline int
-sched_is_eos(const sched *s, int32_t id)
-{
-	for (int i = 0; i < s->n_eos; i++)
-		if (s->eos[i] == id)
-			return 1;
-	return 0;
-}
 
 /* ---- sched.c: the running list and the counters (engine thread) ---- */
 

@@ -603,7 +603,7 @@ sched_job_token(sched *s, struct sjob *j, int i, const struct samp_result *r)
 	const char *finish = NULL;
 
 	t->tokens++;
-	int eos = sched_is_eos(s, r->token);
+	int eos = eng_is_eos(s->e, r->token);
 	if (!eos && tok_stream_push(t->ts, r->token, piece, sizeof piece, &n) == ENG_ERR_RANGE) {
 		/* a very long token piece: one retry with room for anything */
 		if ((big = malloc(1 << 16)) && tok_stream_push(t->ts, r->token, big, 1 << 16, &n) == 0)
