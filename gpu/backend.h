@@ -9,6 +9,21 @@
 
 struct model;
 struct pool;
+struct samp_result;
+
+/* One row to sample.  The row's logits are row `slot` of a (n_slots, vocab)
+ * f32 device array.  u is the uniform draw in [0, 1) the CPU sampler would
+ * take from the sequence's generator (samp_rng_uniform); it is ignored when
+ * temperature is 0 (greedy). */
+struct cuda_samp_row {
+	int32_t slot;
+	int32_t top_k;
+	int32_t n_top;
+	float temperature;
+	float top_p;
+	float min_p;
+	double u;
+};
 
 /* One forward pass.  Row r is token tokens[r] at position pos[r] of sequence
  * row_seq[r].  Rows of one sequence are consecutive and in position order;
@@ -16,9 +31,12 @@ struct pool;
  * already in the cache, the batch's own are written to the cache by this
  * pass (block_tables[s] covers every position the pass writes).
  *
- * Batch invariance: the arithmetic done for a row must not depend on which
- * other rows share the batch (same summation order), so that a sequence
- * gives bit-identical logits alone, batched, or forked. */
+ * Batch invariance (CPU backend): the arithmetic done for a row must not
+ * depend on which other rows share the batch (same summation order), so that
+ * a sequence gives bit-identical logits alone, batched, or forked.  The CUDA
+ * backend does not promise it: cuBLAS picks its kernels by batch size and
+ * attention splits its work by the batch's lengths, so results agree to
+ * rounding, not bit for bit. */
 struct fwd_batch {
 	int n_rows;
 	const int32_t *tokens;               /* [n_rows]                     */
@@ -37,11 +55,28 @@ struct backend_ops {
 	/* Copy a KV block (all layers, K and V): used for copy-on-write. */
 	int (*copy_block)(void *self, int32_t src, int32_t dst);
 	void (*destroy)(void *self);
+
+	/* Optional (NULL on the CPU backend): logits that stay on the device,
+	 * in slots 0..max_seqs-1 (the engine uses its sequence ids), and
+	 * sampling there.  forward_slots runs the pass and stores logit row i
+	 * in slot slots[i] (-1: not kept); host, when not NULL, also receives
+	 * all n_logits rows, (n_logits, vocab) floats. */
+	int (*forward_slots)(void *self, const struct fwd_batch *b, const int32_t *slots, float *host);
+	int (*copy_slot)(void *self, int32_t src, int32_t dst);
+	int (*read_slot)(void *self, int32_t slot, float *host);      /* vocab floats */
+	/* Sample rows[n] (see cuda_sample_launch in gpu/cuda/cuda.h) into
+	 * out[n]; status[n] per row. */
+	int (*sample)(void *self, const struct cuda_samp_row *rows, int n, struct samp_result *out,
+		      int32_t *status);
+	/* The last device error, for messages ("" when none). */
+	const char *(*last_error)(void *self);
 };
 
 struct backend {
 	const struct backend_ops *ops;
 	void *self;
+	size_t weight_bytes;   /* weight bytes one decode step reads (an untied
+				  embedding table is not read: a few rows)   */
 };
 
 /* KV bytes one block needs on this model (f32 K and V, every layer). */

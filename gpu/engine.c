@@ -8,11 +8,15 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "build_config.h"
 #include "backend.h"
 #include "engine.h"
 #include "kv.h"
 #include "model.h"
 #include "cpu/pool.h"
+#ifdef BRAID_HAVE_CUDA
+#include "cuda/cuda.h"
+#endif
 
 #define ENG_DEFAULT_BLOCK_TOKENS 16
 #define ENG_DEFAULT_MAX_SEQS 1024
@@ -20,11 +24,15 @@
 #define ENG_AUTO_KV_BYTES ((size_t)1 << 30)
 
 struct eng_seq {
+	int id;                     /* its engine id (= its device logits slot) */
 	int kv_id;                  /* the KV pool's sequence                  */
 	int32_t *pending;           /* [n_pending] tokens not yet run          */
 	int n_pending, cap_pending;
-	float *logits;              /* [vocab] when has_logits                 */
+	float *logits;              /* [vocab] when has_logits (on the host
+				       backend; a device backend keeps them in
+				       slot id and copies them here on demand) */
 	int has_logits;
+	int host_logits;            /* device backend: logits[] is current     */
 	struct samp_params sp;
 	struct samp_rng rng;
 	uint64_t n_forked;          /* children forked so far                  */
@@ -44,6 +52,10 @@ struct eng {
 	struct eng_seq **seqs;      /* [max_seqs], NULL = free id              */
 	float *logit_buf;           /* (cap_logits, vocab) step logits         */
 	int cap_logits;
+	int dev;                    /* the backend keeps logits and samples    */
+	struct cuda_samp_row *srows;          /* [max_seqs] device sampling    */
+	struct samp_result *sres;             /* [max_seqs]                    */
+	int32_t *sstat;                       /* [max_seqs]                    */
 };
 
 struct eng_params
@@ -76,6 +88,50 @@ auto_kv_bytes(void)
 	return kvb;
 }
 
+static int
+have_cuda(void)
+{
+#ifdef BRAID_HAVE_CUDA
+	return cuda_device_count() > 0;
+#else
+	return 0;
+#endif
+}
+
+/* AUTO: CUDA where it is built in and a GPU is present. */
+static enum eng_device
+pick_device(enum eng_device want)
+{
+	if (want == ENG_DEVICE_AUTO)
+		return have_cuda() ? ENG_DEVICE_CUDA : ENG_DEVICE_CPU;
+	return want;
+}
+
+/* The CUDA backend with its KV pool (*nb blocks). */
+static int
+start_cuda(eng *e, size_t *nb, char *err, size_t errlen)
+{
+#ifdef BRAID_HAVE_CUDA
+	struct cuda_backend_params cp = {
+		.kv_bytes = e->p.kv_bytes,
+		.block_tokens = e->p.block_tokens,
+		.max_rows = e->p.max_batch_rows,
+		.max_seqs = e->p.max_seqs,
+		.graphs = getenv("BRAID_CUDA_GRAPHS") ? atoi(getenv("BRAID_CUDA_GRAPHS")) != 0 : 1,
+	};
+	int n = 0;
+	int rc = cuda_backend_create(e->m, &cp, &e->be, &n, err, errlen);
+	if (rc)
+		return rc;
+	*nb = (size_t)n;
+	e->dev = 1;
+	return 0;
+#else
+	(void)e, (void)nb;
+	return eng_seterr(err, errlen, ENG_ERR_UNSUPPORTED, "built without CUDA");
+#endif
+}
+
 eng *
 eng_create(const struct eng_params *p, char *err, size_t errlen)
 {
@@ -91,11 +147,7 @@ eng_create(const struct eng_params *p, char *err, size_t errlen)
 		eng_seterr(err, errlen, ENG_ERR_INVALID, "%s: negative engine parameter", dir);
 		return NULL;
 	}
-	if (p->device == ENG_DEVICE_CUDA) {
-		eng_seterr(err, errlen, ENG_ERR_UNSUPPORTED, "%s: the CUDA backend is not built yet", dir);
-		return NULL;
-	}
-	if (p->device != ENG_DEVICE_AUTO && p->device != ENG_DEVICE_CPU) {
+	if (p->device != ENG_DEVICE_AUTO && p->device != ENG_DEVICE_CPU && p->device != ENG_DEVICE_CUDA) {
 		eng_seterr(err, errlen, ENG_ERR_INVALID, "%s: unknown device %d", dir, (int)p->device);
 		return NULL;
 	}
@@ -109,9 +161,19 @@ eng_create(const struct eng_params *p, char *err, size_t errlen)
 		e->p.max_seqs = ENG_DEFAULT_MAX_SEQS;
 	if (!e->p.max_batch_rows)
 		e->p.max_batch_rows = ENG_DEFAULT_BATCH_ROWS;
-	if (!e->p.kv_bytes)
-		e->p.kv_bytes = auto_kv_bytes();
-	e->p.device = ENG_DEVICE_CPU;   /* AUTO means CPU until CUDA lands */
+	e->p.device = pick_device(p->device);
+	if (e->p.device == ENG_DEVICE_CUDA && !have_cuda()) {
+		eng_seterr(err, errlen, ENG_ERR_DEVICE, "%s: --device cuda: %s", dir,
+#ifdef BRAID_HAVE_CUDA
+			   "no usable CUDA device (no driver or no GPU)"
+#else
+			   "this braid was built without the CUDA backend"
+#endif
+		);
+		goto fail;
+	}
+	if (!e->p.kv_bytes && e->p.device == ENG_DEVICE_CPU)
+		e->p.kv_bytes = auto_kv_bytes();    /* CUDA: the backend sizes it */
 	e->p.model_dir = NULL;          /* borrowed; the model keeps its own copy */
 
 	e->m = model_load(dir, err, errlen);
@@ -130,20 +192,26 @@ eng_create(const struct eng_params *p, char *err, size_t errlen)
 		e->chat = CHAT_NONE;
 	}
 
-	size_t bb = backend_kv_block_bytes(e->m, e->p.block_tokens);
-	size_t nb = bb ? e->p.kv_bytes / bb : 0;
-	if (nb < 1) {
-		eng_seterr(err, errlen, ENG_ERR_RANGE, "%s: KV size %zu bytes holds no block of %zu bytes",
-			   dir, e->p.kv_bytes, bb);
-		goto fail;
-	}
-	if (nb > INT_MAX / 2)
-		nb = INT_MAX / 2;
 	e->pool = pool_create(e->p.n_threads);
 	if (!e->pool)
 		goto nomem;
-	if (cpu_backend_create(e->m, (int)nb, e->p.block_tokens, e->p.n_threads, e->pool, &e->be, err, errlen))
-		goto fail;
+	size_t nb = 0;
+	if (e->p.device == ENG_DEVICE_CUDA) {
+		if (start_cuda(e, &nb, err, errlen))
+			goto fail;
+	} else {
+		size_t bb = backend_kv_block_bytes(e->m, e->p.block_tokens);
+		nb = bb ? e->p.kv_bytes / bb : 0;
+		if (nb < 1) {
+			eng_seterr(err, errlen, ENG_ERR_RANGE, "%s: KV size %zu bytes holds no block of %zu bytes",
+				   dir, e->p.kv_bytes, bb);
+			goto fail;
+		}
+		if (nb > INT_MAX / 2)
+			nb = INT_MAX / 2;
+		if (cpu_backend_create(e->m, (int)nb, e->p.block_tokens, e->p.n_threads, e->pool, &e->be, err, errlen))
+			goto fail;
+	}
 	struct kv_params kp = {
 		.n_blocks = (int)nb,
 		.block_tokens = e->p.block_tokens,
@@ -159,6 +227,13 @@ eng_create(const struct eng_params *p, char *err, size_t errlen)
 	e->seqs = calloc((size_t)e->p.max_seqs, sizeof *e->seqs);
 	if (!e->samp_scratch || !e->seqs)
 		goto nomem;
+	if (e->dev) {
+		e->srows = calloc((size_t)e->p.max_seqs, sizeof *e->srows);
+		e->sres = calloc((size_t)e->p.max_seqs, sizeof *e->sres);
+		e->sstat = calloc((size_t)e->p.max_seqs, sizeof *e->sstat);
+		if (!e->srows || !e->sres || !e->sstat)
+			goto nomem;
+	}
 	return e;
 nomem:
 	eng_seterr(err, errlen, ENG_ERR_NOMEM, "%s: out of memory starting the engine", dir);
@@ -187,6 +262,9 @@ eng_destroy(eng *e)
 			seq_destroy(e->seqs[i]);
 	free(e->seqs);
 	free(e->samp_scratch);
+	free(e->srows);
+	free(e->sres);
+	free(e->sstat);
 	free(e->logit_buf);
 	kv_destroy(e->kv);
 	if (e->be.ops)
@@ -203,7 +281,13 @@ const struct model_config *eng_config(const eng *e) { return &e->m->cfg; }
 const tok *eng_tokenizer(const eng *e) { return e->t; }
 enum chat_format eng_chat_format(const eng *e) { return e->chat; }
 const char *eng_device_name(const eng *e) { return e->be.ops->name; }
-size_t eng_weight_bytes(const eng *e) { return e->m->weight_bytes; }
+size_t eng_weight_bytes(const eng *e) { return e->be.weight_bytes; }
+
+const char *
+eng_last_error(const eng *e)
+{
+	return e && e->be.ops && e->be.ops->last_error ? e->be.ops->last_error(e->be.self) : "";
+}
 int eng_threads(const eng *e) { return e->n_slots; }
 
 int
@@ -314,6 +398,7 @@ eng_seq_new(eng *e, const int32_t *ids, int n, const struct samp_params *sp)
 	if ((rc = kv_seq_new(e->kv)) < 0)
 		goto fail;
 	s->kv_id = rc;
+	s->id = id;
 	e->seqs[id] = s;
 	return id;
 fail:
@@ -364,8 +449,18 @@ eng_seq_set_sampling(eng *e, int seq, const struct samp_params *sp)
 const float *
 eng_seq_logits(const eng *e, int seq)
 {
-	const struct eng_seq *s = seq_get(e, seq);
-	return s && s->has_logits ? s->logits : NULL;
+	struct eng_seq *s = seq_get(e, seq);
+	if (!s || !s->has_logits)
+		return NULL;
+	if (e->dev && !s->host_logits) {
+		/* engine thread only, like every other call: fetch the slot */
+		if (!s->logits && !(s->logits = malloc((size_t)e->m->cfg.vocab_size * sizeof(float))))
+			return NULL;
+		if (e->be.ops->read_slot(e->be.self, s->id, s->logits))
+			return NULL;
+		s->host_logits = 1;
+	}
+	return s->logits;
 }
 
 int
@@ -410,7 +505,11 @@ eng_seq_fork(eng *e, int seq, int k, int *children)
 		c->kv_id = -1;
 		if (s->n_pending && (rc = push_pending(c, s->pending, s->n_pending)))
 			goto fail;
-		if (s->has_logits) {
+		if (s->has_logits && e->dev) {
+			if ((rc = e->be.ops->copy_slot(e->be.self, s->id, ids[j])))
+				goto fail;
+			c->has_logits = 1;
+		} else if (s->has_logits) {
 			c->logits = malloc(vocab * sizeof(float));
 			if (!c->logits) {
 				rc = ENG_ERR_NOMEM;
@@ -428,6 +527,7 @@ eng_seq_fork(eng *e, int seq, int k, int *children)
 	forked = 1;
 	for (int j = 0; j < k; j++) {
 		kids[j]->kv_id = kv_ids[j];
+		kids[j]->id = ids[j];
 		e->seqs[ids[j]] = kids[j];
 		children[j] = ids[j];
 	}
@@ -476,10 +576,11 @@ run_pending(eng *e, struct eng_seq **seqs, int n, float *all_logits)
 	int32_t *lrows = malloc((size_t)cap * sizeof *lrows);
 	const int32_t **tables = malloc((size_t)cap * sizeof *tables);
 	struct eng_seq **lseq = malloc((size_t)cap * sizeof *lseq);
+	int32_t *slots = malloc((size_t)cap * sizeof *slots);
 	int rc = ENG_ERR_NOMEM;
-	if (!tokens || !pos || !row_seq || !lrows || !tables || !lseq)
+	if (!tokens || !pos || !row_seq || !lrows || !tables || !lseq || !slots)
 		goto out;
-	for (int i = 0; i < n; i++)
+	for (int i = 0; i < n && !e->dev; i++)
 		if (!seqs[i]->logits && !(seqs[i]->logits = malloc(vocab * sizeof(float))))
 			goto out;
 
@@ -508,10 +609,10 @@ run_pending(eng *e, struct eng_seq **seqs, int n, float *all_logits)
 			if (pi == s->n_pending)
 				si++, pi = 0;
 		}
-		float *lout;
+		float *lout = NULL;
 		if (all_logits) {
 			lout = all_logits + (size_t)done_rows * vocab;
-		} else {
+		} else if (!e->dev) {
 			if ((rc = ensure_logit_buf(e, nlog)))
 				goto out;
 			lout = e->logit_buf;
@@ -520,11 +621,19 @@ run_pending(eng *e, struct eng_seq **seqs, int n, float *all_logits)
 			.n_rows = rows, .tokens = tokens, .pos = pos, .row_seq = row_seq,
 			.n_seqs = nseq, .block_tables = tables, .n_logits = nlog, .logit_rows = lrows,
 		};
-		if ((rc = e->be.ops->forward(e->be.self, &b, lout)))
-			goto out;
-		for (int i = 0; i < nlog; i++)
-			if (lseq[i])
-				memcpy(lseq[i]->logits, lout + (size_t)i * vocab, vocab * sizeof(float));
+		if (e->dev) {
+			/* the logits stay on the device, in each sequence's slot */
+			for (int i = 0; i < nlog; i++)
+				slots[i] = lseq[i] ? lseq[i]->id : -1;
+			if ((rc = e->be.ops->forward_slots(e->be.self, &b, slots, lout)))
+				goto out;
+		} else {
+			if ((rc = e->be.ops->forward(e->be.self, &b, lout)))
+				goto out;
+			for (int i = 0; i < nlog; i++)
+				if (lseq[i])
+					memcpy(lseq[i]->logits, lout + (size_t)i * vocab, vocab * sizeof(float));
+		}
 		done_rows += rows;
 	}
 	for (int i = 0; i < n; i++) {
@@ -533,9 +642,11 @@ run_pending(eng *e, struct eng_seq **seqs, int n, float *all_logits)
 			goto out;
 		s->n_pending = 0;
 		s->has_logits = 1;
+		s->host_logits = 0;
 	}
 	rc = 0;
 out:
+	free(slots);
 	free(tokens);
 	free(pos);
 	free(row_seq);
@@ -586,6 +697,32 @@ sample_slots(void *ctx, int s0, int s1)
 	}
 }
 
+/* Sample on the device from each sequence's logits slot.  The uniform draw
+ * comes from the sequence's own generator, as on the CPU (one per
+ * non-greedy token), so a seed means the same stream of draws on both. */
+static int
+sample_device(eng *e, struct eng_seq **live, const int *ids, int n, struct eng_token *out)
+{
+	for (int i = 0; i < n; i++) {
+		const struct samp_params *sp = &live[i]->sp;
+		e->srows[i] = (struct cuda_samp_row){
+			.slot = live[i]->id, .top_k = sp->top_k, .n_top = sp->n_top,
+			.temperature = sp->temperature, .top_p = sp->top_p, .min_p = sp->min_p,
+			.u = sp->temperature > 0.0f ? samp_rng_uniform(&live[i]->rng) : 0.0,
+		};
+	}
+	int rc = e->be.ops->sample(e->be.self, e->srows, n, e->sres, e->sstat);
+	if (rc)
+		return rc;
+	for (int i = 0; i < n; i++) {
+		if (e->sstat[i])
+			return e->sstat[i];
+		out[i].seq = ids[i];
+		out[i].r = e->sres[i];
+	}
+	return 0;
+}
+
 int
 eng_step(eng *e, struct eng_token *out, int cap, int *n_out)
 {
@@ -632,11 +769,16 @@ eng_step(eng *e, struct eng_token *out, int cap, int *n_out)
 		goto out;
 
 	/* Every live sequence now has ready logits. */
-	struct samp_job j = { .e = e, .seqs = live, .ids = ids, .n = n_live, .out = out, .rcs = rcs };
-	pool_run(e->pool, sample_slots, &j, e->n_slots);
-	for (int i = 0; i < n_live; i++)
-		if ((rc = rcs[i]))
+	if (e->dev) {
+		if ((rc = sample_device(e, live, ids, n_live, out)))
 			goto out;
+	} else {
+		struct samp_job j = { .e = e, .seqs = live, .ids = ids, .n = n_live, .out = out, .rcs = rcs };
+		pool_run(e->pool, sample_slots, &j, e->n_slots);
+		for (int i = 0; i < n_live; i++)
+			if ((rc = rcs[i]))
+				goto out;
+	}
 	for (int i = 0; i < n_live; i++) {
 		struct eng_seq *s = live[i];
 		if ((rc = push_pending(s, &out[i].r.token, 1)))

@@ -54,7 +54,11 @@ const struct model_config *eng_config(const eng *e);
 const tok *eng_tokenizer(const eng *e);           /* NULL without tokenizer.json */
 enum chat_format eng_chat_format(const eng *e);
 const char *eng_device_name(const eng *e);        /* "cpu", "cuda"       */
-size_t eng_weight_bytes(const eng *e);            /* bytes read per step */
+size_t eng_weight_bytes(const eng *e);            /* weight bytes read per
+						     decode step            */
+/* What the backend last reported going wrong (a CUDA error, say), for
+ * messages after ENG_ERR_DEVICE; "" when nothing did. */
+const char *eng_last_error(const eng *e);
 int eng_threads(const eng *e);
 /* 1 if id ends a sequence: one of config.json's eos_token_id or the
  * tokenizer's eos token. */

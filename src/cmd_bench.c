@@ -1,10 +1,11 @@
 /* cmd_bench.c - braid bench: CPU/GPU decode throughput for N sequences
- * forked from one prompt, and the fraction of the machine's memory bandwidth
- * that is (main thread = engine thread).  With --shape it writes a
- * random-weight bf16 model of a real architecture's shape to a scratch
- * directory and loads it through the normal loader.  --server-path hands
- * over to bench_server.c: the scheduler and server path against the engine
- * alone. */
+ * forked from one prompt, against the bound the memory bandwidth sets (host
+ * read bandwidth on the CPU, device copy bandwidth on a GPU), and the KV
+ * memory the forks share (main thread = engine thread).  With --shape it
+ * writes a random-weight bf16 model of a real architecture's shape to a
+ * scratch directory and loads it through the normal loader.  --server-path
+ * hands over to bench_server.c: the scheduler and server path against the
+ * engine alone. */
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -17,9 +18,13 @@
 #include <jansson.h>
 
 #include "bench_server.h"
+#include "build_config.h"
 #include "cli.h"
 #include "engine.h"
 #include "safetensors.h"
+#ifdef BRAID_HAVE_CUDA
+#include "cuda/cuda.h"
+#endif
 
 static const struct cli_opt opts[] = {
 	{ "model", "DIR", "model directory to benchmark (default: --shape 0.6b)" },
@@ -277,21 +282,67 @@ measure_read_bandwidth(int threads)
 
 /* ---- the benchmark ------------------------------------------------------------- */
 
+/* What every row needs to know about the engine and the machine. */
+struct bench_env {
+	eng *e;
+	int prompt_len;
+	double kv_pos_bytes;    /* KV bytes per position: layers x (K, V) x kv_heads x head_dim x elem */
+	double block_bytes;     /* KV bytes per block                                   */
+	int block_tokens;
+	double weights_read;    /* weight bytes streamed per step                       */
+	double bw;              /* bandwidth, bytes/s                                   */
+};
+
 struct bench_row {
 	int n;
-	double prefill_tps, decode_tps, step_ms, bytes_per_step, frac_bw;
+	double prefill_tps, decode_tps, e2e_tps, step_ms;
+	double kv_read, bytes_per_step, bound_tps, frac_bound;
+	double kv_used, kv_private, kv_end;   /* bytes */
 };
 
 static int
-run_one(eng *e, int n, int prompt_len, int gen, struct bench_row *row)
+kv_blocks_used(const eng *e)
 {
+	return eng_kv_blocks_total(e) - eng_kv_blocks_free(e);
+}
+
+/* One step in which every one of the n sequences must sample a token (the
+ * bench never stops a sequence at EOS: each gets exactly its tokens). */
+static int
+step_all(eng *e, struct eng_token *out, int n)
+{
+	int got = 0, s = eng_step(e, out, n, &got);
+	if (s < 0) {
+		const char *why = eng_last_error(e);
+		fprintf(stderr, "braid bench: step with N=%d: %s%s%s\n", n, eng_strerror(s), *why ? ": " : "", why);
+		return -1;
+	}
+	if (got != n) {
+		fprintf(stderr, "braid bench: a step with N=%d sampled %d sequences\n", n, got);
+		return -1;
+	}
+	return 0;
+}
+
+/* Prefill one random prompt, fork n children, sample gen tokens per child
+ * plus one more step: the first step samples from the shared prompt logits
+ * (no forward); the gen timed steps each run every child's newest token
+ * through the model.  End-to-end covers prefill, fork and the steps that
+ * produce the first gen tokens of every child. */
+static int
+run_one(const struct bench_env *be, int n, int gen, struct bench_row *row)
+{
+	eng *e = be->e;
 	const struct model_config *c = eng_config(e);
+	int prompt_len = be->prompt_len;
 	int32_t *prompt = malloc(prompt_len * sizeof *prompt);
 	int *kids = malloc(n * sizeof *kids);
 	struct eng_token *out = malloc(n * sizeof *out);
 	int rc = -1, parent = -1, n_kids = 0;
-	if (!prompt || !kids || !out)
+	if (!prompt || !kids || !out) {
+		fprintf(stderr, "braid bench: out of memory\n");
 		goto done;
+	}
 	uint64_t st = 12345 + n;
 	for (int i = 0; i < prompt_len; i++) {
 		st = st * 6364136223846793005ull + 1442695040888963407ull;
@@ -300,14 +351,16 @@ run_one(eng *e, int n, int prompt_len, int gen, struct bench_row *row)
 	struct samp_params sp = samp_default_params();
 	sp.temperature = 1.0f;
 	sp.seed = 7;
+	int base_blocks = kv_blocks_used(e);
+	double t_start = now_s();
 	parent = eng_seq_new(e, prompt, prompt_len, &sp);
-	double t0 = now_s();
 	int s = parent < 0 ? parent : eng_seq_prefill(e, parent, NULL);
 	if (s < 0) {
-		fprintf(stderr, "braid bench: prefill: %s\n", eng_strerror(s));
+		const char *why = eng_last_error(e);
+		fprintf(stderr, "braid bench: prefill: %s%s%s\n", eng_strerror(s), *why ? ": " : "", why);
 		goto done;
 	}
-	row->prefill_tps = prompt_len / (now_s() - t0);
+	row->prefill_tps = prompt_len / (now_s() - t_start);
 	s = eng_seq_fork(e, parent, n, kids);
 	if (s < 0) {
 		fprintf(stderr, "braid bench: fork %d: %s\n", n, eng_strerror(s));
@@ -316,26 +369,30 @@ run_one(eng *e, int n, int prompt_len, int gen, struct bench_row *row)
 	n_kids = n;
 	eng_seq_free(e, parent);
 	parent = -1;
-	/* First step samples from the shared prompt logits (no forward); time the
-	 * rest, each of which runs every sequence through the model. */
-	int got;
-	if ((s = eng_step(e, out, n, &got)) < 0)
-		goto step_fail;
-	t0 = now_s();
-	for (int i = 0; i < gen; i++)
-		if ((s = eng_step(e, out, n, &got)) < 0)
-			goto step_fail;
+	row->kv_used = (double)(kv_blocks_used(e) - base_blocks) * be->block_bytes;
+	if (step_all(e, out, n))
+		goto done;
+	double t0 = now_s(), t_e2e = t0;
+	for (int i = 0; i < gen; i++) {
+		if (step_all(e, out, n))
+			goto done;
+		if (i == gen - 2)
+			t_e2e = now_s();   /* every child has gen tokens now */
+	}
 	double dt = now_s() - t0;
+	row->kv_end = (double)(kv_blocks_used(e) - base_blocks) * be->block_bytes;
+	row->kv_private = (double)n * ((prompt_len + be->block_tokens - 1) / be->block_tokens) * be->block_bytes;
 	row->n = n;
 	row->decode_tps = (double)n * gen / dt;
+	row->e2e_tps = (double)n * gen / (t_e2e - t_start);
 	row->step_ms = dt / gen * 1e3;
-	double kv_per_tok = (double)c->n_layers * 2 * c->n_kv_heads * c->head_dim * sizeof(float);
-	double avg_ctx = prompt_len + 1 + gen / 2.0;
-	row->bytes_per_step = (double)eng_weight_bytes(e) + n * avg_ctx * kv_per_tok;
+	/* Timed step j (1..gen) attends over the prompt (shared: read once for
+	 * all children) and j positions of the child's own. */
+	row->kv_read = be->kv_pos_bytes * (prompt_len + n * (gen + 1) / 2.0);
+	row->bytes_per_step = be->weights_read + row->kv_read;
+	row->bound_tps = be->bw > 0 ? n * be->bw / row->bytes_per_step : 0;
+	row->frac_bound = row->bound_tps > 0 ? row->decode_tps / row->bound_tps : 0;
 	rc = 0;
-	goto done;
-step_fail:
-	fprintf(stderr, "braid bench: step with N=%d: %s\n", n, eng_strerror(s));
 done:
 	for (int i = 0; i < n_kids; i++)
 		eng_seq_free(e, kids[i]);
@@ -483,6 +540,46 @@ bench_server_path(const struct cli_args *args, long gen, long threads, enum eng_
 	return bsrv_run(&bp);
 }
 
+/* The GPU's state for the report (zeros without CUDA). */
+struct gpu_report {
+	int probed;                  /* device info read before eng_create */
+	char name[128];
+	size_t total, free_before, free_after;
+	int bw_rc;                   /* cuda_copy_bandwidth's status       */
+	double bw_gbps;
+	char bw_err[256];
+};
+
+/* Before eng_create, when the engine may run on a GPU: device 0's memory
+ * and its copy bandwidth (measured while the memory is still free). */
+static void
+gpu_probe_before(enum eng_device dev, struct gpu_report *g)
+{
+	memset(g, 0, sizeof *g);
+#ifdef BRAID_HAVE_CUDA
+	if (dev == ENG_DEVICE_CPU || cuda_device_count() < 1)
+		return;
+	if (cuda_device_info(0, g->name, sizeof g->name, &g->total, &g->free_before) != ENG_OK)
+		return;
+	g->probed = 1;
+	g->bw_rc = cuda_copy_bandwidth(0, &g->bw_gbps, g->bw_err, sizeof g->bw_err);
+#else
+	(void)dev;
+#endif
+}
+
+static void
+gpu_probe_after(struct gpu_report *g)
+{
+#ifdef BRAID_HAVE_CUDA
+	size_t total = 0;
+	if (g->probed && cuda_device_info(0, NULL, 0, &total, &g->free_after) != ENG_OK)
+		g->free_after = 0;
+#else
+	(void)g;
+#endif
+}
+
 int
 cmd_bench(int argc, char **argv)
 {
@@ -514,46 +611,105 @@ cmd_bench(int argc, char **argv)
 
 	ep.model_dir = dir;
 	ep.n_threads = (int)threads;
-	int max_n = 1;
-	for (int i = 0; i < n_ns; i++)
-		max_n = ns[i] > max_n ? ns[i] : max_n;
+	struct gpu_report g;
+	gpu_probe_before(ep.device, &g);
 	char err[ENG_ERRLEN];
 	eng *e = eng_create(&ep, err, sizeof err);
 	if (!e) {
 		fprintf(stderr, "braid bench: %s\n", err);
 		return 1;
 	}
-	double bw = measure_read_bandwidth(eng_threads(e));
 	const struct model_config *c = eng_config(e);
-	printf("model %s (%s, hidden %d, %d layers, vocab %d, %.1f MB of weights), device %s, %d threads\n",
+	int on_gpu = !strcmp(eng_device_name(e), "cuda");
+	struct bench_env be = { .e = e, .prompt_len = (int)prompt_len, .block_tokens = ep.block_tokens };
+	if (be.block_tokens <= 0)
+		be.block_tokens = 16;
+	be.kv_pos_bytes = (double)c->n_layers * 2 * c->n_kv_heads * c->head_dim * (on_gpu ? 2 : 4);
+	be.block_bytes = be.kv_pos_bytes * be.block_tokens;
+	be.weights_read = (double)eng_weight_bytes(e);
+	const char *probe;
+	if (on_gpu) {
+		if (!g.probed || g.bw_rc != ENG_OK) {
+			fprintf(stderr, "braid bench: device copy bandwidth: %s\n",
+				g.probed ? g.bw_err : "no device information before the engine started");
+			eng_destroy(e);
+			return 1;
+		}
+		gpu_probe_after(&g);
+		be.bw = g.bw_gbps * 1e9;
+		probe = "device-to-device copy of 1 GiB, bytes read + written, best of 10";
+	} else {
+		be.bw = measure_read_bandwidth(eng_threads(e));
+		probe = "host streaming read of 1 GiB, best of 5";
+	}
+	char rule[512];
+	snprintf(rule, sizeof rule,
+		 "bound tok/s = N x bandwidth / bytes per step; bytes per step = weights read per step "
+		 "(every weight but an untied input embedding table, of which a step gathers N rows) "
+		 "+ KV read per step, averaged over the timed steps: the prompt's KV once (shared by the "
+		 "N children) plus N x (gen + 1) / 2 positions of their own; KV bytes per position = "
+		 "layers x 2 x kv_heads x head_dim x %d (%s)",
+		 on_gpu ? 2 : 4, on_gpu ? "bf16 on the GPU" : "f32 on the CPU");
+	printf("model %s (%s, hidden %d, %d layers, vocab %d, %.1f MB of weights read per step), device %s, %d threads\n",
 	       dir, c->arch_name, c->hidden_size, c->n_layers, c->vocab_size, eng_weight_bytes(e) / 1e6,
 	       eng_device_name(e), eng_threads(e));
-	printf("memory read bandwidth (1 GiB streaming read, best of 5): %.1f GB/s\n\n", bw / 1e9);
-	printf("| N | prefill tok/s | decode tok/s | ms/step | bytes/step (MB) | achieved GB/s | of bandwidth |\n");
-	printf("|---:|---:|---:|---:|---:|---:|---:|\n");
+	if (on_gpu)
+		printf("GPU %s: %.2f GB, %.2f GB free before the engine, %.2f GB after (weights, KV pool, buffers: %.2f GB)\n",
+		       g.name, g.total / 1e9, g.free_before / 1e9, g.free_after / 1e9,
+		       ((double)g.free_before - (double)g.free_after) / 1e9);
+	printf("%s bandwidth (%s): %.1f GB/s\n", on_gpu ? "device copy" : "memory read", probe, be.bw / 1e9);
+	printf("KV pool: %d blocks of %d positions, %.0f bytes per position\n", eng_kv_blocks_total(e),
+	       be.block_tokens, be.kv_pos_bytes);
+	printf("%s\n", rule);
+	printf("prompt %ld tokens, %ld tokens generated per sequence (EOS ignored)\n\n", prompt_len, gen);
+	printf("| N | prefill tok/s | decode tok/s | end-to-end tok/s | ms/step | bytes/step (MB) | achieved GB/s "
+	       "| of bound | KV used (MB) | KV if private (MB) |\n");
+	printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+	fflush(stdout);
 	json_t *rows = json_array();
 	int rc = 0;
 	for (int i = 0; i < n_ns; i++) {
 		struct bench_row r = { 0 };
-		if (run_one(e, ns[i], (int)prompt_len, (int)gen, &r) != 0) {
+		/* the GPU's first pass of a batch size captures graphs, tunes
+		 * cuBLAS: warm it up with a short untimed run */
+		if ((on_gpu && run_one(&be, ns[i], 2, &r) != 0) || run_one(&be, ns[i], (int)gen, &r) != 0) {
 			rc = 1;
 			break;
 		}
 		double achieved = r.bytes_per_step / (r.step_ms / 1e3);
-		r.frac_bw = bw > 0 ? achieved / bw : 0;
-		printf("| %d | %.1f | %.2f | %.1f | %.1f | %.2f | %.0f%% |\n", r.n, r.prefill_tps, r.decode_tps,
-		       r.step_ms, r.bytes_per_step / 1e6, achieved / 1e9, 100 * r.frac_bw);
+		printf("| %d | %.1f | %.2f | %.2f | %.2f | %.1f | %.1f | %.0f%% | %.1f | %.1f |\n", r.n, r.prefill_tps,
+		       r.decode_tps, r.e2e_tps, r.step_ms, r.bytes_per_step / 1e6, achieved / 1e9, 100 * r.frac_bound,
+		       r.kv_used / 1e6, r.kv_private / 1e6);
 		fflush(stdout);
-		json_array_append_new(rows, json_pack("{s:i,s:f,s:f,s:f,s:f,s:f}", "n", r.n,
-						      "prefill_tok_s", r.prefill_tps, "decode_tok_s", r.decode_tps,
-						      "ms_per_step", r.step_ms, "bytes_per_step", r.bytes_per_step,
-						      "fraction_of_bandwidth", r.frac_bw));
+		json_t *row = json_pack("{s:i,s:i,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f,s:f}", "n", r.n,
+					"tokens_per_seq", (int)gen, "prefill_tok_s", r.prefill_tps,
+					"decode_tok_s", r.decode_tps, "e2e_tok_s", r.e2e_tps, "ms_per_step", r.step_ms,
+					"kv_read_bytes_per_step", r.kv_read, "bytes_per_step", r.bytes_per_step,
+					"bound_tok_s", r.bound_tps, "fraction_of_bound", r.frac_bound,
+					"fraction_of_bandwidth", r.frac_bound, "kv_bytes_used", r.kv_used,
+					"kv_bytes_private", r.kv_private, "kv_bytes_end", r.kv_end);
+		if (!row || json_array_append_new(rows, row) != 0)
+			rc = 1;
 	}
 	if (OPT("json")) {
-		json_t *doc = json_pack("{s:s,s:s,s:i,s:f,s:f,s:i,s:i,s:o}", "model", dir, "device", eng_device_name(e),
-					"threads", eng_threads(e), "read_bandwidth_gb_s", bw / 1e9,
-					"weight_mb", eng_weight_bytes(e) / 1e6, "prompt_len", (int)prompt_len,
-					"gen", (int)gen, "rows", rows);
+		json_t *doc = json_pack("{s:s,s:s,s:s,s:i,s:f,s:f,s:s,s:f,s:f,s:f,s:f,s:f,s:i,s:i,s:i,s:i,s:s,s:o}",
+					"model", dir, "shape", OPT("shape") ? OPT("shape") : "",
+					"device", eng_device_name(e), "threads", eng_threads(e),
+					"bandwidth_gb_s", be.bw / 1e9, "read_bandwidth_gb_s", be.bw / 1e9,
+					"bandwidth_probe", probe, "weight_mb", eng_weight_bytes(e) / 1e6,
+					"weight_bytes", (double)eng_weight_bytes(e),
+					"weights_read_per_step_bytes", be.weights_read,
+					"kv_bytes_per_position", be.kv_pos_bytes, "kv_block_bytes", be.block_bytes,
+					"kv_block_tokens", be.block_tokens, "kv_blocks_total", eng_kv_blocks_total(e),
+					"prompt_len", (int)prompt_len, "gen", (int)gen, "bound_rule", rule, "rows", rows);
+		if (doc && on_gpu) {
+			json_t *gj = json_pack("{s:s,s:f,s:f,s:f,s:f}", "name", g.name, "total_bytes", (double)g.total,
+					       "free_before_bytes", (double)g.free_before,
+					       "free_after_bytes", (double)g.free_after,
+					       "engine_bytes", (double)g.free_before - (double)g.free_after);
+			if (!gj || json_object_set_new(doc, "gpu", gj) != 0)
+				rc = 1;
+		}
 		if (!doc || json_dump_file(doc, OPT("json"), JSON_INDENT(2)) != 0) {
 			fprintf(stderr, "braid bench: cannot write %s\n", OPT("json"));
 			rc = 1;

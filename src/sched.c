@@ -109,8 +109,9 @@ step_once(sched *s)
 	}
 	double dt = now_ms() - t0;
 	if (rc < 0) {
-		char reason[128];
-		snprintf(reason, sizeof reason, "engine step failed: %s", eng_strerror(rc));
+		char reason[ENG_ERRLEN + 64];
+		const char *why = eng_last_error(s->e);
+		snprintf(reason, sizeof reason, "engine step failed: %s%s%s", eng_strerror(rc), *why ? ": " : "", why);
 		while (s->n_run > 0)
 			sched_job_fail(s, s->run[s->n_run - 1], reason);
 		return dt;

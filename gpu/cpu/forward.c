@@ -404,6 +404,10 @@ cpu_backend_create(const struct model *m, int n_blocks, int block_tokens, int n_
 	ops_rope_inv_freq(c, cb->inv_freq);
 	out->ops = &cpu_ops;
 	out->self = cb;
+	out->weight_bytes = m->weight_bytes;
+	if (m->lm_head.data != m->tok_embd.data)
+		out->weight_bytes -= (size_t)m->tok_embd.rows * (size_t)m->tok_embd.cols *
+				     st_dtype_size(m->tok_embd.dtype);
 	return 0;
 nomem:
 	rc = eng_seterr(err, errlen, ENG_ERR_NOMEM, "%s: cannot allocate the CPU backend (%d KV blocks of %zu bytes)",

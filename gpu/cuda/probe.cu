@@ -1,4 +1,5 @@
-// probe.cu - device discovery and a self-test kernel (engine thread).
+// probe.cu - device discovery, a self-test kernel and the copy-bandwidth
+// probe (engine thread).
 #include <cstdio>
 #include <cuda_runtime.h>
 
@@ -80,5 +81,61 @@ extern "C" int cuda_selftest_axpb(const float *x, float *y, int n, float a, floa
 done:
 	cudaFree(dx);
 	cudaFree(dy);
+	return rc;
+}
+
+
+// Best of several timed device-to-device copies; see cuda.h.
+extern "C" int cuda_copy_bandwidth(size_t bytes, double *gbps, char *err, int errlen)
+{
+	enum { WARMUP = 2, REPS = 10 };
+	int rc = ENG_OK;
+	void *src = NULL, *dst = NULL;
+	cudaStream_t st = NULL;
+	cudaEvent_t ev[2] = { NULL, NULL };
+	float best_ms = 0;
+	if (!bytes)
+		bytes = (size_t)1 << 30;
+	if (gbps)
+		*gbps = 0;
+	CHECK(cudaSetDevice(0));
+	CHECK(cudaMalloc(&src, bytes));
+	CHECK(cudaMalloc(&dst, bytes));
+	CHECK(cudaMemset(src, 0x5a, bytes));
+	CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+	CHECK(cudaEventCreate(&ev[0]));
+	CHECK(cudaEventCreate(&ev[1]));
+	for (int i = 0; i < WARMUP; i++)
+		CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, st));
+	CHECK(cudaStreamSynchronize(st));
+	for (int i = 0; i < REPS; i++) {
+		float ms = 0;
+		CHECK(cudaEventRecord(ev[0], st));
+		CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, st));
+		CHECK(cudaEventRecord(ev[1], st));
+		CHECK(cudaEventSynchronize(ev[1]));
+		CHECK(cudaEventElapsedTime(&ms, ev[0], ev[1]));
+		if (ms > 0 && (best_ms == 0 || ms < best_ms))
+			best_ms = ms;
+	}
+	if (best_ms <= 0) {
+		if (err && errlen > 0)
+			snprintf(err, errlen, "cuda_copy_bandwidth: no copy of %zu bytes took measurable time", bytes);
+		rc = ENG_ERR_DEVICE;
+		goto done;
+	}
+	if (gbps)
+		*gbps = 2.0 * (double)bytes / (best_ms * 1e-3) / 1e9;   // read + written
+done:
+	if (ev[0])
+		cudaEventDestroy(ev[0]);
+	if (ev[1])
+		cudaEventDestroy(ev[1]);
+	if (st)
+		cudaStreamDestroy(st);
+	cudaFree(src);
+	cudaFree(dst);
+	if (rc != ENG_OK)
+		cudaGetLastError();   // clear a non-sticky error for later callers
 	return rc;
 }

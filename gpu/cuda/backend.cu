@@ -1,0 +1,962 @@
+// backend.cu - the CUDA backend: bf16 weights on the device, cuBLAS GEMMs,
+// the kernels of kernels.cu, paged attention planned on the host (split-K
+// chunks and shared-prefix items), logits kept in device slots and sampled
+// there, and one CUDA graph per bucket of batch rows.  Engine thread.
+#include <algorithm>
+#include <cmath>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "backend.h"
+#include "model.h"
+#include "status.h"
+#include "cuda/cuda.h"
+#include "cpu/ops.h"
+}
+#include "cuda/kernels.cuh"
+
+// Row buckets for CUDA graphs: a pass of n rows runs the graph captured for
+// the smallest bucket >= n (padding rows compute and are ignored).
+static const int buckets[] = { 1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 224, 256 };
+#define N_BUCKETS ((int)(sizeof buckets / sizeof buckets[0]))
+
+// Shared-prefix attention must save at least this many bytes per layer and
+// kv head over per-sequence reads (it costs a launch-free but real extra
+// partial per row), and cover at least this many positions.
+#define CASCADE_MIN_SAVING 16384.0
+#define CASCADE_MIN_POS 64
+
+// Shortest split-K chunk.  Measured on an H100 (0.6B shape, 512-token
+// prompt): one tile per unit beats four (16 vs 28 us a layer at N=1, 54 vs
+// 68 us at N=64): a unit's tiles run one after another and each waits on
+// its barriers, so spreading them over more CTAs wins despite the extra
+// partials to merge.
+#define ATT_MIN_CHUNK K_ATT_TILE
+
+struct cl_layer {
+	bf16 *wqkv;          // (nh*hd + 2*nkv*hd, hidden)
+	bf16 *wo;            // (hidden, nh*hd)
+	bf16 *wgu;           // (2*inter, hidden): gate rows then up rows
+	bf16 *wdown;         // (hidden, inter)
+	float *bqkv;         // (nh*hd + 2*nkv*hd) or NULL
+	float *attn_norm, *mlp_norm;   // (hidden)
+	float *qn, *kn;      // (hd) or NULL
+};
+
+// Host-planned metadata, mirrored in pinned host memory and on the device at
+// fixed offsets (graphs read it from there).
+struct meta_layout {
+	size_t counters;     // int[4]: n_rows, n_logits, CTA items, warp items
+	size_t tokens, pos, tab_off, logit_rows, slots;   // int[max_rows]
+	size_t rp_off;       // int[max_rows + 1]
+	size_t items;        // k_attn_item[cap_items]
+	size_t item_rows;    // int[cap_parts]
+	size_t rp_idx;       // int[cap_parts]
+	size_t tables;       // int[cap_table]
+	size_t bytes;
+};
+
+struct graph_entry {
+	int rows, logits;
+	cudaGraphExec_t exec;
+};
+
+struct cuda_backend {
+	const struct model *m;
+	struct model_config c;
+	int qd, kd, qkvd;            // nh*hd, nkv*hd, qd + 2*kd
+	int max_rows, max_seqs, use_graphs, n_sm, ctas, warp_blocks;
+	cudaStream_t st;
+	cublasHandle_t blas;
+	void *blas_ws;
+
+	bf16 *emb, *lm_head;
+	float *out_norm, *inv_freq;
+	struct cl_layer *L;
+
+	bf16 *kv;
+	k_kv_geom g;
+	int n_blocks;
+	size_t block_elems;
+
+	float *x, *qkv, *q, *gu, *logits, *slots, *part_ml, *part_acc;
+	bf16 *xb, *att, *h;
+	int cap_items, cap_parts, cap_table;
+
+	struct meta_layout ml;
+	char *hmeta, *dmeta;
+	int32_t *d_counters;
+
+	std::vector<graph_entry> *graphs;
+
+	struct cuda_samp_row *d_srows, *h_srows;
+	struct samp_result *d_sout;
+	int32_t *d_sstat;
+	void *d_sscratch;
+	size_t sscratch_bytes;
+
+	char err[ENG_ERRLEN];
+};
+
+static int
+fail(struct cuda_backend *cb, cudaError_t e, const char *what)
+{
+	snprintf(cb->err, sizeof cb->err, "CUDA: %s: %s", what, cudaGetErrorString(e));
+	return ENG_ERR_DEVICE;
+}
+
+#define CK(call)                                                        \
+	do {                                                            \
+		cudaError_t e_ = (call);                                \
+		if (e_ != cudaSuccess)                                  \
+			return fail(cb, e_, #call);                     \
+	} while (0)
+
+#define CB(call)                                                        \
+	do {                                                            \
+		cublasStatus_t s_ = (call);                             \
+		if (s_ != CUBLAS_STATUS_SUCCESS) {                      \
+			snprintf(cb->err, sizeof cb->err, "cuBLAS: %s: status %d", #call, (int)s_); \
+			return ENG_ERR_DEVICE;                          \
+		}                                                       \
+	} while (0)
+
+template <typename T>
+static T *
+meta_at(char *base, size_t off)
+{
+	return (T *)(base + off);
+}
+
+// ---- weights -------------------------------------------------------------------
+
+// Append w (rows, cols) in bf16 to host staging at element offset at.
+static void
+stage_bf16(const struct weight *w, bf16 *dst)
+{
+	const size_t n = (size_t)w->rows * (size_t)w->cols;
+	if (w->dtype == ST_BF16) {
+		memcpy(dst, w->data, n * sizeof(bf16));
+		return;
+	}
+	for (size_t i = 0; i < n; i++)
+		dst[i] = __float2bfloat16(st_load(w->data, w->dtype, i));
+}
+
+static int
+upload_bf16(struct cuda_backend *cb, const struct weight *const *ws, int nw, bf16 **out, size_t *bytes)
+{
+	size_t n = 0;
+	for (int i = 0; i < nw; i++)
+		n += (size_t)ws[i]->rows * (size_t)ws[i]->cols;
+	bf16 *host = (bf16 *)malloc(n * sizeof(bf16));
+	if (!host) {
+		snprintf(cb->err, sizeof cb->err, "out of host memory staging %zu weights", n);
+		return ENG_ERR_NOMEM;
+	}
+	size_t at = 0;
+	for (int i = 0; i < nw; i++) {
+		stage_bf16(ws[i], host + at);
+		at += (size_t)ws[i]->rows * (size_t)ws[i]->cols;
+	}
+	cudaError_t e = cudaMalloc((void **)out, n * sizeof(bf16));
+	if (e == cudaSuccess)
+		e = cudaMemcpy(*out, host, n * sizeof(bf16), cudaMemcpyHostToDevice);
+	free(host);
+	if (e != cudaSuccess) {
+		size_t fr = 0, tot = 0;
+		cudaMemGetInfo(&fr, &tot);
+		snprintf(cb->err, sizeof cb->err, "cannot place %zu bytes of weights on the GPU (%zu of %zu bytes free): %s",
+			 n * sizeof(bf16), fr, tot, cudaGetErrorString(e));
+		return e == cudaErrorMemoryAllocation ? ENG_ERR_NOMEM : ENG_ERR_DEVICE;
+	}
+	*bytes += n * sizeof(bf16);
+	return 0;
+}
+
+// A vector weight (or several, concatenated) as f32 on the device; *out
+// stays NULL when the first is absent.
+static int
+upload_f32(struct cuda_backend *cb, const struct weight *const *ws, int nw, float **out, size_t *bytes)
+{
+	*out = NULL;
+	if (!ws[0]->data)
+		return 0;
+	size_t n = 0;
+	for (int i = 0; i < nw; i++)
+		n += (size_t)ws[i]->rows * (size_t)ws[i]->cols;
+	std::vector<float> host(n);
+	size_t at = 0;
+	for (int i = 0; i < nw; i++)
+		for (int64_t j = 0; j < ws[i]->rows * ws[i]->cols; j++)
+			host[at++] = st_load(ws[i]->data, ws[i]->dtype, (size_t)j);
+	CK(cudaMalloc((void **)out, n * sizeof(float)));
+	CK(cudaMemcpy(*out, host.data(), n * sizeof(float), cudaMemcpyHostToDevice));
+	*bytes += n * sizeof(float);
+	return 0;
+}
+
+static int
+upload_weights(struct cuda_backend *cb, size_t *bytes)
+{
+	const struct model *m = cb->m;
+	int rc;
+	*bytes = 0;
+	const struct weight *emb[] = { &m->tok_embd };
+	if ((rc = upload_bf16(cb, emb, 1, &cb->emb, bytes)))
+		return rc;
+	size_t emb_bytes = *bytes;
+	if (m->lm_head.data == m->tok_embd.data) {
+		cb->lm_head = cb->emb;
+	} else {
+		const struct weight *lm[] = { &m->lm_head };
+		if ((rc = upload_bf16(cb, lm, 1, &cb->lm_head, bytes)))
+			return rc;
+		*bytes -= emb_bytes;      // an untied embedding is not read per step: a few rows
+	}
+	const struct weight *on[] = { &m->out_norm };
+	if ((rc = upload_f32(cb, on, 1, &cb->out_norm, bytes)))
+		return rc;
+	for (int l = 0; l < cb->c.n_layers; l++) {
+		const struct layer_weights *lw = &m->layers[l];
+		struct cl_layer *d = &cb->L[l];
+		const struct weight *qkv[] = { &lw->wq, &lw->wk, &lw->wv };
+		const struct weight *wo[] = { &lw->wo };
+		const struct weight *gu[] = { &lw->w_gate, &lw->w_up };
+		const struct weight *dn[] = { &lw->w_down };
+		const struct weight *bqkv[] = { &lw->bq, &lw->bk, &lw->bv };
+		const struct weight *an[] = { &lw->attn_norm }, *mn[] = { &lw->mlp_norm };
+		const struct weight *qn[] = { &lw->q_norm }, *kn[] = { &lw->k_norm };
+		if ((rc = upload_bf16(cb, qkv, 3, &d->wqkv, bytes)) || (rc = upload_bf16(cb, wo, 1, &d->wo, bytes)) ||
+		    (rc = upload_bf16(cb, gu, 2, &d->wgu, bytes)) || (rc = upload_bf16(cb, dn, 1, &d->wdown, bytes)) ||
+		    (rc = upload_f32(cb, an, 1, &d->attn_norm, bytes)) || (rc = upload_f32(cb, mn, 1, &d->mlp_norm, bytes)) ||
+		    (rc = upload_f32(cb, qn, 1, &d->qn, bytes)) || (rc = upload_f32(cb, kn, 1, &d->kn, bytes)))
+			return rc;
+		if (cb->c.attn_bias && (rc = upload_f32(cb, bqkv, 3, &d->bqkv, bytes)))
+			return rc;
+	}
+	std::vector<float> inv((size_t)cb->c.head_dim / 2 + 1);
+	ops_rope_inv_freq(&cb->c, inv.data());
+	CK(cudaMalloc((void **)&cb->inv_freq, inv.size() * sizeof(float)));
+	CK(cudaMemcpy(cb->inv_freq, inv.data(), inv.size() * sizeof(float), cudaMemcpyHostToDevice));
+	return 0;
+}
+
+// ---- the plan: tables, attention items, partial lists ------------------------------
+
+struct seq_span {
+	int r0, r1;          // rows [r0, r1)
+	int32_t first, last; // first and last position in this pass
+	int tab;             // offset of its table in the uploaded tables
+	int nb;              // blocks uploaded
+	int prefix;          // positions covered by a shared-prefix item (0 = none)
+	const int32_t *table;
+};
+
+struct task {                // rows against positions [kv0, kv1) of table tab
+	int rows0, n_rows;       // into the task-row list
+	int tab, kv0, kv1;
+};
+
+struct plan {
+	int n_items, n_parts, n_tables;
+	int cascades;            // shared-prefix items made (for tests and stats)
+};
+
+// Sequences whose tables start with the same blocks share the KV of those
+// positions (forks of one prompt).  Group them, and give each group one task
+// over the common prefix when the cost rule says it pays.
+static void
+plan_cascades(const struct cuda_backend *cb, std::vector<seq_span> &sp, std::vector<task> &tasks,
+	      std::vector<int32_t> &task_rows, int max_rows_item, int *cascades)
+{
+	const int bt = cb->g.block_tokens, group = cb->c.n_heads / cb->c.n_kv_heads;
+	std::vector<int> order;
+	for (int s = 0; s < (int)sp.size(); s++)
+		if (sp[s].first >= bt)
+			order.push_back(s);
+	std::stable_sort(order.begin(), order.end(),
+			 [&](int a, int b) { return sp[a].table[0] < sp[b].table[0]; });
+	for (size_t i = 0; i < order.size();) {
+		size_t j = i + 1;
+		while (j < order.size() && sp[order[j]].table[0] == sp[order[i]].table[0])
+			j++;
+		const int G = (int)(j - i);
+		if (G >= 2) {
+			const seq_span &lead = sp[order[i]];
+			int pb = lead.first / bt;
+			int rows = 0;
+			for (size_t k = i; k < j; k++) {
+				const seq_span &s = sp[order[k]];
+				int lim = std::min(pb, s.first / bt), c = 0;
+				while (c < lim && s.table[c] == lead.table[c])
+					c++;
+				pb = c;
+				rows += s.r1 - s.r0;
+			}
+			// Cost per layer and kv head: per-sequence reads of the prefix
+			// against one read per tile of rows, plus the extra partial
+			// each row writes and the merge reads.
+			const double pos_bytes = 2.0 * cb->c.head_dim * sizeof(bf16);
+			const double P = (double)pb * bt;
+			const int tiles = (rows + max_rows_item - 1) / max_rows_item;
+			const double without = (double)G * P * pos_bytes;
+			const double with = tiles * P * pos_bytes + 2.0 * rows * group * (cb->c.head_dim + 2) * 4.0;
+			if (P >= CASCADE_MIN_POS && without - with >= CASCADE_MIN_SAVING) {
+				int start = (int)task_rows.size();
+				for (size_t k = i; k < j; k++) {
+					seq_span &s = sp[order[k]];
+					s.prefix = (int)P;
+					for (int r = s.r0; r < s.r1; r++)
+						task_rows.push_back(r);
+				}
+				for (int t = 0; t < rows; t += max_rows_item)
+					tasks.push_back(task{ start + t, std::min(max_rows_item, rows - t), lead.tab, 0, (int)P });
+				(*cascades)++;
+			}
+		}
+		i = j;
+	}
+}
+
+// Fill the host metadata for batch b (rows padded to pad_rows, logits to
+// pad_logits) within cap_items items.  ENG_ERR_RANGE when it cannot fit.
+static int
+make_plan(struct cuda_backend *cb, const struct fwd_batch *b, const int32_t *slots, int pad_rows,
+	  int pad_logits, int cap_items, struct plan *pl)
+{
+	const struct meta_layout &ml = cb->ml;
+	char *hm = cb->hmeta;
+	const int bt = cb->g.block_tokens;
+	int32_t *cnt = meta_at<int32_t>(hm, ml.counters);
+	int32_t *tokens = meta_at<int32_t>(hm, ml.tokens), *pos = meta_at<int32_t>(hm, ml.pos);
+	int32_t *tab_off = meta_at<int32_t>(hm, ml.tab_off), *lrows = meta_at<int32_t>(hm, ml.logit_rows);
+	int32_t *lslots = meta_at<int32_t>(hm, ml.slots), *rp_off = meta_at<int32_t>(hm, ml.rp_off);
+	k_attn_item *items = meta_at<k_attn_item>(hm, ml.items);
+	int32_t *item_rows = meta_at<int32_t>(hm, ml.item_rows), *rp_idx = meta_at<int32_t>(hm, ml.rp_idx);
+	int32_t *tables = meta_at<int32_t>(hm, ml.tables);
+
+	// Sequences and their tables.
+	std::vector<seq_span> sp;
+	int tab = 0;
+	for (int r = 0; r < b->n_rows; r++) {
+		if (r == 0 || b->row_seq[r] != b->row_seq[r - 1]) {
+			const int32_t *t = b->block_tables[b->row_seq[r]];
+			sp.push_back(seq_span{ r, r + 1, b->pos[r], b->pos[r], tab, 0, 0, t });
+		}
+		seq_span &s = sp.back();
+		s.r1 = r + 1;
+		s.last = b->pos[r];
+		if (r + 1 == b->n_rows || b->row_seq[r + 1] != b->row_seq[r]) {
+			s.nb = s.last / bt + 1;
+			if (tab + s.nb > cb->cap_table)
+				return ENG_ERR_RANGE;
+			memcpy(tables + tab, s.table, (size_t)s.nb * sizeof(int32_t));
+			tab += s.nb;
+		}
+	}
+	for (int r = 0; r < pad_rows; r++) {
+		tokens[r] = r < b->n_rows ? b->tokens[r] : 0;
+		pos[r] = r < b->n_rows ? b->pos[r] : 0;
+	}
+	for (const seq_span &s : sp)
+		for (int r = s.r0; r < s.r1; r++)
+			tab_off[r] = s.tab;
+	for (int i = 0; i < pad_logits; i++) {
+		lrows[i] = i < b->n_logits ? b->logit_rows[i] : 0;
+		lslots[i] = i < b->n_logits && slots ? slots[i] : -1;
+	}
+
+	// Tasks: shared prefixes, then each sequence's own rows in tiles, each
+	// tile against the positions it can see past the prefix.
+	const int max_rows_item = k_attention_max_rows(cb->c.n_heads, cb->c.n_kv_heads, cb->c.head_dim);
+	std::vector<task> tasks;
+	std::vector<int32_t> task_rows;
+	pl->cascades = 0;
+	plan_cascades(cb, sp, tasks, task_rows, max_rows_item, &pl->cascades);
+	for (const seq_span &s : sp) {
+		for (int r = s.r0; r < s.r1; r += max_rows_item) {
+			int n = std::min(max_rows_item, s.r1 - r);
+			int start = (int)task_rows.size();
+			for (int k = 0; k < n; k++)
+				task_rows.push_back(r + k);
+			int kv1 = b->pos[r + n - 1] + 1;
+			if (kv1 > s.prefix)
+				tasks.push_back(task{ start, n, s.tab, s.prefix, kv1 });
+		}
+	}
+
+	// Split-K: chunks of ch positions, ch chosen so that the work units
+	// (items x kv heads) fill the persistent grid, then doubled until the
+	// items and partials fit.
+	long work = 0;
+	for (const task &t : tasks)
+		work += t.kv1 - t.kv0;
+	const long target = 4L * cb->ctas;     // units in flight: CTAs and warps
+	long ch = (work * cb->c.n_kv_heads + target - 1) / target;
+	ch = std::max<long>(ATT_MIN_CHUNK, (ch + K_ATT_TILE - 1) / K_ATT_TILE * K_ATT_TILE);
+	for (;; ch *= 2) {
+		long ni = 0, np = 0;
+		for (const task &t : tasks) {
+			long k = (t.kv1 - t.kv0 + ch - 1) / ch;
+			ni += k;
+			np += k * t.n_rows;
+		}
+		if (ni <= cap_items && np <= cb->cap_parts)
+			break;
+		if (ch > (1L << 30))
+			return ENG_ERR_RANGE;
+	}
+	int ni = 0, np = 0;
+	std::vector<int> per_row(pad_rows + 1, 0);
+	std::vector<k_attn_item> warp_items;
+	for (const task &t : tasks) {
+		for (long a = t.kv0; a < t.kv1; a += ch) {
+			const k_attn_item it = { np, t.n_rows, t.tab, (int32_t)a, (int32_t)std::min<long>(a + ch, t.kv1), np };
+			if (k_attn_warp_item(t.n_rows, cb->c.n_heads, cb->c.n_kv_heads, cb->c.head_dim))
+				warp_items.push_back(it);
+			else
+				items[ni++] = it;
+			for (int k = 0; k < t.n_rows; k++) {
+				item_rows[np + k] = task_rows[t.rows0 + k];
+				per_row[task_rows[t.rows0 + k]]++;
+			}
+			np += t.n_rows;
+		}
+	}
+	// Decode items go after the others: the one-warp kernel takes them.
+	const int n_cta = ni;
+	for (const k_attn_item &it : warp_items)
+		items[ni++] = it;
+	// Row r's partials, as a CSR list.
+	rp_off[0] = 0;
+	for (int r = 0; r < pad_rows; r++)
+		rp_off[r + 1] = rp_off[r] + per_row[r];
+	std::vector<int> fill(rp_off, rp_off + pad_rows);
+	for (int p = 0; p < np; p++)
+		rp_idx[fill[item_rows[p]]++] = p;
+	cnt[0] = b->n_rows;
+	cnt[1] = b->n_logits;
+	cnt[2] = n_cta;
+	cnt[3] = ni - n_cta;
+	pl->n_tables = tab;
+	pl->n_items = ni;
+	pl->n_parts = np;
+	return 0;
+}
+
+static int
+upload_plan(struct cuda_backend *cb, int pad_rows, const struct plan *pl)
+{
+	const struct meta_layout &ml = cb->ml;
+	const int32_t tab = pl->n_tables;
+	// counters .. rp_off are one contiguous range.
+	CK(cudaMemcpyAsync(cb->dmeta, cb->hmeta, ml.rp_off + (size_t)(pad_rows + 1) * sizeof(int32_t),
+			   cudaMemcpyHostToDevice, cb->st));
+	CK(cudaMemcpyAsync(cb->dmeta + ml.items, cb->hmeta + ml.items, (size_t)pl->n_items * sizeof(k_attn_item),
+			   cudaMemcpyHostToDevice, cb->st));
+	CK(cudaMemcpyAsync(cb->dmeta + ml.item_rows, cb->hmeta + ml.item_rows, (size_t)pl->n_parts * sizeof(int32_t),
+			   cudaMemcpyHostToDevice, cb->st));
+	CK(cudaMemcpyAsync(cb->dmeta + ml.rp_idx, cb->hmeta + ml.rp_idx, (size_t)pl->n_parts * sizeof(int32_t),
+			   cudaMemcpyHostToDevice, cb->st));
+	CK(cudaMemcpyAsync(cb->dmeta + ml.tables, cb->hmeta + ml.tables, (size_t)tab * sizeof(int32_t),
+			   cudaMemcpyHostToDevice, cb->st));
+	return 0;
+}
+
+// ---- the pass ---------------------------------------------------------------------------
+
+// out(n, w_rows) = in(n, w_cols) . W^T, W bf16 row-major (w_rows, w_cols);
+// out f32 (beta 0 overwrites, 1 accumulates) from bf16 in.
+static int
+gemm(struct cuda_backend *cb, const bf16 *w, int w_rows, int w_cols, const bf16 *in, int n, float *out,
+     float beta)
+{
+	const float alpha = 1.0f;
+	CB(cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, w_rows, n, w_cols, &alpha, w, CUDA_R_16BF, w_cols,
+			in, CUDA_R_16BF, w_cols, &beta, out, CUDA_R_32F, w_rows, CUBLAS_COMPUTE_32F,
+			CUBLAS_GEMM_DEFAULT));
+	return 0;
+}
+
+// Everything from the uploaded metadata to the logits slots, for rows
+// padded to `rows` and logits to `nlog`: the body of a graph, or run eagerly.
+static int
+enqueue_pass(struct cuda_backend *cb, int rows, int nlog)
+{
+	const struct model_config *c = &cb->c;
+	const struct meta_layout &ml = cb->ml;
+	char *dm = cb->dmeta;
+	const int *n_rows = meta_at<int>(dm, ml.counters), *n_logits = n_rows + 1, *n_items = n_rows + 2;
+	const int32_t *tokens = meta_at<int32_t>(dm, ml.tokens), *pos = meta_at<int32_t>(dm, ml.pos);
+	const int32_t *tab_off = meta_at<int32_t>(dm, ml.tab_off), *tables = meta_at<int32_t>(dm, ml.tables);
+	const int32_t *item_rows = meta_at<int32_t>(dm, ml.item_rows), *rp_off = meta_at<int32_t>(dm, ml.rp_off);
+	const int32_t *rp_idx = meta_at<int32_t>(dm, ml.rp_idx), *lrows = meta_at<int32_t>(dm, ml.logit_rows);
+	const int32_t *lslots = meta_at<int32_t>(dm, ml.slots);
+	const k_attn_item *items = meta_at<k_attn_item>(dm, ml.items);
+	const int d = c->hidden_size, f = c->intermediate_size;
+	int rc;
+
+	CK(k_embed(cb->emb, tokens, n_rows, rows, d, cb->x, cb->st));
+	for (int l = 0; l < c->n_layers; l++) {
+		const struct cl_layer *L = &cb->L[l];
+		CK(k_rmsnorm(cb->x, NULL, n_rows, L->attn_norm, rows, d, c->rms_eps, cb->xb, cb->st));
+		if ((rc = gemm(cb, L->wqkv, cb->qkvd, d, cb->xb, rows, cb->qkv, 0.0f)))
+			return rc;
+		CK(k_qkv_post(cb->qkv, L->bqkv, L->qn, L->kn, cb->inv_freq, pos, tab_off, tables, n_rows, rows,
+			      c->n_heads, c->rms_eps, cb->g, l, cb->kv, cb->q, cb->st));
+		CK(k_attention(cb->q, cb->kv, tables, pos, item_rows, items, n_items, cb->ctas, cb->warp_blocks, c->n_heads, cb->g,
+			       l, cb->part_ml, cb->part_acc, cb->st));
+		CK(k_attn_merge(cb->part_ml, cb->part_acc, rp_off, rp_idx, n_rows, rows, c->n_heads, c->head_dim,
+				cb->att, cb->st));
+		if ((rc = gemm(cb, L->wo, d, cb->qd, cb->att, rows, cb->x, 1.0f)))
+			return rc;
+		CK(k_rmsnorm(cb->x, NULL, n_rows, L->mlp_norm, rows, d, c->rms_eps, cb->xb, cb->st));
+		if ((rc = gemm(cb, L->wgu, 2 * f, d, cb->xb, rows, cb->gu, 0.0f)))
+			return rc;
+		CK(k_swiglu(cb->gu, rows, f, cb->h, cb->st));
+		if ((rc = gemm(cb, L->wdown, d, f, cb->h, rows, cb->x, 1.0f)))
+			return rc;
+	}
+	if (nlog > 0) {
+		CK(k_rmsnorm(cb->x, lrows, n_logits, cb->out_norm, nlog, d, c->rms_eps, cb->xb, cb->st));
+		if ((rc = gemm(cb, cb->lm_head, c->vocab_size, d, cb->xb, nlog, cb->logits, 0.0f)))
+			return rc;
+		CK(k_scatter_rows(cb->logits, lslots, n_logits, nlog, c->vocab_size, cb->slots, cb->st));
+	}
+	return 0;
+}
+
+static int
+bucket_of(int n)
+{
+	for (int i = 0; i < N_BUCKETS; i++)
+		if (buckets[i] >= n)
+			return buckets[i];
+	return 0;
+}
+
+// The graph for (rows, nlog), captured on first use.  NULL exec on failure
+// to capture (then the pass runs eagerly; err says why).
+static int
+graph_for(struct cuda_backend *cb, int rows, int nlog, cudaGraphExec_t *exec)
+{
+	for (const graph_entry &ge : *cb->graphs)
+		if (ge.rows == rows && ge.logits == nlog) {
+			*exec = ge.exec;
+			return 0;
+		}
+	cudaGraph_t graph = NULL;
+	CK(cudaStreamBeginCapture(cb->st, cudaStreamCaptureModeThreadLocal));
+	int rc = enqueue_pass(cb, rows, nlog);
+	cudaError_t e = cudaStreamEndCapture(cb->st, &graph);
+	if (rc) {
+		if (graph)
+			cudaGraphDestroy(graph);
+		return rc;
+	}
+	if (e != cudaSuccess)
+		return fail(cb, e, "cudaStreamEndCapture");
+	e = cudaGraphInstantiate(exec, graph, 0);
+	cudaGraphDestroy(graph);
+	if (e != cudaSuccess)
+		return fail(cb, e, "cudaGraphInstantiate");
+	cb->graphs->push_back(graph_entry{ rows, nlog, *exec });
+	return 0;
+}
+
+static int
+check_batch(const struct cuda_backend *cb, const struct fwd_batch *b)
+{
+	if (b->n_rows <= 0 || b->n_rows > cb->max_rows || b->n_seqs <= 0 || b->n_logits < 0 ||
+	    b->n_logits > b->n_rows || !b->tokens || !b->pos || !b->row_seq || !b->block_tables ||
+	    (b->n_logits > 0 && !b->logit_rows))
+		return ENG_ERR_INVALID;
+	for (int r = 0; r < b->n_rows; r++) {
+		if (b->tokens[r] < 0 || b->tokens[r] >= cb->c.vocab_size || b->pos[r] < 0 || b->row_seq[r] < 0 ||
+		    b->row_seq[r] >= b->n_seqs)
+			return ENG_ERR_INVALID;
+		if (r > 0 && b->row_seq[r] == b->row_seq[r - 1] && b->pos[r] <= b->pos[r - 1])
+			return ENG_ERR_INVALID;
+		if (r > 0 && b->row_seq[r] != b->row_seq[r - 1]) {
+			// a sequence's rows are consecutive: it must not come back
+			for (int k = 0; k < r; k++)
+				if (b->row_seq[k] == b->row_seq[r])
+					return ENG_ERR_INVALID;
+		}
+		if (r + 1 == b->n_rows || b->row_seq[r + 1] != b->row_seq[r]) {
+			const int32_t *t = b->block_tables[b->row_seq[r]];
+			if (!t)
+				return ENG_ERR_INVALID;
+			for (int32_t i = 0; i <= b->pos[r] / cb->g.block_tokens; i++)
+				if (t[i] < 0 || t[i] >= cb->n_blocks)
+					return ENG_ERR_INVALID;
+		}
+	}
+	for (int i = 0; i < b->n_logits; i++)
+		if (b->logit_rows[i] < 0 || b->logit_rows[i] >= b->n_rows ||
+		    (i > 0 && b->logit_rows[i] <= b->logit_rows[i - 1]))
+			return ENG_ERR_INVALID;
+	return 0;
+}
+
+static int
+cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, float *host)
+{
+	struct cuda_backend *cb = (struct cuda_backend *)self;
+	int rc = check_batch(cb, b);
+	if (rc)
+		return rc;
+	if (slots)
+		for (int i = 0; i < b->n_logits; i++)
+			if (slots[i] < -1 || slots[i] >= cb->max_seqs)
+				return ENG_ERR_INVALID;
+	// The host metadata may still be in flight from the previous pass.
+	CK(cudaStreamSynchronize(cb->st));
+	int rows = b->n_rows, nlog = b->n_logits, cap = cb->cap_items;
+	bool graph = false;
+	if (cb->use_graphs && rows <= buckets[N_BUCKETS - 1]) {
+		rows = bucket_of(b->n_rows);
+		nlog = b->n_logits ? bucket_of(b->n_logits) : 0;
+		graph = true;
+	}
+	struct plan pl;
+	if ((rc = make_plan(cb, b, slots, rows, nlog, cap, &pl)))
+		return rc;
+	if ((rc = upload_plan(cb, rows, &pl)))
+		return rc;
+	if (graph) {
+		cudaGraphExec_t exec = NULL;
+		if ((rc = graph_for(cb, rows, nlog, &exec)))
+			return rc;
+		CK(cudaGraphLaunch(exec, cb->st));
+	} else if ((rc = enqueue_pass(cb, rows, nlog))) {
+		return rc;
+	}
+	if (host && b->n_logits > 0) {
+		CK(cudaMemcpyAsync(host, cb->logits, (size_t)b->n_logits * cb->c.vocab_size * sizeof(float),
+				   cudaMemcpyDeviceToHost, cb->st));
+		CK(cudaStreamSynchronize(cb->st));
+	}
+	// Otherwise the next call on the stream (sampling, a slot read, the
+	// next pass) waits for it and reports its errors.
+	return 0;
+}
+
+static int
+cuda_forward(void *self, const struct fwd_batch *b, float *logits)
+{
+	return cuda_forward_slots(self, b, NULL, logits);
+}
+
+static int
+cuda_copy_block(void *self, int32_t src, int32_t dst)
+{
+	struct cuda_backend *cb = (struct cuda_backend *)self;
+	if (src < 0 || src >= cb->n_blocks || dst < 0 || dst >= cb->n_blocks)
+		return ENG_ERR_INVALID;
+	if (src != dst)
+		CK(cudaMemcpyAsync(cb->kv + (size_t)dst * cb->block_elems, cb->kv + (size_t)src * cb->block_elems,
+				   cb->block_elems * sizeof(bf16), cudaMemcpyDeviceToDevice, cb->st));
+	return 0;
+}
+
+static int
+cuda_copy_slot(void *self, int32_t src, int32_t dst)
+{
+	struct cuda_backend *cb = (struct cuda_backend *)self;
+	if (src < 0 || src >= cb->max_seqs || dst < 0 || dst >= cb->max_seqs)
+		return ENG_ERR_INVALID;
+	const size_t v = (size_t)cb->c.vocab_size;
+	if (src != dst)
+		CK(cudaMemcpyAsync(cb->slots + (size_t)dst * v, cb->slots + (size_t)src * v, v * sizeof(float),
+				   cudaMemcpyDeviceToDevice, cb->st));
+	return 0;
+}
+
+static int
+cuda_read_slot(void *self, int32_t slot, float *host)
+{
+	struct cuda_backend *cb = (struct cuda_backend *)self;
+	if (slot < 0 || slot >= cb->max_seqs || !host)
+		return ENG_ERR_INVALID;
+	const size_t v = (size_t)cb->c.vocab_size;
+	CK(cudaMemcpyAsync(host, cb->slots + (size_t)slot * v, v * sizeof(float), cudaMemcpyDeviceToHost, cb->st));
+	CK(cudaStreamSynchronize(cb->st));
+	return 0;
+}
+
+static int
+cuda_sample(void *self, const struct cuda_samp_row *rows, int n, struct samp_result *out, int32_t *status)
+{
+	struct cuda_backend *cb = (struct cuda_backend *)self;
+	if (n <= 0 || n > cb->max_seqs || !rows || !out || !status)
+		return ENG_ERR_INVALID;
+	for (int i = 0; i < n; i++)
+		if (rows[i].slot < 0 || rows[i].slot >= cb->max_seqs)
+			return ENG_ERR_INVALID;
+	CK(cudaStreamSynchronize(cb->st));           // h_srows may be in flight
+	memcpy(cb->h_srows, rows, (size_t)n * sizeof *rows);
+	CK(cudaMemcpyAsync(cb->d_srows, cb->h_srows, (size_t)n * sizeof *rows, cudaMemcpyHostToDevice, cb->st));
+	int rc = cuda_sample_launch(cb->slots, cb->c.vocab_size, cb->d_srows, n, cb->d_sout, cb->d_sstat,
+				    cb->d_sscratch, cb->sscratch_bytes, cb->st);
+	if (rc) {
+		snprintf(cb->err, sizeof cb->err, "CUDA: sampling kernel launch failed: %s",
+			 cudaGetErrorString(cudaGetLastError()));
+		return rc;
+	}
+	CK(cudaMemcpyAsync(out, cb->d_sout, (size_t)n * sizeof *out, cudaMemcpyDeviceToHost, cb->st));
+	CK(cudaMemcpyAsync(status, cb->d_sstat, (size_t)n * sizeof *status, cudaMemcpyDeviceToHost, cb->st));
+	CK(cudaStreamSynchronize(cb->st));
+	return 0;
+}
+
+static const char *
+cuda_last_error(void *self)
+{
+	return ((struct cuda_backend *)self)->err;
+}
+
+static void
+cuda_destroy(void *self)
+{
+	struct cuda_backend *cb = (struct cuda_backend *)self;
+	if (!cb)
+		return;
+	if (cb->st)
+		cudaStreamSynchronize(cb->st);
+	if (cb->graphs) {
+		for (const graph_entry &ge : *cb->graphs)
+			cudaGraphExecDestroy(ge.exec);
+		delete cb->graphs;
+	}
+	if (cb->L) {
+		for (int l = 0; l < cb->c.n_layers; l++) {
+			struct cl_layer *d = &cb->L[l];
+			cudaFree(d->wqkv);
+			cudaFree(d->wo);
+			cudaFree(d->wgu);
+			cudaFree(d->wdown);
+			cudaFree(d->bqkv);
+			cudaFree(d->attn_norm);
+			cudaFree(d->mlp_norm);
+			cudaFree(d->qn);
+			cudaFree(d->kn);
+		}
+		free(cb->L);
+	}
+	if (cb->lm_head != cb->emb)
+		cudaFree(cb->lm_head);
+	cudaFree(cb->emb);
+	cudaFree(cb->out_norm);
+	cudaFree(cb->inv_freq);
+	cudaFree(cb->kv);
+	void *bufs[] = { cb->x, cb->qkv, cb->q, cb->gu, cb->logits, cb->slots, cb->part_ml, cb->part_acc,
+			 cb->xb, cb->att, cb->h, cb->dmeta, cb->d_srows, cb->d_sout, cb->d_sstat, cb->d_sscratch,
+			 cb->blas_ws };
+	for (void *p : bufs)
+		cudaFree(p);
+	cudaFreeHost(cb->hmeta);
+	cudaFreeHost(cb->h_srows);
+	if (cb->blas)
+		cublasDestroy(cb->blas);
+	if (cb->st)
+		cudaStreamDestroy(cb->st);
+	free(cb);
+}
+
+static const struct backend_ops cuda_ops = {
+	"cuda",
+	cuda_forward,
+	cuda_copy_block,
+	cuda_destroy,
+	cuda_forward_slots,
+	cuda_copy_slot,
+	cuda_read_slot,
+	cuda_sample,
+	cuda_last_error,
+};
+
+// ---- creation ---------------------------------------------------------------------------
+
+static size_t
+align_up(size_t n)
+{
+	return (n + 255) / 256 * 256;
+}
+
+static void
+layout_meta(struct cuda_backend *cb)
+{
+	struct meta_layout &ml = cb->ml;
+	size_t at = 0;
+	const size_t ri = (size_t)cb->max_rows * sizeof(int32_t);
+	ml.counters = at, at += 4 * sizeof(int32_t);
+	ml.tokens = at, at += ri;
+	ml.pos = at, at += ri;
+	ml.tab_off = at, at += ri;
+	ml.logit_rows = at, at += ri;
+	ml.slots = at, at += ri;
+	ml.rp_off = at, at += ri + sizeof(int32_t);
+	at = align_up(at);
+	ml.items = at, at = align_up(at + (size_t)cb->cap_items * sizeof(k_attn_item));
+	ml.item_rows = at, at = align_up(at + (size_t)cb->cap_parts * sizeof(int32_t));
+	ml.rp_idx = at, at = align_up(at + (size_t)cb->cap_parts * sizeof(int32_t));
+	ml.tables = at, at = align_up(at + (size_t)cb->cap_table * sizeof(int32_t));
+	ml.bytes = at;
+}
+
+#define DMALLOC(ptr, bytes) CK(cudaMalloc((void **)&(ptr), (bytes)))
+
+static int
+alloc_buffers(struct cuda_backend *cb)
+{
+	const struct model_config *c = &cb->c;
+	const size_t R = (size_t)cb->max_rows, v = (size_t)c->vocab_size;
+	DMALLOC(cb->x, R * c->hidden_size * sizeof(float));
+	DMALLOC(cb->xb, R * c->hidden_size * sizeof(bf16));
+	DMALLOC(cb->qkv, R * cb->qkvd * sizeof(float));
+	DMALLOC(cb->q, R * cb->qd * sizeof(float));
+	DMALLOC(cb->att, R * cb->qd * sizeof(bf16));
+	DMALLOC(cb->gu, R * 2 * c->intermediate_size * sizeof(float));
+	DMALLOC(cb->h, R * c->intermediate_size * sizeof(bf16));
+	DMALLOC(cb->logits, R * v * sizeof(float));
+	DMALLOC(cb->slots, (size_t)cb->max_seqs * v * sizeof(float));
+	DMALLOC(cb->part_ml, (size_t)cb->cap_parts * c->n_heads * 2 * sizeof(float));
+	DMALLOC(cb->part_acc, (size_t)cb->cap_parts * c->n_heads * c->head_dim * sizeof(float));
+	layout_meta(cb);
+	DMALLOC(cb->dmeta, cb->ml.bytes);
+	CK(cudaMemset(cb->dmeta, 0, cb->ml.bytes));
+	CK(cudaMemset(cb->x, 0, R * c->hidden_size * sizeof(float)));
+	CK(cudaMallocHost((void **)&cb->hmeta, cb->ml.bytes));
+	memset(cb->hmeta, 0, cb->ml.bytes);
+	DMALLOC(cb->d_srows, (size_t)cb->max_seqs * sizeof(struct cuda_samp_row));
+	CK(cudaMallocHost((void **)&cb->h_srows, (size_t)cb->max_seqs * sizeof(struct cuda_samp_row)));
+	DMALLOC(cb->d_sout, (size_t)cb->max_seqs * sizeof(struct samp_result));
+	DMALLOC(cb->d_sstat, (size_t)cb->max_seqs * sizeof(int32_t));
+	cb->sscratch_bytes = cuda_sample_scratch_bytes(cb->max_seqs, c->vocab_size);
+	if (cb->sscratch_bytes)
+		DMALLOC(cb->d_sscratch, cb->sscratch_bytes);
+	const size_t ws = (size_t)32 << 20;
+	DMALLOC(cb->blas_ws, ws);
+	if (cublasSetWorkspace(cb->blas, cb->blas_ws, ws) != CUBLAS_STATUS_SUCCESS) {
+		snprintf(cb->err, sizeof cb->err, "cuBLAS: cannot set the workspace");
+		return ENG_ERR_DEVICE;
+	}
+	return 0;
+}
+
+static int
+create(struct cuda_backend *cb, const struct cuda_backend_params *p, size_t *weight_bytes)
+{
+	const struct model_config *c = &cb->c;
+	int n_dev = 0, rc;
+	cudaError_t e = cudaGetDeviceCount(&n_dev);
+	if (e != cudaSuccess || n_dev == 0) {
+		snprintf(cb->err, sizeof cb->err, "no usable CUDA device (%s)",
+			 e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+		return ENG_ERR_DEVICE;
+	}
+	CK(cudaSetDevice(0));
+	cudaDeviceProp prop;
+	CK(cudaGetDeviceProperties(&prop, 0));
+	cb->n_sm = prop.multiProcessorCount;
+	int per_sm = 0;
+	CK(k_init(c->head_dim));
+	CK(cudaStreamCreateWithFlags(&cb->st, cudaStreamNonBlocking));
+	if (cublasCreate(&cb->blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(cb->blas, cb->st) != CUBLAS_STATUS_SUCCESS) {
+		snprintf(cb->err, sizeof cb->err, "cuBLAS: cannot create a handle");
+		return ENG_ERR_DEVICE;
+	}
+	cublasSetMathMode(cb->blas, CUBLAS_DEFAULT_MATH);
+	per_sm = (int)(prop.sharedMemPerMultiprocessor / (k_attention_smem(c->head_dim) + 1024));
+	cb->ctas = cb->n_sm * std::max(1, std::min(per_sm, 4));
+	cb->warp_blocks = cb->n_sm * 8;
+
+	cb->L = (struct cl_layer *)calloc((size_t)c->n_layers, sizeof *cb->L);
+	if (!cb->L)
+		return ENG_ERR_NOMEM;
+	if ((rc = upload_weights(cb, weight_bytes)))
+		return rc;
+	const int max_pos = c->max_position > 0 ? c->max_position : (1 << 20);
+	const long blocks_per_seq = (max_pos + cb->g.block_tokens - 1) / cb->g.block_tokens;
+	cb->cap_items = 8 * cb->max_rows + 4 * cb->ctas;
+	cb->cap_parts = 16 * cb->max_rows + 1024;
+	cb->cap_table = (int)std::min<long>((long)cb->max_rows * blocks_per_seq, 1L << 24);
+	if ((rc = alloc_buffers(cb)))
+		return rc;
+
+	// The KV pool: what was asked, or 90% of what is left.
+	size_t fr = 0, tot = 0;
+	CK(cudaMemGetInfo(&fr, &tot));
+	const size_t block_bytes = cb->block_elems * sizeof(bf16);
+	size_t kvb = p->kv_bytes;
+	const size_t reserve = (size_t)256 << 20;   // graphs, cuBLAS, sampling
+	if (!kvb)
+		kvb = fr > reserve ? (size_t)((double)(fr - reserve) * 0.9) : 0;
+	size_t nb = kvb / block_bytes;
+	if (nb < 1) {
+		snprintf(cb->err, sizeof cb->err, "KV size %zu bytes holds no block of %zu bytes", kvb, block_bytes);
+		return ENG_ERR_RANGE;
+	}
+	if (nb > (size_t)INT32_MAX / 2)
+		nb = (size_t)INT32_MAX / 2;
+	e = cudaMalloc((void **)&cb->kv, nb * block_bytes);
+	if (e != cudaSuccess) {
+		cudaGetLastError();
+		snprintf(cb->err, sizeof cb->err, "cannot allocate a KV pool of %zu bytes on the GPU (%zu of %zu bytes free): %s",
+			 nb * block_bytes, fr, tot, cudaGetErrorString(e));
+		return e == cudaErrorMemoryAllocation ? ENG_ERR_NOMEM : ENG_ERR_DEVICE;
+	}
+	cb->n_blocks = (int)nb;
+	return 0;
+}
+
+extern "C" int
+cuda_backend_create(const struct model *m, const struct cuda_backend_params *p, struct backend *out,
+		    int *n_blocks, char *err, size_t errlen)
+{
+	const struct model_config *c = &m->cfg;
+	const char *dir = m->dir ? m->dir : "model";
+	out->ops = NULL, out->self = NULL;
+	if (!p || p->block_tokens <= 0 || p->max_rows <= 0 || p->max_seqs <= 0)
+		return eng_seterr(err, errlen, ENG_ERR_INVALID, "%s: bad CUDA backend parameters", dir);
+	if (c->head_dim % 8 || c->head_dim > K_MAX_HEAD_DIM || c->n_heads % c->n_kv_heads ||
+	    k_attention_max_rows(c->n_heads, c->n_kv_heads, c->head_dim) < 1)
+		return eng_seterr(err, errlen, ENG_ERR_UNSUPPORTED,
+				  "%s: the CUDA backend needs a head_dim that is a multiple of 8, <= %d, and at most %d query heads per kv head",
+				  dir, K_MAX_HEAD_DIM, K_ATT_QMAX);
+	struct cuda_backend *cb = (struct cuda_backend *)calloc(1, sizeof *cb);
+	if (!cb)
+		return eng_seterr(err, errlen, ENG_ERR_NOMEM, "%s: out of memory", dir);
+	cb->m = m;
+	cb->c = *c;
+	cb->qd = c->n_heads * c->head_dim;
+	cb->kd = c->n_kv_heads * c->head_dim;
+	cb->qkvd = cb->qd + 2 * cb->kd;
+	cb->max_rows = p->max_rows;
+	cb->max_seqs = p->max_seqs;
+	cb->use_graphs = p->graphs;
+	cb->g = k_kv_geom{ c->n_layers, c->n_kv_heads, c->head_dim, p->block_tokens };
+	cb->block_elems = (size_t)c->n_layers * 2 * c->n_kv_heads * (size_t)p->block_tokens * c->head_dim;
+	cb->graphs = new std::vector<graph_entry>();
+	size_t wbytes = 0;
+	int rc = create(cb, p, &wbytes);
+	if (rc) {
+		eng_seterr(err, errlen, rc, "%s: %s", dir, cb->err);
+		cuda_destroy(cb);
+		return rc;
+	}
+	out->ops = &cuda_ops;
+	out->self = cb;
+	out->weight_bytes = wbytes;
+	*n_blocks = cb->n_blocks;
+	return 0;
+}

@@ -1,0 +1,800 @@
+// kernels.cu - the forward pass's CUDA kernels: embedding, RMSNorm, the QKV
+// epilogue (bias, q/k norm, RoPE, paged cache write), paged attention with
+// split-K partials and their merge, SwiGLU and logits scatter.  Engine thread
+// (launchers); see kernels.cuh for the contracts.
+#include <cfloat>
+#include <cmath>
+
+#include "cuda/kernels.cuh"
+
+#define LOG2E 1.4426950408889634f
+
+static __device__ __forceinline__ float
+warp_sum(float v)
+{
+	for (int o = 16; o > 0; o >>= 1)
+		v += __shfl_xor_sync(0xffffffffu, v, o);
+	return v;
+}
+
+static __device__ __forceinline__ float
+warp_max(float v)
+{
+	for (int o = 16; o > 0; o >>= 1)
+		v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+	return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread
+// gets the result.  red holds 32 floats.
+static __device__ float
+block_sum(float v, float *red)
+{
+	const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+	v = warp_sum(v);
+	__syncthreads();                 // red may still be read from a previous call
+	if (lane == 0)
+		red[w] = v;
+	__syncthreads();
+	v = lane < nw ? red[lane] : 0.0f;
+	return warp_sum(v);
+}
+
+// ---- embedding, RMSNorm, SwiGLU, scatter ---------------------------------------
+
+static __global__ void
+embed_kernel(const bf16 *emb, const int32_t *tokens, const int *n, int d, float *x)
+{
+	const int r = blockIdx.x;
+	if (r >= *n)
+		return;
+	const bf16 *src = emb + (size_t)tokens[r] * d;
+	float *dst = x + (size_t)r * d;
+	for (int i = threadIdx.x; i < d; i += blockDim.x)
+		dst[i] = __bfloat162float(src[i]);
+}
+
+cudaError_t
+k_embed(const bf16 *emb, const int32_t *tokens, const int *n, int rows, int d, float *x, cudaStream_t s)
+{
+	embed_kernel<<<rows, 256, 0, s>>>(emb, tokens, n, d, x);
+	return cudaGetLastError();
+}
+
+static __global__ void
+rmsnorm_kernel(const float *x, const int32_t *idx, const int *n, const float *w, int d, float eps,
+	       bf16 *out)
+{
+	__shared__ float red[32];
+	const int r = blockIdx.x;
+	if (n && r >= *n)
+		return;
+	const float *src = x + (size_t)(idx ? idx[r] : r) * d;
+	float ss = 0.0f;
+	for (int i = threadIdx.x; i < d; i += blockDim.x)
+		ss += src[i] * src[i];
+	ss = block_sum(ss, red);
+	const float inv = rsqrtf(ss / (float)d + eps);
+	bf16 *dst = out + (size_t)r * d;
+	for (int i = threadIdx.x; i < d; i += blockDim.x)
+		dst[i] = __float2bfloat16(src[i] * inv * w[i]);
+}
+
+cudaError_t
+k_rmsnorm(const float *x, const int32_t *idx, const int *n, const float *w, int rows, int d, float eps,
+	  bf16 *out, cudaStream_t s)
+{
+	rmsnorm_kernel<<<rows, d >= 1024 ? 1024 : 256, 0, s>>>(x, idx, n, w, d, eps, out);
+	return cudaGetLastError();
+}
+
+static __global__ void
+swiglu_kernel(const float *gu, int f, bf16 *h)
+{
+	const int r = blockIdx.y;
+	const float *g = gu + (size_t)r * 2 * f, *u = g + f;
+	for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < f; i += gridDim.x * blockDim.x) {
+		float a = g[i];
+		h[(size_t)r * f + i] = __float2bfloat16(a / (1.0f + expf(-a)) * u[i]);
+	}
+}
+
+cudaError_t
+k_swiglu(const float *gu, int rows, int f, bf16 *h, cudaStream_t s)
+{
+	dim3 grid((f + 1023) / 1024, rows);
+	swiglu_kernel<<<grid, 256, 0, s>>>(gu, f, h);
+	return cudaGetLastError();
+}
+
+static __global__ void
+scatter_kernel(const float *src, const int32_t *slots, const int *n, int width, float *dst)
+{
+	const int r = blockIdx.y;
+	if (r >= *n || slots[r] < 0)
+		return;
+	const float4 *a = (const float4 *)(src + (size_t)r * width);
+	float4 *b = (float4 *)(dst + (size_t)slots[r] * width);
+	if (width % 4 == 0) {
+		for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < width / 4; i += gridDim.x * blockDim.x)
+			b[i] = a[i];
+	} else {
+		for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < width; i += gridDim.x * blockDim.x)
+			dst[(size_t)slots[r] * width + i] = src[(size_t)r * width + i];
+	}
+}
+
+cudaError_t
+k_scatter_rows(const float *src, const int32_t *slots, const int *n, int rows, int width, float *dst,
+	       cudaStream_t s)
+{
+	dim3 grid(16, rows);
+	scatter_kernel<<<grid, 256, 0, s>>>(src, slots, n, width, dst);
+	return cudaGetLastError();
+}
+
+// ---- QKV epilogue --------------------------------------------------------------------
+
+// grid (rows, ceil(heads / 4)), 128 threads: warp w of block y takes head
+// 4y + w of the q, k and v heads (in that order).  A head is staged in
+// shared memory (hd <= K_MAX_HEAD_DIM).
+static __global__ void
+qkv_post_kernel(const float *qkv, const float *b, const float *qn, const float *kn, const float *inv_freq,
+		const int32_t *pos, const int32_t *tab_off, const int32_t *tables, const int *n,
+		int n_heads, float eps, k_kv_geom g, int layer, bf16 *kv, float *q)
+{
+	__shared__ float buf[4][K_MAX_HEAD_DIM];
+	const int r = blockIdx.x;
+	const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+	const int hd = g.head_dim, half = hd / 2, nkv = g.n_kv_heads;
+	const int head = blockIdx.y * 4 + w;
+	if (r >= *n || head >= n_heads + 2 * nkv)
+		return;
+	const int width = (n_heads + 2 * nkv) * hd;
+	const int32_t p = pos[r];
+	float *v = buf[w];
+	const float *src = qkv + (size_t)r * width + (size_t)head * hd;
+	const float *bias = b ? b + (size_t)head * hd : nullptr;
+	for (int i = lane; i < hd; i += 32)
+		v[i] = src[i] + (bias ? bias[i] : 0.0f);
+	__syncwarp();
+	const bool is_q = head < n_heads, is_k = !is_q && head < n_heads + nkv;
+	if (is_q || is_k) {
+		const float *nw_ = is_q ? qn : kn;
+		if (nw_) {
+			float ss = 0.0f;
+			for (int i = lane; i < hd; i += 32)
+				ss += v[i] * v[i];
+			ss = warp_sum(ss);
+			const float inv = rsqrtf(ss / (float)hd + eps);
+			for (int i = lane; i < hd; i += 32)
+				v[i] = v[i] * inv * nw_[i];
+			__syncwarp();
+		}
+		for (int i = lane; i < half; i += 32) {
+			float sn, c;
+			sincosf(__fmul_rn((float)p, inv_freq[i]), &sn, &c);
+			const float x1 = v[i], x2 = v[i + half];
+			v[i] = x1 * c - x2 * sn;
+			v[i + half] = x2 * c + x1 * sn;
+		}
+		__syncwarp();
+	}
+	if (is_q) {
+		float *dst = q + (size_t)r * n_heads * hd + (size_t)head * hd;
+		for (int i = lane; i < hd; i += 32)
+			dst[i] = v[i];
+	} else {
+		const int32_t blk = tables[tab_off[r] + p / g.block_tokens];
+		const int kvsel = is_k ? 0 : 1;
+		const int h = head - n_heads - (is_k ? 0 : nkv);
+		bf16 *dst = kv + k_kv_offset(g, blk, layer, kvsel, h, p % g.block_tokens);
+		for (int i = lane; i < hd; i += 32)
+			dst[i] = __float2bfloat16(v[i]);
+	}
+}
+
+cudaError_t
+k_qkv_post(const float *qkv, const float *b, const float *qn, const float *kn, const float *inv_freq,
+	   const int32_t *pos, const int32_t *tab_off, const int32_t *tables, const int *n, int rows,
+	   int n_heads, float eps, k_kv_geom g, int layer, bf16 *kv, float *q, cudaStream_t s)
+{
+	dim3 grid(rows, (n_heads + 2 * g.n_kv_heads + 3) / 4);
+	qkv_post_kernel<<<grid, 128, 0, s>>>(qkv, b, qn, kn, inv_freq, pos, tab_off, tables, n, n_heads, eps, g,
+					     layer, kv, q);
+	return cudaGetLastError();
+}
+
+// ---- attention -------------------------------------------------------------------------
+
+// Shared memory of one unit (floats, strides padded by 4 so that float4
+// reads of different rows fall in different banks):
+//   Qs (qcap, hd+4)   queries, pre-scaled
+//   Ks, Vs (TILE, hd+4)
+//   PT (TILE, qcap+4) probabilities, transposed
+//   M, L, C (qcap)    running max, sum, this tile's correction
+//   rows, pos (qcap)  the item's batch rows and their positions (ints)
+//   blk (ATT_BLKS)    the unit's block ids (ints)
+#define ATT_BLKS 256
+
+static __host__ __device__ int
+att_qcap(int hd)
+{
+	int q = K_ATT_QMAX_ELEMS / hd;
+	return q < K_ATT_QMAX ? q : K_ATT_QMAX;
+}
+
+size_t
+k_attention_smem(int hd)
+{
+	const size_t qcap = (size_t)att_qcap(hd), hs = (size_t)hd + 4;
+	return sizeof(float) * (qcap * hs + 2 * K_ATT_TILE * hs + K_ATT_TILE * (qcap + 4) + 3 * qcap) +
+	       sizeof(int32_t) * (2 * qcap + ATT_BLKS);
+}
+
+int
+k_attention_max_rows(int n_heads, int n_kv_heads, int hd)
+{
+	const int group = n_heads / n_kv_heads;
+	const int r = att_qcap(hd) / group;
+	return r > 0 ? r : 0;
+}
+
+// Largest number of 16-byte K/V loads one thread makes per tile:
+// TILE * (hd / 8) * 2 / THREADS for hd <= K_MAX_HEAD_DIM.
+#define ATT_PRE (K_ATT_TILE * (K_MAX_HEAD_DIM / 8) * 2 / K_ATT_THREADS)
+
+// Issue the loads of the tile at t0 into registers (zeros past kv1).  PRE:
+// loads per thread, >= TILE * (hd / 8) * 2 / THREADS.
+template <int PRE>
+static __device__ __forceinline__ void
+att_fetch(uint4 *pre, const bf16 *kv, const int32_t *blk_s, const int32_t *table, int blk0, int nblk_s,
+	  int t0, int kv1, int kvh, k_kv_geom g, int layer)
+{
+	const int per = g.head_dim / 8, n = K_ATT_TILE * per * 2;
+#pragma unroll
+	for (int k = 0; k < PRE; k++) {
+		const int i = threadIdx.x + k * K_ATT_THREADS;
+		pre[k] = make_uint4(0, 0, 0, 0);
+		if (i < n) {
+			const int kvsel = i / (K_ATT_TILE * per), rem = i % (K_ATT_TILE * per);
+			const int t = rem / per, c = rem % per;
+			const int32_t p = t0 + t;
+			if (p < kv1) {
+				const int bi = p / g.block_tokens;
+				const int32_t b = bi - blk0 < nblk_s ? blk_s[bi - blk0] : table[bi];
+				pre[k] = *(const uint4 *)(kv + k_kv_offset(g, b, layer, kvsel, kvh, p % g.block_tokens) + c * 8);
+			}
+		}
+	}
+}
+
+// Convert the fetched tile to f32 in Ks / Vs.
+template <int PRE>
+static __device__ __forceinline__ void
+att_store(const uint4 *pre, float *Ks, float *Vs, int hd)
+{
+	const int per = hd / 8, n = K_ATT_TILE * per * 2, hs = hd + 4;
+#pragma unroll
+	for (int k = 0; k < PRE; k++) {
+		const int i = threadIdx.x + k * K_ATT_THREADS;
+		if (i < n) {
+			const int kvsel = i / (K_ATT_TILE * per), rem = i % (K_ATT_TILE * per);
+			const int t = rem / per, c = rem % per;
+			const bf16 *e = (const bf16 *)&pre[k];
+			float4 lo = make_float4(__bfloat162float(e[0]), __bfloat162float(e[1]), __bfloat162float(e[2]),
+						__bfloat162float(e[3]));
+			float4 hi = make_float4(__bfloat162float(e[4]), __bfloat162float(e[5]), __bfloat162float(e[6]),
+						__bfloat162float(e[7]));
+			float4 *dst = (float4 *)((kvsel ? Vs : Ks) + (size_t)t * hs + c * 8);
+			dst[0] = lo;
+			dst[1] = hi;
+		}
+	}
+}
+
+static __device__ __forceinline__ float
+dot4(float4 a, float4 b, float acc)
+{
+	acc = fmaf(a.x, b.x, acc);
+	acc = fmaf(a.y, b.y, acc);
+	acc = fmaf(a.z, b.z, acc);
+	return fmaf(a.w, b.w, acc);
+}
+
+// One work unit: an item against one kv head.  Queries qi = j * group + gq
+// (row j of the item, q head kvh * group + gq).  Small units (n_q <= 8, the
+// decode case) give each thread whole dot products and single outputs; big
+// ones (prefill tiles, shared prefixes) block 2 queries x 4 positions per
+// thread for the scores and 4 queries x 8 dims for the output.  The next
+// tile's K/V loads are in flight while the current tile is computed.
+template <bool SMALL, int PRE>
+static __device__ void
+attention_unit(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
+	       const int32_t *item_rows, const k_attn_item &it, int kvh, int n_heads, k_kv_geom g, int layer,
+	       float *part_ml, float *part_acc, float *sm)
+{
+	const int hd = g.head_dim, hs = hd + 4, group = n_heads / g.n_kv_heads;
+	const int qcap = att_qcap(hd), qs = qcap + 4, n_q = it.n_rows * group;
+	float *Qs = sm;
+	float *Ks = Qs + (size_t)qcap * hs;
+	float *Vs = Ks + (size_t)K_ATT_TILE * hs;
+	float *PT = Vs + (size_t)K_ATT_TILE * hs;
+	float *M = PT + (size_t)K_ATT_TILE * qs;
+	float *L = M + qcap, *C = L + qcap;
+	int32_t *rows_s = (int32_t *)(C + qcap), *pos_s = rows_s + qcap, *blk_s = pos_s + qcap;
+	const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+	const float scale = LOG2E / sqrtf((float)hd);
+	const int32_t *table = tables + it.tab;
+	const bool small = SMALL;
+
+	// Metadata first: rows, positions, block ids of the unit's range.
+	const int blk0 = it.kv0 / g.block_tokens;
+	const int nblk = (it.kv1 - 1) / g.block_tokens - blk0 + 1;
+	const int nblk_s = nblk < ATT_BLKS ? nblk : ATT_BLKS;
+	for (int i = tid; i < it.n_rows; i += K_ATT_THREADS) {
+		const int r = item_rows[it.row0 + i];
+		rows_s[i] = r;
+		pos_s[i] = pos[r];
+	}
+	for (int i = tid; i < nblk_s; i += K_ATT_THREADS)
+		blk_s[i] = table[blk0 + i];
+	for (int i = tid; i < n_q; i += K_ATT_THREADS) {
+		M[i] = -INFINITY;
+		L[i] = 0.0f;
+	}
+	__syncthreads();
+	uint4 pre[PRE];
+	att_fetch<PRE>(pre, kv, blk_s, table, blk0, nblk_s, it.kv0, it.kv1, kvh, g, layer);
+	for (int i = tid; i < n_q * (hd / 4); i += K_ATT_THREADS) {
+		const int qi = i / (hd / 4), d4 = i % (hd / 4), j = qi / group, gq = qi % group;
+		float4 v = *(const float4 *)(q + ((size_t)rows_s[j] * n_heads + kvh * group + gq) * hd + d4 * 4);
+		v.x *= scale, v.y *= scale, v.z *= scale, v.w *= scale;
+		*(float4 *)(Qs + (size_t)qi * hs + d4 * 4) = v;
+	}
+
+	// Accumulators: small - element tid + k * THREADS of the (n_q, hd)
+	// output; big - queries 4 qg .. 4 qg + 3, dims 8 dg .. 8 dg + 7.
+	float acc[32];
+#pragma unroll
+	for (int k = 0; k < 32; k++)
+		acc[k] = 0.0f;
+	const int dgn = hd / 8, qg = tid / dgn, dg = tid % dgn;
+
+	for (int t0 = it.kv0; t0 < it.kv1; t0 += K_ATT_TILE) {
+		att_store<PRE>(pre, Ks, Vs, hd);
+		__syncthreads();
+		if (t0 + K_ATT_TILE < it.kv1)
+			att_fetch<PRE>(pre, kv, blk_s, table, blk0, nblk_s, t0 + K_ATT_TILE, it.kv1, kvh, g, layer);
+
+		// Scores into PT[t][qi], masked with -inf.
+		if (small) {
+			const int t = lane;
+			for (int qi = w; qi < n_q; qi += K_ATT_THREADS / 32) {
+				const int32_t p = t0 + t;
+				float s = -INFINITY;
+				if (p < it.kv1 && p <= pos_s[qi / group]) {
+					const float4 *qq = (const float4 *)(Qs + (size_t)qi * hs);
+					const float4 *kk = (const float4 *)(Ks + (size_t)t * hs);
+					float a0 = 0.0f, a1 = 0.0f;
+					int d = 0;
+					for (; d + 2 <= hd / 4; d += 2) {
+						a0 = dot4(qq[d], kk[d], a0);
+						a1 = dot4(qq[d + 1], kk[d + 1], a1);
+					}
+					if (d < hd / 4)
+						a0 = dot4(qq[d], kk[d], a0);
+					s = a0 + a1;
+				}
+				PT[(size_t)t * qs + qi] = s;
+			}
+		} else {
+			const int tg = tid & 7, qt = tid >> 3;
+			float sc[2][4];
+#pragma unroll
+			for (int a = 0; a < 2; a++)
+#pragma unroll
+				for (int b = 0; b < 4; b++)
+					sc[a][b] = 0.0f;
+			const bool q0 = qt < n_q, q1 = qt + 32 < n_q;
+			if (q0) {
+				const float4 *qa = (const float4 *)(Qs + (size_t)qt * hs);
+				const float4 *qb = (const float4 *)(Qs + (size_t)(q1 ? qt + 32 : qt) * hs);
+				for (int d = 0; d < hd / 4; d++) {
+					const float4 x0 = qa[d], x1 = qb[d];
+#pragma unroll
+					for (int b = 0; b < 4; b++) {
+						const float4 k4 = ((const float4 *)(Ks + (size_t)(tg + 8 * b) * hs))[d];
+						sc[0][b] = dot4(x0, k4, sc[0][b]);
+						sc[1][b] = dot4(x1, k4, sc[1][b]);
+					}
+				}
+			}
+#pragma unroll
+			for (int a = 0; a < 2; a++) {
+				const int qi = qt + 32 * a;
+				if (qi >= n_q)
+					continue;
+				const int32_t lim = pos_s[qi / group];
+#pragma unroll
+				for (int b = 0; b < 4; b++) {
+					const int t = tg + 8 * b;
+					const int32_t p = t0 + t;
+					PT[(size_t)t * qs + qi] = p < it.kv1 && p <= lim ? sc[a][b] : -INFINITY;
+				}
+			}
+		}
+		__syncthreads();
+		// Online softmax: warp per query, lane per position.
+		for (int qi = w; qi < n_q; qi += K_ATT_THREADS / 32) {
+			const float s = PT[(size_t)lane * qs + qi];
+			const float m_old = M[qi];
+			const float m_new = fmaxf(m_old, warp_max(s));
+			const float pr = m_new == -INFINITY ? 0.0f : exp2f(s - m_new);
+			const float corr = m_new == -INFINITY ? 1.0f : exp2f(m_old - m_new);
+			const float ps = warp_sum(pr);
+			PT[(size_t)lane * qs + qi] = pr;
+			if (lane == 0) {
+				M[qi] = m_new;
+				L[qi] = L[qi] * corr + ps;
+				C[qi] = corr;
+			}
+		}
+		__syncthreads();
+		if (small) {
+#pragma unroll
+			for (int k = 0; k < 8; k++) {
+				const int i = tid + k * K_ATT_THREADS;
+				if (i < n_q * hd) {
+					const int qi = i / hd, d = i % hd;
+					float a = acc[k] * C[qi];
+#pragma unroll 4
+					for (int t = 0; t < K_ATT_TILE; t++)
+						a = fmaf(PT[(size_t)t * qs + qi], Vs[(size_t)t * hs + d], a);
+					acc[k] = a;
+				}
+			}
+		} else if (qg * 4 < n_q) {
+#pragma unroll
+			for (int a = 0; a < 4; a++) {
+				const float c = qg * 4 + a < n_q ? C[qg * 4 + a] : 0.0f;
+#pragma unroll
+				for (int b = 0; b < 8; b++)
+					acc[a * 8 + b] *= c;
+			}
+#pragma unroll 1
+			for (int t = 0; t < K_ATT_TILE; t++) {
+				const float4 p4 = *(const float4 *)(PT + (size_t)t * qs + qg * 4);
+				const float4 v0 = *(const float4 *)(Vs + (size_t)t * hs + dg * 8);
+				const float4 v1 = *(const float4 *)(Vs + (size_t)t * hs + dg * 8 + 4);
+				const float pa[4] = { p4.x, p4.y, p4.z, p4.w };
+				const float vb[8] = { v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w };
+#pragma unroll
+				for (int a = 0; a < 4; a++)
+#pragma unroll
+					for (int b = 0; b < 8; b++)
+						acc[a * 8 + b] = fmaf(pa[a], vb[b], acc[a * 8 + b]);
+			}
+		}
+		__syncthreads();
+	}
+
+	if (small) {
+#pragma unroll
+		for (int k = 0; k < 8; k++) {
+			const int i = tid + k * K_ATT_THREADS;
+			if (i < n_q * hd) {
+				const int qi = i / hd, d = i % hd, j = qi / group, gq = qi % group;
+				part_acc[((size_t)(it.part0 + j) * n_heads + kvh * group + gq) * hd + d] = acc[k];
+			}
+		}
+	} else if (qg * 4 < n_q) {
+#pragma unroll
+		for (int a = 0; a < 4; a++) {
+			const int qi = qg * 4 + a;
+			if (qi >= n_q)
+				continue;
+			const int j = qi / group, gq = qi % group;
+			float *dst = part_acc + ((size_t)(it.part0 + j) * n_heads + kvh * group + gq) * hd + dg * 8;
+			*(float4 *)dst = make_float4(acc[a * 8], acc[a * 8 + 1], acc[a * 8 + 2], acc[a * 8 + 3]);
+			*(float4 *)(dst + 4) = make_float4(acc[a * 8 + 4], acc[a * 8 + 5], acc[a * 8 + 6], acc[a * 8 + 7]);
+		}
+	}
+	for (int qi = tid; qi < n_q; qi += K_ATT_THREADS) {
+		const int j = qi / group, gq = qi % group;
+		float *ml = part_ml + ((size_t)(it.part0 + j) * n_heads + kvh * group + gq) * 2;
+		ml[0] = M[qi];
+		ml[1] = L[qi];
+	}
+	__syncthreads();                 // shared memory is reused by the next unit
+}
+
+// Persistent: CTA b does work units b, b + gridDim.x, ... where unit u is
+// item u / n_kv_heads, kv head u % n_kv_heads.
+static __global__ void __launch_bounds__(K_ATT_THREADS, 2)
+attention_kernel(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
+		 const int32_t *item_rows, const k_attn_item *items, const int *n_items, int n_heads,
+		 k_kv_geom g, int layer, float *part_ml, float *part_acc)
+{
+	extern __shared__ float sm[];
+	const int units = *n_items * g.n_kv_heads, group = n_heads / g.n_kv_heads;
+	for (int u = blockIdx.x; u < units; u += gridDim.x) {
+		const k_attn_item it = items[u / g.n_kv_heads];
+		const int kvh = u % g.n_kv_heads;
+		// One instantiation per unit: its hot loop stays compact (the
+		// instruction cache is what a short unit waits on).
+		const bool small = it.n_rows * group <= 8;
+#define ATT_UNIT(S, P) attention_unit<S, P>(q, kv, tables, pos, item_rows, it, kvh, n_heads, g, layer, \
+					    part_ml, part_acc, sm)
+		if (g.head_dim <= 64)
+			small ? ATT_UNIT(true, 2) : ATT_UNIT(false, 2);
+		else if (g.head_dim <= 128)
+			small ? ATT_UNIT(true, 4) : ATT_UNIT(false, 4);
+		else
+			small ? ATT_UNIT(true, ATT_PRE) : ATT_UNIT(false, ATT_PRE);
+#undef ATT_UNIT
+	}
+}
+
+// ---- decode units, one warp each ------------------------------------------------------
+
+int
+k_attn_warp_item(int n_rows, int n_heads, int n_kv_heads, int hd)
+{
+	const int group = n_heads / n_kv_heads;
+	return n_rows == 1 && group <= 8 && (hd == 16 || hd == 32 || hd == 64 || hd == 128 || hd == 256);
+}
+
+#define ATTW_WARPS 4
+
+// A decode unit: one query row (its group of q heads) against positions
+// [kv0, min(kv1, pos + 1)) for one kv head, on one warp with no block
+// barrier, so that many run side by side on an SM.  Scores: lane = position
+// (a tile of 32), the whole head_dim dot per lane; output: lane = DPL
+// consecutive dims.
+template <int DPL>
+static __device__ void
+attention_warp_unit(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
+		    const int32_t *item_rows, const k_attn_item &it, int kvh, int n_heads, k_kv_geom g, int layer,
+		    float *part_ml, float *part_acc, float *qs)
+{
+	const int lane = threadIdx.x & 31, hd = g.head_dim, group = n_heads / g.n_kv_heads;
+	const float scale = LOG2E / sqrtf((float)hd);
+	const int r = item_rows[it.row0];
+	const int32_t end = min(it.kv1, pos[r] + 1);
+	const int32_t *table = tables + it.tab;
+	for (int i = lane; i < group * hd; i += 32)
+		qs[i] = q[((size_t)r * n_heads + kvh * group) * hd + i] * scale;
+	__syncwarp();
+	float m[8], l[8], acc[8][DPL];
+#pragma unroll
+	for (int gq = 0; gq < 8; gq++) {
+		m[gq] = -INFINITY;
+		l[gq] = 0.0f;
+#pragma unroll
+		for (int k = 0; k < DPL; k++)
+			acc[gq][k] = 0.0f;
+	}
+	const bool dims = lane * DPL < hd;
+	for (int32_t t0 = it.kv0; t0 < end; t0 += 32) {
+		const int32_t p = t0 + lane;
+		const bool ok = p < end;
+		const int32_t blk = ok ? table[p / g.block_tokens] : 0;
+		float sc[8];
+#pragma unroll
+		for (int gq = 0; gq < 8; gq++)
+			sc[gq] = 0.0f;
+		if (ok) {
+			const uint4 *kr = (const uint4 *)(kv + k_kv_offset(g, blk, layer, 0, kvh, p % g.block_tokens));
+			for (int c = 0; c < hd / 8; c++) {
+				const uint4 raw = kr[c];
+				const bf16 *e = (const bf16 *)&raw;
+				float kf[8];
+#pragma unroll
+				for (int k = 0; k < 8; k++)
+					kf[k] = __bfloat162float(e[k]);
+#pragma unroll
+				for (int gq = 0; gq < 8; gq++) {
+					if (gq >= group)
+						break;
+					const float4 q0 = *(const float4 *)(qs + gq * hd + c * 8);
+					const float4 q1 = *(const float4 *)(qs + gq * hd + c * 8 + 4);
+					float a = sc[gq];
+					a = fmaf(q0.x, kf[0], a);
+					a = fmaf(q0.y, kf[1], a);
+					a = fmaf(q0.z, kf[2], a);
+					a = fmaf(q0.w, kf[3], a);
+					a = fmaf(q1.x, kf[4], a);
+					a = fmaf(q1.y, kf[5], a);
+					a = fmaf(q1.z, kf[6], a);
+					a = fmaf(q1.w, kf[7], a);
+					sc[gq] = a;
+				}
+			}
+		}
+		float pr[8];
+#pragma unroll
+		for (int gq = 0; gq < 8; gq++) {
+			if (gq >= group)
+				break;
+			const float sv = ok ? sc[gq] : -INFINITY;
+			const float m_new = fmaxf(m[gq], warp_max(sv));   // finite: lane 0's p < end
+			const float corr = exp2f(m[gq] - m_new);
+			pr[gq] = ok ? exp2f(sv - m_new) : 0.0f;
+			l[gq] = l[gq] * corr + warp_sum(pr[gq]);
+			m[gq] = m_new;
+#pragma unroll
+			for (int k = 0; k < DPL; k++)
+				acc[gq][k] *= corr;
+		}
+		const int n = min(32, end - t0);
+		for (int j = 0; j < n; j++) {
+			const int32_t bj = __shfl_sync(0xffffffffu, blk, j);
+			const bf16 *vr = kv + k_kv_offset(g, bj, layer, 1, kvh, (t0 + j) % g.block_tokens) + lane * DPL;
+			float vf[DPL];
+			if (dims) {
+#pragma unroll
+				for (int k = 0; k < DPL; k++)
+					vf[k] = __bfloat162float(vr[k]);
+			} else {
+#pragma unroll
+				for (int k = 0; k < DPL; k++)
+					vf[k] = 0.0f;
+			}
+#pragma unroll
+			for (int gq = 0; gq < 8; gq++) {
+				if (gq >= group)
+					break;
+				const float pj = __shfl_sync(0xffffffffu, pr[gq], j);
+#pragma unroll
+				for (int k = 0; k < DPL; k++)
+					acc[gq][k] = fmaf(pj, vf[k], acc[gq][k]);
+			}
+		}
+	}
+#pragma unroll
+	for (int gq = 0; gq < 8; gq++) {
+		if (gq >= group)
+			break;
+		const size_t slot = (size_t)it.part0 * n_heads + kvh * group + gq;
+		if (dims) {
+#pragma unroll
+			for (int k = 0; k < DPL; k++)
+				part_acc[slot * hd + lane * DPL + k] = acc[gq][k];
+		}
+		if (lane == 0) {
+			part_ml[slot * 2] = m[gq];
+			part_ml[slot * 2 + 1] = l[gq];
+		}
+	}
+	__syncwarp();                    // qs is reused by the warp's next unit
+}
+
+// ATTW_WARPS warps a block; warp unit u = item n_items[0] + u / n_kv_heads,
+// kv head u % n_kv_heads, for u < n_items[1] * n_kv_heads.
+template <int DPL>
+static __global__ void __launch_bounds__(ATTW_WARPS * 32)
+attention_warp_kernel(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
+		      const int32_t *item_rows, const k_attn_item *items, const int *n_items, int n_heads,
+		      k_kv_geom g, int layer, float *part_ml, float *part_acc)
+{
+	__shared__ __align__(16) float qs[ATTW_WARPS][8 * K_MAX_HEAD_DIM];
+	const int w = threadIdx.x >> 5;
+	const int first = n_items[0], units = n_items[1] * g.n_kv_heads;
+	for (int u = blockIdx.x * ATTW_WARPS + w; u < units; u += gridDim.x * ATTW_WARPS)
+		attention_warp_unit<DPL>(q, kv, tables, pos, item_rows, items[first + u / g.n_kv_heads],
+					 u % g.n_kv_heads, n_heads, g, layer, part_ml, part_acc, qs[w]);
+}
+
+cudaError_t
+k_attention(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos, const int32_t *item_rows,
+	    const k_attn_item *items, const int *n_items, int ctas, int warp_blocks, int n_heads, k_kv_geom g,
+	    int layer, float *part_ml, float *part_acc, cudaStream_t s)
+{
+	attention_kernel<<<ctas, K_ATT_THREADS, k_attention_smem(g.head_dim), s>>>(
+		q, kv, tables, pos, item_rows, items, n_items, n_heads, g, layer, part_ml, part_acc);
+	cudaError_t e = cudaGetLastError();
+	if (e != cudaSuccess || warp_blocks <= 0)
+		return e;
+#define ATTW(D) attention_warp_kernel<D><<<warp_blocks, ATTW_WARPS * 32, 0, s>>>( \
+		q, kv, tables, pos, item_rows, items, n_items, n_heads, g, layer, part_ml, part_acc)
+	switch (g.head_dim) {
+	case 16:
+	case 32: ATTW(1); break;
+	case 64: ATTW(2); break;
+	case 128: ATTW(4); break;
+	case 256: ATTW(8); break;
+	default: return cudaSuccess;     // no item is a warp item (k_attn_warp_item)
+	}
+#undef ATTW
+	return cudaGetLastError();
+}
+
+// grid (rows, ceil(n_heads / 4)), 128 threads: warp w merges head 4y + w
+// of row r.  Lanes read 32 partials' (m, l) at once (no chain of dependent
+// loads), then every lane sums its dims over the partials.
+static __global__ void
+merge_kernel(const float *part_ml, const float *part_acc, const int32_t *rp_off, const int32_t *rp_idx,
+	     const int *n, int n_heads, int hd, bf16 *out)
+{
+	const int r = blockIdx.x, lane = threadIdx.x & 31, h = blockIdx.y * 4 + (threadIdx.x >> 5);
+	if (h >= n_heads)
+		return;
+	bf16 *dst = out + ((size_t)r * n_heads + h) * hd;
+	if (r >= *n) {
+		for (int d = lane; d < hd; d += 32)
+			dst[d] = __float2bfloat16(0.0f);
+		return;
+	}
+	const int a = rp_off[r], b = rp_off[r + 1];
+	float m = -INFINITY;
+	for (int i = a + lane; i < b; i += 32) {
+		const float *ml = part_ml + ((size_t)rp_idx[i] * n_heads + h) * 2;
+		if (ml[1] > 0.0f)
+			m = fmaxf(m, ml[0]);
+	}
+	m = warp_max(m);
+	float o[K_MAX_HEAD_DIM / 32];
+#pragma unroll
+	for (int k = 0; k < K_MAX_HEAD_DIM / 32; k++)
+		o[k] = 0.0f;
+	float l = 0.0f;
+	for (int base = a; base < b; base += 32) {
+		int slot = -1;
+		float c = 0.0f;
+		if (base + lane < b) {
+			slot = rp_idx[base + lane];
+			const float *ml = part_ml + ((size_t)slot * n_heads + h) * 2;
+			if (ml[1] > 0.0f) {          // else no visible position in that part
+				c = exp2f(ml[0] - m);
+				l += ml[1] * c;
+			}
+		}
+		const int cnt = min(32, b - base);
+		// Four partials per round: their loads are independent and issued
+		// together (a zero weight multiplies a part that saw nothing).
+		for (int j = 0; j < cnt; j += 4) {
+			float cj[4], v[4][K_MAX_HEAD_DIM / 32];
+#pragma unroll
+			for (int u = 0; u < 4; u++) {
+				cj[u] = __shfl_sync(0xffffffffu, c, (j + u) & 31);
+				const int sj = __shfl_sync(0xffffffffu, slot, (j + u) & 31);
+				if (j + u >= cnt)
+					cj[u] = 0.0f;
+				const float *acc = part_acc + ((size_t)(j + u < cnt ? sj : 0) * n_heads + h) * hd;
+#pragma unroll
+				for (int k = 0; k < K_MAX_HEAD_DIM / 32; k++)
+					v[u][k] = j + u < cnt && lane + 32 * k < hd ? acc[lane + 32 * k] : 0.0f;
+			}
+#pragma unroll
+			for (int u = 0; u < 4; u++)
+#pragma unroll
+				for (int k = 0; k < K_MAX_HEAD_DIM / 32; k++)
+					o[k] = fmaf(v[u][k], cj[u], o[k]);
+		}
+	}
+	l = warp_sum(l);
+#pragma unroll
+	for (int k = 0; k < K_MAX_HEAD_DIM / 32; k++)
+		if (lane + 32 * k < hd)
+			dst[lane + 32 * k] = __float2bfloat16(l > 0.0f ? o[k] / l : 0.0f);
+}
+
+cudaError_t
+k_attn_merge(const float *part_ml, const float *part_acc, const int32_t *rp_off, const int32_t *rp_idx,
+	     const int *n, int rows, int n_heads, int hd, bf16 *out, cudaStream_t s)
+{
+	dim3 grid(rows, (n_heads + 3) / 4);
+	merge_kernel<<<grid, 128, 0, s>>>(part_ml, part_acc, rp_off, rp_idx, n, n_heads, hd, out);
+	return cudaGetLastError();
+}
+
+cudaError_t
+k_init(int hd)
+{
+	// The attribute is per process: allow the largest head_dim's need, so
+	// that backends of different models can share the process.
+	size_t need = k_attention_smem(hd), most = k_attention_smem(K_MAX_HEAD_DIM);
+	return cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+				    (int)(need > most ? need : most));
+}

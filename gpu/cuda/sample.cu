@@ -1,0 +1,714 @@
+// sample.cu - token sampling on the GPU with the semantics of samp_sample()
+// (gpu/sampler.c): one CTA of 1024 threads per row.  Launched from the engine thread.
+//
+// A row (up to 600 KB) does not fit in shared memory, so each step is a pass
+// over the row's logits in global memory (L2 after the first):
+//   1. max, lowest argmax, NaN/+inf check; first digit of the selections below
+//   2. S = sum e^(l-max) and sum e^(l-max)(l-max) (logprob, entropy); next digits
+//   3.. the remaining digits of three radix selections, run side by side, one
+//       digit per pass, histograms in shared memory:
+//       - top n_top and top-k: the m largest composite keys (logit, then lower id),
+//         found exactly; 3 passes when logits are distinct, up to 6 with ties
+//       - top-p: the largest logit b such that the kept tokens with logit >= b
+//         weigh at least top_p * (kept total); masses as 2^-39 fixed point, so
+//         the sums are exact and the result does not depend on thread order
+//   last: the top n_top gather and the draw: per-warp sums of the kept weights
+//       over contiguous id ranges, then inside the chosen warp's range one
+//       contiguous sub-range per thread, then one thread walks its sub-range.
+//
+// Top-p ties: every kept token whose logit equals the boundary token's logit
+// is kept (the CPU sampler keeps only enough of them, lowest ids first).
+#include <climits>
+#include <cmath>
+#include <cstdio>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "status.h"
+#include "sampler.h"
+#include "backend.h"
+#include "cuda/cuda.h"
+}
+
+#define SAMP_NT 1024                 // threads per row
+#define SAMP_WARPS (SAMP_NT / 32)
+#define SAMP_FULL 0xffffffffu
+#define SAMP_HBINS 2048              // the widest digit has 11 bits
+#define SAMP_MASS_SCALE 0x1p39f      // weight (<= 1) -> integer; vocab * 2^39 < 2^63
+#define SAMP_MAX_VOCAB (1 << 24)     // ids fit the composite key's 24 bits
+#define SAMP_LOG2E 1.4426950408889634
+
+typedef unsigned long long u64;
+
+// Digits of the 56-bit composite key (32-bit logit key, 24-bit reversed id),
+// most significant first, and of the 32-bit logit key for top-p.
+#define SAMP_CLEVELS 6
+#define SAMP_PLEVELS 3
+static __constant__ int samp_c_shift[SAMP_CLEVELS] = { 45, 34, 24, 16, 8, 0 };
+static __constant__ int samp_c_width[SAMP_CLEVELS] = { 11, 11, 10, 8, 8, 8 };
+static __constant__ int samp_p_shift[SAMP_PLEVELS] = { 21, 10, 0 };
+static __constant__ int samp_p_width[SAMP_PLEVELS] = { 11, 11, 10 };
+
+// A count selection: the m largest composite keys, as a threshold.
+struct samp_csel {
+	int on;         // 1 while digits remain to be chosen
+	int level;      // the digit the next pass histograms
+	u64 prefix;     // the digits chosen so far
+	u64 rem;        // keys still to take among those with this prefix
+	u64 thr;        // the result: exactly m keys are >= thr
+};
+
+// A mass selection over the kept tokens' logit keys (top-p).
+struct samp_psel {
+	int on;
+	int level;
+	u64 prefix;
+	u64 above;      // kept mass with a larger prefix
+	double need;    // top_p * kept mass, set at level 0
+	uint32_t thr;   // the result: keep logit keys >= thr
+};
+
+struct samp_smem {
+	unsigned cnt[2][SAMP_HBINS];   // count histograms: top n_top, top-k
+	u64 mass[SAMP_HBINS];          // mass histogram: top-p
+	u64 scan_u[SAMP_WARPS];
+	double scan_d[SAMP_WARPS];
+	double red_d[SAMP_WARPS];
+	float red_f[SAMP_WARPS];
+	int red_i[SAMP_WARPS];
+	float mx;
+	int arg;
+	double sum;
+	int res_digit;
+	u64 res_above;
+	u64 res_cnt;
+	int pick, pick2, last, token;
+	double resid;
+	int top_cnt;
+	u64 top_ck[SAMP_MAX_TOP];
+	float top_x[SAMP_MAX_TOP];
+};
+
+// ---- keys and weights ----------------------------------------------------------
+
+// Order-preserving key of a float: a > b <=> key(a) > key(b) (no NaN here).
+static __device__ __forceinline__ uint32_t samp_key(float x)
+{
+	uint32_t u = __float_as_uint(x);
+	return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Larger logit first, then lower id: a strict total order on the row.
+static __device__ __forceinline__ u64 samp_ck(float x, int i)
+{
+	return ((u64)samp_key(x) << 24) | (u64)(0xFFFFFFu - (uint32_t)i);
+}
+
+static __device__ __forceinline__ float samp_ex2(float x)
+{
+	float y;
+	asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+	return y;
+}
+
+// exp((x - mx) / T) with c = log2(e) / T: 1 for the max, 0 for -inf.
+static __device__ __forceinline__ float samp_weight(float x, float mx, float c)
+{
+	return x == mx ? 1.0f : samp_ex2((x - mx) * c);
+}
+
+// ---- block primitives (blockDim.x == SAMP_NT) -----------------------------------
+
+// Exclusive scan over threads in thread order; *incl the inclusive value,
+// *total the block total.  Exact for integers.
+template <typename T>
+static __device__ T samp_scan(T v, T *incl, T *total, T *sh)
+{
+	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	T x = v;
+	for (int o = 1; o < 32; o <<= 1) {
+		T y = __shfl_up_sync(SAMP_FULL, x, o);
+		if (lane >= o)
+			x += y;
+	}
+	if (lane == 31)
+		sh[warp] = x;
+	__syncthreads();
+	if (warp == 0) {
+		T s = sh[lane];
+		for (int o = 1; o < 32; o <<= 1) {
+			T y = __shfl_up_sync(SAMP_FULL, s, o);
+			if (lane >= o)
+				s += y;
+		}
+		sh[lane] = s;
+	}
+	__syncthreads();
+	T base = warp ? sh[warp - 1] : (T)0;
+	*total = sh[SAMP_WARPS - 1];
+	__syncthreads();
+	*incl = base + x;
+	return base + (x - v);
+}
+
+// Sum over the block in a fixed order (the same result on every run).
+static __device__ double samp_block_sum(double v, samp_smem &S)
+{
+	int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	for (int o = 16; o > 0; o >>= 1)
+		v += __shfl_down_sync(SAMP_FULL, v, o);
+	if (lane == 0)
+		S.red_d[warp] = v;
+	__syncthreads();
+	if (warp == 0) {
+		double s = S.red_d[lane];
+		for (int o = 16; o > 0; o >>= 1)
+			s += __shfl_down_sync(SAMP_FULL, s, o);
+		if (lane == 0)
+			S.sum = s;
+	}
+	__syncthreads();
+	double r = S.sum;
+	__syncthreads();
+	return r;
+}
+
+// f(i, logits[i]) for every i of the row, each thread in increasing i.
+template <class F>
+static __device__ __forceinline__ void samp_each(const float *__restrict__ row, int V, F &&f)
+{
+	int i0 = 0;
+	if (((uintptr_t)row & 15) == 0) {
+		const float4 *r4 = (const float4 *)row;
+		int n4 = V >> 2;
+		for (int j = threadIdx.x; j < n4; j += SAMP_NT) {
+			float4 v = __ldg(r4 + j);
+			int i = j << 2;
+			f(i, v.x);
+			f(i + 1, v.y);
+			f(i + 2, v.z);
+			f(i + 3, v.w);
+		}
+		i0 = n4 << 2;
+	}
+	for (int i = i0 + threadIdx.x; i < V; i += SAMP_NT)
+		f(i, __ldg(row + i));
+}
+
+// ---- selections -------------------------------------------------------------------
+
+static __device__ void samp_csel_init(samp_csel &s, int m)
+{
+	s.on = m > 0;
+	s.level = 0;
+	s.prefix = 0;
+	s.rem = (u64)(m > 0 ? m : 0);
+	s.thr = 0;
+}
+
+// After a pass filled h with the counts of the current digit among keys with
+// s.prefix: choose the digit holding the rem-th largest key.  Clears h.
+static __device__ void samp_csel_resolve(samp_csel &s, unsigned *h, samp_smem &S)
+{
+	int w = samp_c_width[s.level], sh = samp_c_shift[s.level];
+	int nb = 1 << w, bpt = (nb + SAMP_NT - 1) / SAMP_NT;
+	int t = threadIdx.x;
+	// thread t owns bins nb-1-t*bpt down to nb-bpt-t*bpt (largest digits first)
+	u64 mine = 0;
+	for (int j = 0; j < bpt; j++) {
+		int q = t * bpt + j;
+		if (q < nb)
+			mine += h[nb - 1 - q];
+	}
+	if (t == 0)
+		S.res_digit = -1;
+	u64 incl, total;
+	u64 above = samp_scan<u64>(mine, &incl, &total, S.scan_u);
+	for (int j = 0; j < bpt; j++) {
+		int q = t * bpt + j;
+		if (q >= nb)
+			break;
+		int b = nb - 1 - q;
+		u64 c = h[b];
+		if (c && above < s.rem && s.rem <= above + c) {
+			S.res_digit = b;
+			S.res_above = above;
+			S.res_cnt = c;
+		}
+		above += c;
+		h[b] = 0;
+	}
+	__syncthreads();
+	int d = S.res_digit;
+	if (d < 0) {  // cannot happen: the bucket holds >= rem keys
+		s.on = 0;
+		s.thr = s.prefix << (sh + w);
+	} else {
+		s.rem -= S.res_above;
+		s.prefix = (s.prefix << w) | (u64)d;
+		if (S.res_cnt == s.rem || s.level == SAMP_CLEVELS - 1) {
+			s.on = 0;   // every key with this prefix is taken
+			s.thr = s.prefix << sh;
+		} else {
+			s.level++;
+		}
+	}
+	__syncthreads();
+}
+
+// After a pass filled S.mass with the kept masses of the current digit among
+// logit keys with s.prefix: choose the digit where the mass from the top
+// reaches need.  Clears S.mass.
+static __device__ void samp_psel_resolve(samp_psel &s, float top_p, samp_smem &S)
+{
+	int w = samp_p_width[s.level];
+	int nb = 1 << w, bpt = (nb + SAMP_NT - 1) / SAMP_NT;
+	int t = threadIdx.x;
+	u64 mine = 0;
+	for (int j = 0; j < bpt; j++) {
+		int q = t * bpt + j;
+		if (q < nb)
+			mine += S.mass[nb - 1 - q];
+	}
+	if (t == 0)
+		S.res_digit = -1;
+	u64 incl, total;
+	u64 above = samp_scan<u64>(mine, &incl, &total, S.scan_u);
+	if (s.level == 0)
+		s.need = (double)top_p * (double)total;
+	for (int j = 0; j < bpt; j++) {
+		int q = t * bpt + j;
+		if (q >= nb)
+			break;
+		int b = nb - 1 - q;
+		u64 c = S.mass[b];
+		if (c) {
+			double lo = (double)(s.above + above), hi = (double)(s.above + above + c);
+			if (lo < s.need && s.need <= hi) {
+				S.res_digit = b;
+				S.res_above = above;
+			}
+		}
+		above += c;
+		S.mass[b] = 0;
+	}
+	__syncthreads();
+	int d = S.res_digit;
+	if (d < 0) {  // cannot happen: the kept total reaches need
+		s.on = 0;
+		s.thr = 0;
+	} else {
+		s.above += S.res_above;
+		s.prefix = (s.prefix << w) | (u64)d;
+		if (s.level == SAMP_PLEVELS - 1) {
+			s.on = 0;
+			s.thr = (uint32_t)s.prefix;
+		} else {
+			s.level++;
+		}
+	}
+	__syncthreads();
+}
+
+// ---- the kernel -------------------------------------------------------------------
+
+static __device__ bool samp_row_ok(const cuda_samp_row &p, int slot_limit)
+{
+	if (p.slot < 0 || p.slot >= slot_limit)
+		return false;
+	if (!(p.temperature >= 0.0f) || isinf(p.temperature))
+		return false;
+	if (p.top_k < 0 || !(p.top_p > 0.0f && p.top_p <= 1.0f))
+		return false;
+	if (!(p.min_p >= 0.0f && p.min_p <= 1.0f))
+		return false;
+	if (p.n_top < 0 || p.n_top > SAMP_MAX_TOP)
+		return false;
+	if (p.temperature > 0.0f && !(p.u >= 0.0 && p.u < 1.0))
+		return false;
+	return true;
+}
+
+static __device__ void samp_invalid(samp_result *o, int32_t *status)
+{
+	if (threadIdx.x == 0) {
+		o->token = 0;
+		o->logprob = 0.0f;
+		o->entropy = 0.0f;
+		o->n_top = 0;
+		*status = ENG_ERR_INVALID;
+	}
+}
+
+// logits: (n_slots, V); rows[n]; out[n], status[n].  Block r samples rows[r].
+static __global__ void __launch_bounds__(SAMP_NT, 1)
+samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__restrict__ rows,
+	    int slot_limit, samp_result *__restrict__ out, int32_t *__restrict__ status)
+{
+	__shared__ samp_smem S;
+	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	const int r = blockIdx.x;
+	const cuda_samp_row p = rows[r];
+	samp_result *o = out + r;
+
+	if (!samp_row_ok(p, slot_limit)) {
+		samp_invalid(o, status + r);
+		return;
+	}
+	const float *__restrict__ row = logits + (size_t)p.slot * (size_t)V;  // (V)
+	const bool greedy = p.temperature == 0.0f;
+	const int n_top = p.n_top < V ? p.n_top : V;
+	const int k = (!greedy && p.top_k > 0 && p.top_k < V) ? p.top_k : 0;
+	const bool use_p = !greedy && p.top_p < 1.0f;
+	const float min_p = p.min_p;
+
+	samp_csel sn, sk;
+	samp_csel_init(sn, n_top);
+	samp_csel_init(sk, k);
+	samp_psel sp = { use_p ? 1 : 0, 0, 0, 0, 0.0, 0 };
+	for (int i = tid; i < SAMP_HBINS; i += SAMP_NT) {
+		S.cnt[0][i] = 0;
+		S.cnt[1][i] = 0;
+		S.mass[i] = 0;
+	}
+	__syncthreads();
+
+	// ---- pass 1: max, lowest argmax, bad logits; first digit of top-n, top-k
+	float mxl = -INFINITY;
+	int argl = INT_MAX, bad = 0;
+	{
+		const bool cn = sn.on, ckk = sk.on;
+		samp_each(row, V, [&](int i, float x) {
+			bad |= (x != x) | (x == INFINITY);
+			if (x > mxl) {
+				mxl = x;
+				argl = i;
+			}
+			if (cn | ckk) {
+				unsigned d = (unsigned)(samp_ck(x, i) >> 45);
+				if (cn)
+					atomicAdd(&S.cnt[0][d], 1u);
+				if (ckk)
+					atomicAdd(&S.cnt[1][d], 1u);
+			}
+		});
+	}
+	bad = __syncthreads_or(bad);
+	for (int o2 = 16; o2 > 0; o2 >>= 1) {
+		float m2 = __shfl_xor_sync(SAMP_FULL, mxl, o2);
+		int a2 = __shfl_xor_sync(SAMP_FULL, argl, o2);
+		if (m2 > mxl || (m2 == mxl && a2 < argl)) {
+			mxl = m2;
+			argl = a2;
+		}
+	}
+	if (lane == 0) {
+		S.red_f[warp] = mxl;
+		S.red_i[warp] = argl;
+	}
+	__syncthreads();
+	if (warp == 0) {
+		float m = S.red_f[lane];
+		int a = S.red_i[lane];
+		for (int o2 = 16; o2 > 0; o2 >>= 1) {
+			float m2 = __shfl_xor_sync(SAMP_FULL, m, o2);
+			int a2 = __shfl_xor_sync(SAMP_FULL, a, o2);
+			if (m2 > m || (m2 == m && a2 < a)) {
+				m = m2;
+				a = a2;
+			}
+		}
+		if (lane == 0) {
+			S.mx = m;
+			S.arg = a;
+		}
+	}
+	__syncthreads();
+	const float mx = S.mx;
+	const int arg = S.arg;
+	if (bad || mx == -INFINITY) {  // no distribution: NaN, +inf or all -inf
+		samp_invalid(o, status + r);
+		return;
+	}
+	if (sn.on)
+		samp_csel_resolve(sn, S.cnt[0], S);
+	if (sk.on)
+		samp_csel_resolve(sk, S.cnt[1], S);
+
+	// ---- passes 2..: moments, then one digit of each running selection a pass
+	const float c = greedy ? 0.0f : (float)(SAMP_LOG2E / (double)p.temperature);
+	const float c1 = (float)SAMP_LOG2E;
+	const bool same_c = c == c1;
+	double s = 0.0, sx = 0.0;
+	bool have_moments = false;
+	for (;;) {
+		const bool run_n = sn.on, run_k = sk.on;
+		const bool run_p = sp.on && !sk.on;   // top-p acts on the top-k survivors
+		const bool do_m = !have_moments;
+		if (!do_m && !run_n && !run_k && !run_p)
+			break;
+		const int n_sh = samp_c_shift[sn.level], n_hi = n_sh + samp_c_width[sn.level];
+		const u64 n_mask = (1ull << samp_c_width[sn.level]) - 1, n_pre = sn.prefix;
+		const int k_sh = samp_c_shift[sk.level], k_hi = k_sh + samp_c_width[sk.level];
+		const u64 k_mask = (1ull << samp_c_width[sk.level]) - 1, k_pre = sk.prefix;
+		const u64 k_thr = sk.thr;
+		const int p_sh = samp_p_shift[sp.level], p_hi = p_sh + samp_p_width[sp.level];
+		const u64 p_mask = (1ull << samp_p_width[sp.level]) - 1, p_pre = sp.prefix;
+		float fs = 0.0f, fsx = 0.0f;
+		samp_each(row, V, [&](int i, float x) {
+			float e = 0.0f;
+			if (do_m) {
+				e = samp_weight(x, mx, c1);
+				if (x > -INFINITY) {
+					fs += e;
+					fsx += e * (x - mx);
+				}
+			}
+			if (run_n | run_k) {
+				u64 ck = samp_ck(x, i);
+				if (run_n && (ck >> n_hi) == n_pre)
+					atomicAdd(&S.cnt[0][(ck >> n_sh) & n_mask], 1u);
+				if (run_k && (ck >> k_hi) == k_pre)
+					atomicAdd(&S.cnt[1][(ck >> k_sh) & k_mask], 1u);
+			}
+			if (run_p) {
+				u64 key = samp_key(x);
+				if ((key >> p_hi) == p_pre && (k == 0 || samp_ck(x, i) >= k_thr)) {
+					float w = (do_m && same_c) ? e : samp_weight(x, mx, c);
+					if (w >= min_p) {
+						u64 q = __float2ull_rn(w * SAMP_MASS_SCALE);
+						if (q)
+							atomicAdd(&S.mass[(key >> p_sh) & p_mask], q);
+					}
+				}
+			}
+		});
+		if (do_m) {
+			s = samp_block_sum((double)fs, S);
+			sx = samp_block_sum((double)fsx, S);
+			have_moments = true;
+		}
+		__syncthreads();
+		if (run_n)
+			samp_csel_resolve(sn, S.cnt[0], S);
+		if (run_k)
+			samp_csel_resolve(sk, S.cnt[1], S);
+		if (run_p)
+			samp_psel_resolve(sp, p.top_p, S);
+	}
+	const double log_s = log(s);
+	const double log_z = (double)mx + log_s;
+	const double h = log_s - sx / s;
+
+	// ---- last pass: the top n_top, and the kept weights summed per warp over
+	// contiguous id ranges (warp w: ids [w*rw, w*rw + rw))
+	const u64 k_thr = sk.thr, n_thr = sn.thr;
+	const uint32_t p_thr = sp.thr;
+	auto kept = [&](int i, float x) -> float {
+		if (k > 0 && samp_ck(x, i) < k_thr)
+			return 0.0f;
+		if (use_p && samp_key(x) < p_thr)
+			return 0.0f;
+		float w = samp_weight(x, mx, c);
+		return w >= min_p ? w : 0.0f;
+	};
+	const int rw = ((V + 31) / 32 + 31) & ~31;
+	int token = arg;
+	if (tid == 0)
+		S.top_cnt = 0;
+	__syncthreads();
+	if (n_top > 0 || !greedy) {
+		const int base = warp * rw, end = min(V, base + rw);
+		float acc = 0.0f;
+		for (int i = base + lane; i < end; i += 32) {
+			float x = __ldg(row + i);
+			if (n_top > 0) {
+				u64 ck = samp_ck(x, i);
+				if (ck >= n_thr) {
+					int at = atomicAdd(&S.top_cnt, 1);
+					if (at < SAMP_MAX_TOP) {
+						S.top_ck[at] = ck;
+						S.top_x[at] = x;
+					}
+				}
+			}
+			if (!greedy)
+				acc += kept(i, x);
+		}
+		if (!greedy) {
+			double ws = acc;
+			for (int o2 = 16; o2 > 0; o2 >>= 1)
+				ws += __shfl_down_sync(SAMP_FULL, ws, o2);
+			if (lane == 0)
+				S.red_d[warp] = ws;
+		}
+	}
+	__syncthreads();
+	if (!greedy) {
+		// the warp range where the running sum passes u * total
+		if (warp == 0) {
+			double v = S.red_d[lane], inc = v;
+			for (int o2 = 1; o2 < 32; o2 <<= 1) {
+				double y = __shfl_up_sync(SAMP_FULL, inc, o2);
+				if (lane >= o2)
+					inc += y;
+			}
+			double ex = __shfl_up_sync(SAMP_FULL, inc, 1);
+			if (lane == 0)
+				ex = 0.0;
+			double target = p.u * __shfl_sync(SAMP_FULL, inc, 31);
+			unsigned hit = __ballot_sync(SAMP_FULL, v > 0.0 && inc > target);
+			unsigned pos = __ballot_sync(SAMP_FULL, v > 0.0);
+			int pick = hit ? __ffs(hit) - 1 : (pos ? 31 - __clz(pos) : -1);
+			double ex_pick = __shfl_sync(SAMP_FULL, ex, pick < 0 ? 0 : pick);
+			if (lane == 0) {
+				S.pick = pick;
+				S.resid = target > ex_pick ? target - ex_pick : 0.0;
+			}
+		}
+		__syncthreads();
+		const int pw = S.pick;
+		const double resid = S.resid;
+		if (pw >= 0) {
+			// inside it: one contiguous sub-range per thread
+			const int b0 = pw * rw, e0 = min(V, b0 + rw);
+			const int rs = (e0 - b0 + SAMP_NT - 1) / SAMP_NT;
+			const int lo = b0 + tid * rs, hi = min(e0, lo + rs);
+			double a = 0.0;
+			for (int i = lo; i < hi; i++)
+				a += kept(i, __ldg(row + i));
+			if (tid == 0) {
+				S.pick2 = INT_MAX;
+				S.last = -1;
+				S.token = -1;
+			}
+			double incl, total;
+			double ex = samp_scan<double>(a, &incl, &total, S.scan_d);
+			if (a > 0.0) {
+				if (incl > resid)
+					atomicMin(&S.pick2, tid);
+				atomicMax(&S.last, tid);
+			}
+			__syncthreads();
+			const int tp = S.pick2 != INT_MAX ? S.pick2 : S.last;
+			if (tid == tp) {
+				// and that thread walks its sub-range
+				double r2 = resid - ex, run = 0.0;
+				int tok = -1;
+				for (int i = lo; i < hi; i++) {
+					float w = kept(i, __ldg(row + i));
+					if (w > 0.0f) {
+						tok = i;
+						run += w;
+						if (run > r2)
+							break;
+					}
+				}
+				S.token = tok;
+			}
+			__syncthreads();
+			if (S.token >= 0)
+				token = S.token;
+		}
+	}
+
+	// ---- results
+	if (tid == 0) {
+		o->token = token;
+		o->logprob = (float)((double)__ldg(row + token) - log_z);
+		o->entropy = (float)(h > 0.0 ? h : 0.0);
+		o->n_top = n_top;
+		status[r] = ENG_OK;
+	}
+	const int got = S.top_cnt < SAMP_MAX_TOP ? S.top_cnt : SAMP_MAX_TOP;
+	if (tid < got && tid < n_top) {
+		u64 my = S.top_ck[tid];
+		int rank = 0;
+		for (int j = 0; j < got; j++)
+			rank += S.top_ck[j] > my;
+		if (rank < SAMP_MAX_TOP) {
+			o->top_ids[rank] = (int32_t)(0xFFFFFFu - (uint32_t)(my & 0xFFFFFFu));
+			o->top_logprobs[rank] = (float)((double)S.top_x[tid] - log_z);
+		}
+	}
+}
+
+// ---- launchers ------------------------------------------------------------------
+
+static cudaError_t samp_launch(const float *logits, int vocab, const cuda_samp_row *rows, int n,
+			       int slot_limit, samp_result *out, int32_t *status, cudaStream_t st)
+{
+	samp_kernel<<<n, SAMP_NT, 0, st>>>(logits, vocab, rows, slot_limit, out, status);
+	return cudaGetLastError();
+}
+
+// ---- C entry points ---------------------------------------------------------------
+
+// All per-row state lives in shared memory: no device scratch is needed.
+extern "C" size_t cuda_sample_scratch_bytes(int max_rows, int vocab)
+{
+	(void)max_rows;
+	(void)vocab;
+	return 0;
+}
+
+extern "C" int cuda_sample_launch(const float *logits, int vocab, const struct cuda_samp_row *rows,
+				  int n, struct samp_result *out, int32_t *status, void *scratch,
+				  size_t scratch_bytes, void *stream)
+{
+	(void)scratch;
+	(void)scratch_bytes;
+	if (n < 0 || vocab < 1 || vocab > SAMP_MAX_VOCAB)
+		return ENG_ERR_INVALID;
+	if (n == 0)
+		return ENG_OK;
+	if (!logits || !rows || !out || !status)
+		return ENG_ERR_INVALID;
+	cudaError_t e = samp_launch(logits, vocab, rows, n, INT_MAX, out, status, (cudaStream_t)stream);
+	return e == cudaSuccess ? ENG_OK : ENG_ERR_DEVICE;
+}
+
+#define SAMP_CHECK(call)                                                          \
+	do {                                                                      \
+		cudaError_t e_ = (call);                                          \
+		if (e_ != cudaSuccess) {                                          \
+			if (err && errlen > 0)                                    \
+				snprintf(err, errlen, "%s: %s", #call,            \
+					 cudaGetErrorString(e_));                 \
+			rc = ENG_ERR_DEVICE;                                      \
+			goto done;                                                \
+		}                                                                 \
+	} while (0)
+
+extern "C" int cuda_sample_host(const float *logits, int n, int vocab, const struct cuda_samp_row *rows,
+				struct samp_result *out, int32_t *status, char *err, int errlen)
+{
+	int rc = ENG_OK;
+	float *d_logits = NULL;
+	cuda_samp_row *d_rows = NULL;
+	samp_result *d_out = NULL;
+	int32_t *d_status = NULL;
+	size_t lbytes = (size_t)n * (size_t)vocab * sizeof(float);
+
+	if (n < 0 || vocab < 1 || vocab > SAMP_MAX_VOCAB || (n > 0 && (!logits || !rows || !out || !status)))
+		return eng_seterr(err, (size_t)(errlen > 0 ? errlen : 0), ENG_ERR_INVALID,
+				  "cuda_sample_host: bad arguments (n %d, vocab %d)", n, vocab);
+	if (n == 0)
+		return ENG_OK;
+	SAMP_CHECK(cudaMalloc(&d_logits, lbytes));
+	SAMP_CHECK(cudaMalloc(&d_rows, (size_t)n * sizeof *d_rows));
+	SAMP_CHECK(cudaMalloc(&d_out, (size_t)n * sizeof *d_out));
+	SAMP_CHECK(cudaMalloc(&d_status, (size_t)n * sizeof *d_status));
+	SAMP_CHECK(cudaMemcpy(d_logits, logits, lbytes, cudaMemcpyHostToDevice));
+	SAMP_CHECK(cudaMemcpy(d_rows, rows, (size_t)n * sizeof *d_rows, cudaMemcpyHostToDevice));
+	SAMP_CHECK(samp_launch(d_logits, vocab, d_rows, n, n, d_out, d_status, 0));
+	SAMP_CHECK(cudaStreamSynchronize(0));
+	SAMP_CHECK(cudaMemcpy(out, d_out, (size_t)n * sizeof *d_out, cudaMemcpyDeviceToHost));
+	SAMP_CHECK(cudaMemcpy(status, d_status, (size_t)n * sizeof *d_status, cudaMemcpyDeviceToHost));
+done:
+	cudaFree(d_logits);
+	cudaFree(d_rows);
+	cudaFree(d_out);
+	cudaFree(d_status);
+	return rc;
+}
