@@ -190,6 +190,19 @@ cli_slurp(FILE *f, size_t *len)
 }
 
 int
+cli_parse_kv(const char *cmd, const char *mb, size_t *kv_bytes)
+{
+	long v;
+	if (!mb)
+		return 0;
+	(void)cmd;
+	if (cli_int("kv-mb", mb, 1, 16L << 20, &v))
+		return -1;
+	*kv_bytes = (size_t)v << 20;
+	return 0;
+}
+
+int
 cli_job_opts(const char *cmd, const struct cli_opt *opts, int n_opts, const struct cli_args *a,
 	     struct job_req *req, struct cl_params *cp)
 {
@@ -202,7 +215,8 @@ cli_job_opts(const char *cmd, const struct cli_opt *opts, int n_opts, const stru
 	    (JOPT("threads") && cli_int("threads", JOPT("threads"), 0, 1024, &threads)) ||
 	    (JOPT("temperature") && cli_double("temperature", JOPT("temperature"), 0, 100, &temperature)) ||
 	    (JOPT("top-p") && cli_double("top-p", JOPT("top-p"), 1e-9, 1, &top_p)) ||
-	    cli_parse_device(cmd, JOPT("device"), &cp->engine.device))
+	    cli_parse_device(cmd, JOPT("device"), &cp->engine.device) ||
+	    cli_parse_kv(cmd, JOPT("kv-mb"), &cp->engine.kv_bytes))
 		return -1;
 	const char *strategy = JOPT("strategy") ? JOPT("strategy") : "sc";
 	if (!strat_find(strategy)) {

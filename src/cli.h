@@ -66,6 +66,10 @@ char *cli_slurp(FILE *f, size_t *len);
 /* --device value to enum eng_device (NULL = auto); -1 and a message on error. */
 int cli_parse_device(const char *cmd, const char *s, enum eng_device *out);
 
+/* --kv-mb MB (NULL = keep *kv_bytes): the KV cache size in MiB, 1 .. 16 TiB.
+ * Prints the error and returns -1 when bad. */
+int cli_parse_kv(const char *cmd, const char *mb, size_t *kv_bytes);
+
 /* The job options the job-running subcommands share, those of opts that
  * are given: --strategy (default "sc", must name a strategy), -n,
  * --max-tokens, --temperature, --top-p, --seed into req (initialised by

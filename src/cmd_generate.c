@@ -24,6 +24,7 @@ static const struct cli_opt opts[] = {
 	{ "n", "N", "N samples forked from the prompt, one JSON line each (default 1)" },
 	{ "ignore-eos", NULL, "keep generating after an end-of-sequence token" },
 	{ "device", "D", "auto, cpu or cuda (default auto)" },
+	{ "kv-mb", "MB", "KV cache size in MiB (default: GPU 90% of the memory left free; CPU 1 GiB, at most a quarter of RAM)" },
 	{ "threads", "N", "CPU threads (default: all cores)" },
 };
 #define N_OPTS ((int)(sizeof opts / sizeof opts[0]))
@@ -187,7 +188,8 @@ cmd_generate(int argc, char **argv)
 	    (OPT("temperature") && cli_double("temperature", OPT("temperature"), 0, 100, &temperature)) ||
 	    (OPT("top-p") && cli_double("top-p", OPT("top-p"), 1e-9, 1, &top_p)) ||
 	    (OPT("min-p") && cli_double("min-p", OPT("min-p"), 0, 1, &min_p)) ||
-	    cli_parse_device("generate", OPT("device"), &ep.device))
+	    cli_parse_device("generate", OPT("device"), &ep.device) ||
+	    cli_parse_kv("generate", OPT("kv-mb"), &ep.kv_bytes))
 		return 2;
 
 	ep.model_dir = OPT("model") ? OPT("model") : cli_default_model();

@@ -19,6 +19,7 @@
 static const struct cli_opt opts[] = {
 	{ "model", "DIR", "model directory (default: the embedded model)" },
 	{ "device", "D", "auto, cpu or cuda (default auto)" },
+	{ "kv-mb", "MB", "KV cache size in MiB (default: GPU 90% of the memory left free; CPU 1 GiB, at most a quarter of RAM)" },
 	{ "host", "H", "address to bind (default 127.0.0.1; others need --api-key)" },
 	{ "port", "P", "port (default 8080; 0 = any free port)" },
 	{ "db", "FILE", "SQLite job store (default braid.db)" },
@@ -58,7 +59,7 @@ cmd_serve(int argc, char **argv)
 	    (OPT("max-queue") && cli_int("max-queue", OPT("max-queue"), 1, 1000000, &max_queue)) ||
 	    (OPT("max-body") && cli_int("max-body", OPT("max-body"), 1024, 1L << 30, &max_body)) ||
 	    (OPT("ws-queue") && cli_int("ws-queue", OPT("ws-queue"), 1, 1L << 24, &ws_queue)) ||
-	    cli_parse_device("serve", OPT("device"), &ep.device))
+	    cli_parse_device("serve", OPT("device"), &ep.device) || cli_parse_kv("serve", OPT("kv-mb"), &ep.kv_bytes))
 		return 2;
 	ep.model_dir = OPT("model") ? OPT("model") : cli_default_model();
 	ep.n_threads = (int)threads;

@@ -73,7 +73,8 @@ struct cuda_backend {
 	struct model_config c;
 	int qd, kd, qkvd;            // nh*hd, nkv*hd, qd + 2*kd
 	int max_rows, max_seqs, use_graphs, n_sm, ctas, warp_blocks;
-	cudaStream_t st;
+	cudaStream_t st, st2;        // st2: the decode attention beside st's
+	cudaEvent_t ev_fork, ev_join;
 	cublasHandle_t blas;
 	void *blas_ws;
 
@@ -512,8 +513,13 @@ enqueue_pass(struct cuda_backend *cb, int rows, int nlog)
 			return rc;
 		CK(k_qkv_post(cb->qkv, L->bqkv, L->qn, L->kn, cb->inv_freq, pos, tab_off, tables, n_rows, rows,
 			      c->n_heads, c->rms_eps, cb->g, l, cb->kv, cb->q, cb->st));
-		CK(k_attention(cb->q, cb->kv, tables, pos, item_rows, items, n_items, cb->ctas, cb->warp_blocks, c->n_heads, cb->g,
-			       l, cb->part_ml, cb->part_acc, cb->st));
+		// The decode units run on a second stream beside the CTA units.
+		CK(cudaEventRecord(cb->ev_fork, cb->st));
+		CK(cudaStreamWaitEvent(cb->st2, cb->ev_fork, 0));
+		CK(k_attention(cb->q, cb->kv, tables, pos, item_rows, items, n_items, cb->ctas, cb->warp_blocks,
+			       c->n_heads, cb->g, l, cb->part_ml, cb->part_acc, cb->st, cb->st2));
+		CK(cudaEventRecord(cb->ev_join, cb->st2));
+		CK(cudaStreamWaitEvent(cb->st, cb->ev_join, 0));
 		CK(k_attn_merge(cb->part_ml, cb->part_acc, rp_off, rp_idx, n_rows, rows, c->n_heads, c->head_dim,
 				cb->att, cb->st));
 		if ((rc = gemm(cb, L->wo, d, cb->qd, cb->att, rows, cb->x, 1.0f)))
@@ -767,6 +773,12 @@ cuda_destroy(void *self)
 	cudaFreeHost(cb->h_srows);
 	if (cb->blas)
 		cublasDestroy(cb->blas);
+	if (cb->ev_fork)
+		cudaEventDestroy(cb->ev_fork);
+	if (cb->ev_join)
+		cudaEventDestroy(cb->ev_join);
+	if (cb->st2)
+		cudaStreamDestroy(cb->st2);
 	if (cb->st)
 		cudaStreamDestroy(cb->st);
 	free(cb);
@@ -871,6 +883,9 @@ create(struct cuda_backend *cb, const struct cuda_backend_params *p, size_t *wei
 	int per_sm = 0;
 	CK(k_init(c->head_dim));
 	CK(cudaStreamCreateWithFlags(&cb->st, cudaStreamNonBlocking));
+	CK(cudaStreamCreateWithFlags(&cb->st2, cudaStreamNonBlocking));
+	CK(cudaEventCreateWithFlags(&cb->ev_fork, cudaEventDisableTiming));
+	CK(cudaEventCreateWithFlags(&cb->ev_join, cudaEventDisableTiming));
 	if (cublasCreate(&cb->blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(cb->blas, cb->st) != CUBLAS_STATUS_SUCCESS) {
 		snprintf(cb->err, sizeof cb->err, "cuBLAS: cannot create a handle");
 		return ENG_ERR_DEVICE;

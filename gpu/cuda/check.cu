@@ -550,7 +550,7 @@ kc_attention(const struct kc_attn_args *a, float *out, char *err, int errlen)
 
 	CK(&R, k_init(hd));
 	CK(&R, k_attention(d_q, d_kv, d_tab, d_pos, d_irows, d_items, d_nitems, a->ctas, a->ctas, nh, to_geom(a->g), a->layer,
-			   d_ml, d_acc, R.s));
+			   d_ml, d_acc, R.s, R.s));
 	CK(&R, k_attn_merge(d_ml, d_acc, d_rpoff, d_rpidx, d_n, a->rows, nh, hd, d_out, R.s));
 	TRY(d_download_bf16(&R, out, d_out, n_out));
 done:

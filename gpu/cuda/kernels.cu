@@ -586,29 +586,39 @@ attention_warp_unit(const float *q, const bf16 *kv, const int32_t *tables, const
 			sc[gq] = 0.0f;
 		if (ok) {
 			const uint4 *kr = (const uint4 *)(kv + k_kv_offset(g, blk, layer, 0, kvh, p % g.block_tokens));
-			for (int c = 0; c < hd / 8; c++) {
-				const uint4 raw = kr[c];
-				const bf16 *e = (const bf16 *)&raw;
-				float kf[8];
+			// Eight 16-byte loads in flight at a time, then their math.
+			for (int c0 = 0; c0 < hd / 8; c0 += 8) {
+				uint4 raw[8];
 #pragma unroll
-				for (int k = 0; k < 8; k++)
-					kf[k] = __bfloat162float(e[k]);
+				for (int u = 0; u < 8; u++)
+					raw[u] = c0 + u < hd / 8 ? kr[c0 + u] : make_uint4(0, 0, 0, 0);
 #pragma unroll
-				for (int gq = 0; gq < 8; gq++) {
-					if (gq >= group)
+				for (int u = 0; u < 8; u++) {
+					const int c = c0 + u;
+					if (c >= hd / 8)
 						break;
-					const float4 q0 = *(const float4 *)(qs + gq * hd + c * 8);
-					const float4 q1 = *(const float4 *)(qs + gq * hd + c * 8 + 4);
-					float a = sc[gq];
-					a = fmaf(q0.x, kf[0], a);
-					a = fmaf(q0.y, kf[1], a);
-					a = fmaf(q0.z, kf[2], a);
-					a = fmaf(q0.w, kf[3], a);
-					a = fmaf(q1.x, kf[4], a);
-					a = fmaf(q1.y, kf[5], a);
-					a = fmaf(q1.z, kf[6], a);
-					a = fmaf(q1.w, kf[7], a);
-					sc[gq] = a;
+					const bf16 *e = (const bf16 *)&raw[u];
+					float kf[8];
+#pragma unroll
+					for (int k = 0; k < 8; k++)
+						kf[k] = __bfloat162float(e[k]);
+#pragma unroll
+					for (int gq = 0; gq < 8; gq++) {
+						if (gq >= group)
+							break;
+						const float4 q0 = *(const float4 *)(qs + gq * hd + c * 8);
+						const float4 q1 = *(const float4 *)(qs + gq * hd + c * 8 + 4);
+						float a = sc[gq];
+						a = fmaf(q0.x, kf[0], a);
+						a = fmaf(q0.y, kf[1], a);
+						a = fmaf(q0.z, kf[2], a);
+						a = fmaf(q0.w, kf[3], a);
+						a = fmaf(q1.x, kf[4], a);
+						a = fmaf(q1.y, kf[5], a);
+						a = fmaf(q1.z, kf[6], a);
+						a = fmaf(q1.w, kf[7], a);
+						sc[gq] = a;
+					}
 				}
 			}
 		}
@@ -628,27 +638,29 @@ attention_warp_unit(const float *q, const bf16 *kv, const int32_t *tables, const
 				acc[gq][k] *= corr;
 		}
 		const int n = min(32, end - t0);
-		for (int j = 0; j < n; j++) {
-			const int32_t bj = __shfl_sync(0xffffffffu, blk, j);
-			const bf16 *vr = kv + k_kv_offset(g, bj, layer, 1, kvh, (t0 + j) % g.block_tokens) + lane * DPL;
-			float vf[DPL];
-			if (dims) {
+		// V rows eight at a time: their loads are issued together.
+		for (int j0 = 0; j0 < n; j0 += 8) {
+			float vf[8][DPL];
+#pragma unroll
+			for (int u = 0; u < 8; u++) {
+				const int j = j0 + u;
+				const int32_t bj = __shfl_sync(0xffffffffu, blk, j & 31);
+				const bf16 *vr = kv + k_kv_offset(g, bj, layer, 1, kvh, (t0 + j) % g.block_tokens) + lane * DPL;
 #pragma unroll
 				for (int k = 0; k < DPL; k++)
-					vf[k] = __bfloat162float(vr[k]);
-			} else {
-#pragma unroll
-				for (int k = 0; k < DPL; k++)
-					vf[k] = 0.0f;
+					vf[u][k] = dims && j < n ? __bfloat162float(vr[k]) : 0.0f;
 			}
 #pragma unroll
-			for (int gq = 0; gq < 8; gq++) {
-				if (gq >= group)
-					break;
-				const float pj = __shfl_sync(0xffffffffu, pr[gq], j);
+			for (int u = 0; u < 8; u++) {
 #pragma unroll
-				for (int k = 0; k < DPL; k++)
-					acc[gq][k] = fmaf(pj, vf[k], acc[gq][k]);
+				for (int gq = 0; gq < 8; gq++) {
+					if (gq >= group)
+						break;
+					const float pj = __shfl_sync(0xffffffffu, pr[gq], (j0 + u) & 31);
+#pragma unroll
+					for (int k = 0; k < DPL; k++)
+						acc[gq][k] = fmaf(pj, vf[u][k], acc[gq][k]);
+				}
 			}
 		}
 	}
@@ -689,14 +701,14 @@ attention_warp_kernel(const float *q, const bf16 *kv, const int32_t *tables, con
 cudaError_t
 k_attention(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos, const int32_t *item_rows,
 	    const k_attn_item *items, const int *n_items, int ctas, int warp_blocks, int n_heads, k_kv_geom g,
-	    int layer, float *part_ml, float *part_acc, cudaStream_t s)
+	    int layer, float *part_ml, float *part_acc, cudaStream_t s, cudaStream_t s_warp)
 {
 	attention_kernel<<<ctas, K_ATT_THREADS, k_attention_smem(g.head_dim), s>>>(
 		q, kv, tables, pos, item_rows, items, n_items, n_heads, g, layer, part_ml, part_acc);
 	cudaError_t e = cudaGetLastError();
 	if (e != cudaSuccess || warp_blocks <= 0)
 		return e;
-#define ATTW(D) attention_warp_kernel<D><<<warp_blocks, ATTW_WARPS * 32, 0, s>>>( \
+#define ATTW(D) attention_warp_kernel<D><<<warp_blocks, ATTW_WARPS * 32, 0, s_warp>>>( \
 		q, kv, tables, pos, item_rows, items, n_items, n_heads, g, layer, part_ml, part_acc)
 	switch (g.head_dim) {
 	case 16:

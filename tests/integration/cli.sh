@@ -19,7 +19,7 @@ fails_clearly() {
 	else not_ok "$d (rc=$rc, stderr: $(head -c 300 "$T/err"))"; fi
 }
 
-tap_plan 35
+tap_plan 38
 
 # ---- the reference data is what tools/make_refs.py wrote (tests/data/ref/README.md) ----
 check "reference data matches ref/SHA256SUMS" sh -c "cd '$D' && sha256sum --quiet -c ref/SHA256SUMS"
@@ -96,6 +96,14 @@ fails_clearly "generate: malformed --prompt-ids" 1 "prompt-ids" "$B" generate --
 fails_clearly "generate: a non-number temperature" 2 "temperature" "$B" generate --model "$M" --prompt x --temperature warm
 fails_clearly "generate: a negative max-tokens" 2 "max-tokens" "$B" generate --model "$M" --prompt x --max-tokens -3
 fails_clearly "generate: an unknown device" 2 "device" "$B" generate --model "$M" --prompt x --device tpu
+fails_clearly "generate: a KV size of 0 MiB" 2 "kv-mb" "$B" generate --model "$M" --prompt x --kv-mb 0
+run "$B" generate --model "$M" --prompt "Compute 12*7." --max-tokens 4 --kv-mb 1 --device cpu
+check "generate --kv-mb 1: a 1 MiB KV cache is enough for a short prompt" sh -c "[ $rc -eq 0 ] && jq -e '.ids|length == 4' '$T/out' >/dev/null"
+if [ -z "$(ls /dev/nvidia0 2>/dev/null)" ]; then
+	fails_clearly "generate --device cuda without a GPU says so" 1 "CUDA" "$B" generate --model "$M" --prompt x --device cuda
+else
+	ok "generate --device cuda without a GPU says so # SKIP a GPU is present"
+fi
 
 cp -r "$M" "$T/trunc" && head -c 5000 "$M/model.safetensors" >"$T/trunc/model.safetensors"
 fails_clearly "generate: a truncated safetensors file is named" 1 "model.safetensors" "$B" generate --model "$T/trunc" --prompt x
