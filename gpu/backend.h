@@ -79,6 +79,12 @@ struct backend {
 				  embedding table is not read: a few rows)   */
 };
 
+/* 0 if b is well formed for a backend with this vocabulary and KV pool
+ * (every token, position, sequence index, block id and logit row in range;
+ * a sequence's rows consecutive and in position order; at most max_rows
+ * rows, 0 = any), else ENG_ERR_INVALID.  gpu/backend.c. */
+int backend_check_batch(const struct fwd_batch *b, int vocab, int block_tokens, int n_blocks, int max_rows);
+
 /* KV bytes one block needs on this model (f32 K and V, every layer). */
 size_t backend_kv_block_bytes(const struct model *m, int block_tokens);
 

@@ -60,39 +60,6 @@ kv_at(const struct cpu_backend *cb, const int32_t *table, int l, int kv, int32_t
 /* ---- batch checks and buffers ---------------------------------------------- */
 
 static int
-check_batch(const struct cpu_backend *cb, const struct fwd_batch *b)
-{
-	const struct model_config *c = &cb->m->cfg;
-	if (b->n_rows <= 0 || b->n_seqs <= 0 || b->n_logits < 0 || b->n_logits > b->n_rows ||
-	    !b->tokens || !b->pos || !b->row_seq || !b->block_tables ||
-	    (b->n_logits > 0 && !b->logit_rows))
-		return ENG_ERR_INVALID;
-	for (int r = 0; r < b->n_rows; r++) {
-		if (b->tokens[r] < 0 || b->tokens[r] >= c->vocab_size || b->pos[r] < 0 ||
-		    b->row_seq[r] < 0 || b->row_seq[r] >= b->n_seqs)
-			return ENG_ERR_INVALID;
-		/* Rows of one sequence are consecutive and in position order. */
-		if (r > 0 && b->row_seq[r] == b->row_seq[r - 1] && b->pos[r] <= b->pos[r - 1])
-			return ENG_ERR_INVALID;
-		/* Every block this row reads or writes must exist.  Checking the
-		 * table once per sequence, at its last row, is enough. */
-		if (r + 1 == b->n_rows || b->row_seq[r + 1] != b->row_seq[r]) {
-			const int32_t *t = b->block_tables[b->row_seq[r]];
-			if (!t)
-				return ENG_ERR_INVALID;
-			for (int32_t i = 0; i <= b->pos[r] / cb->block_tokens; i++)
-				if (t[i] < 0 || t[i] >= cb->n_blocks)
-					return ENG_ERR_INVALID;
-		}
-	}
-	for (int i = 0; i < b->n_logits; i++)
-		if (b->logit_rows[i] < 0 || b->logit_rows[i] >= b->n_rows ||
-		    (i > 0 && b->logit_rows[i] <= b->logit_rows[i - 1]))
-			return ENG_ERR_INVALID;
-	return 0;
-}
-
-static int
 grow(float **p, size_t n)
 {
 	float *np = realloc(*p, n * sizeof(float));
@@ -270,7 +237,7 @@ cpu_forward(void *self, const struct fwd_batch *b, float *logits)
 	struct cpu_backend *cb = self;
 	const struct model *m = cb->m;
 	const struct model_config *c = &m->cfg;
-	int rc = check_batch(cb, b);
+	int rc = backend_check_batch(b, cb->m->cfg.vocab_size, cb->block_tokens, cb->n_blocks, 0);
 	if (rc)
 		return rc;
 	if ((rc = ensure_rows(cb, b->n_rows)))

@@ -579,45 +579,10 @@ graph_for(struct cuda_backend *cb, int rows, int nlog, cudaGraphExec_t *exec)
 }
 
 static int
-check_batch(const struct cuda_backend *cb, const struct fwd_batch *b)
-{
-	if (b->n_rows <= 0 || b->n_rows > cb->max_rows || b->n_seqs <= 0 || b->n_logits < 0 ||
-	    b->n_logits > b->n_rows || !b->tokens || !b->pos || !b->row_seq || !b->block_tables ||
-	    (b->n_logits > 0 && !b->logit_rows))
-		return ENG_ERR_INVALID;
-	for (int r = 0; r < b->n_rows; r++) {
-		if (b->tokens[r] < 0 || b->tokens[r] >= cb->c.vocab_size || b->pos[r] < 0 || b->row_seq[r] < 0 ||
-		    b->row_seq[r] >= b->n_seqs)
-			return ENG_ERR_INVALID;
-		if (r > 0 && b->row_seq[r] == b->row_seq[r - 1] && b->pos[r] <= b->pos[r - 1])
-			return ENG_ERR_INVALID;
-		if (r > 0 && b->row_seq[r] != b->row_seq[r - 1]) {
-			// a sequence's rows are consecutive: it must not come back
-			for (int k = 0; k < r; k++)
-				if (b->row_seq[k] == b->row_seq[r])
-					return ENG_ERR_INVALID;
-		}
-		if (r + 1 == b->n_rows || b->row_seq[r + 1] != b->row_seq[r]) {
-			const int32_t *t = b->block_tables[b->row_seq[r]];
-			if (!t)
-				return ENG_ERR_INVALID;
-			for (int32_t i = 0; i <= b->pos[r] / cb->g.block_tokens; i++)
-				if (t[i] < 0 || t[i] >= cb->n_blocks)
-					return ENG_ERR_INVALID;
-		}
-	}
-	for (int i = 0; i < b->n_logits; i++)
-		if (b->logit_rows[i] < 0 || b->logit_rows[i] >= b->n_rows ||
-		    (i > 0 && b->logit_rows[i] <= b->logit_rows[i - 1]))
-			return ENG_ERR_INVALID;
-	return 0;
-}
-
-static int
 cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, float *host)
 {
 	struct cuda_backend *cb = (struct cuda_backend *)self;
-	int rc = check_batch(cb, b);
+	int rc = backend_check_batch(b, cb->c.vocab_size, cb->g.block_tokens, cb->n_blocks, cb->max_rows);
 	if (rc)
 		return rc;
 	if (slots)

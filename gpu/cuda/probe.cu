@@ -2,6 +2,7 @@
 // probe (engine thread).
 #include <cstdio>
 #include <cuda_runtime.h>
+#include "cuda/try.cuh"
 
 extern "C" {
 #include "status.h"
@@ -26,17 +27,6 @@ static cudaError_t launch_axpb(const float *x, float *y, int n, float a, float b
 }
 
 // ---- C entry points ------------------------------------------------------------
-#define CHECK(call)                                                               \
-	do {                                                                      \
-		cudaError_t e_ = (call);                                          \
-		if (e_ != cudaSuccess) {                                          \
-			if (err && errlen > 0)                                    \
-				snprintf(err, errlen, "%s: %s", #call,            \
-					 cudaGetErrorString(e_));                 \
-			rc = ENG_ERR_DEVICE;                                      \
-			goto done;                                                \
-		}                                                                 \
-	} while (0)
 
 extern "C" int cuda_device_count(void)
 {
@@ -72,12 +62,12 @@ extern "C" int cuda_selftest_axpb(const float *x, float *y, int n, float a, floa
 	int rc = ENG_OK;
 	float *dx = NULL, *dy = NULL;
 	size_t bytes = (size_t)n * sizeof(float);
-	CHECK(cudaMalloc(&dx, bytes));
-	CHECK(cudaMalloc(&dy, bytes));
-	CHECK(cudaMemcpy(dx, x, bytes, cudaMemcpyHostToDevice));
-	CHECK(launch_axpb(dx, dy, n, a, b, 0));
-	CHECK(cudaDeviceSynchronize());
-	CHECK(cudaMemcpy(y, dy, bytes, cudaMemcpyDeviceToHost));
+	CUDA_TRY(cudaMalloc(&dx, bytes));
+	CUDA_TRY(cudaMalloc(&dy, bytes));
+	CUDA_TRY(cudaMemcpy(dx, x, bytes, cudaMemcpyHostToDevice));
+	CUDA_TRY(launch_axpb(dx, dy, n, a, b, 0));
+	CUDA_TRY(cudaDeviceSynchronize());
+	CUDA_TRY(cudaMemcpy(y, dy, bytes, cudaMemcpyDeviceToHost));
 done:
 	cudaFree(dx);
 	cudaFree(dy);
@@ -98,23 +88,23 @@ extern "C" int cuda_copy_bandwidth(size_t bytes, double *gbps, char *err, int er
 		bytes = (size_t)1 << 30;
 	if (gbps)
 		*gbps = 0;
-	CHECK(cudaSetDevice(0));
-	CHECK(cudaMalloc(&src, bytes));
-	CHECK(cudaMalloc(&dst, bytes));
-	CHECK(cudaMemset(src, 0x5a, bytes));
-	CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-	CHECK(cudaEventCreate(&ev[0]));
-	CHECK(cudaEventCreate(&ev[1]));
+	CUDA_TRY(cudaSetDevice(0));
+	CUDA_TRY(cudaMalloc(&src, bytes));
+	CUDA_TRY(cudaMalloc(&dst, bytes));
+	CUDA_TRY(cudaMemset(src, 0x5a, bytes));
+	CUDA_TRY(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+	CUDA_TRY(cudaEventCreate(&ev[0]));
+	CUDA_TRY(cudaEventCreate(&ev[1]));
 	for (int i = 0; i < WARMUP; i++)
-		CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, st));
-	CHECK(cudaStreamSynchronize(st));
+		CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, st));
+	CUDA_TRY(cudaStreamSynchronize(st));
 	for (int i = 0; i < REPS; i++) {
 		float ms = 0;
-		CHECK(cudaEventRecord(ev[0], st));
-		CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, st));
-		CHECK(cudaEventRecord(ev[1], st));
-		CHECK(cudaEventSynchronize(ev[1]));
-		CHECK(cudaEventElapsedTime(&ms, ev[0], ev[1]));
+		CUDA_TRY(cudaEventRecord(ev[0], st));
+		CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, st));
+		CUDA_TRY(cudaEventRecord(ev[1], st));
+		CUDA_TRY(cudaEventSynchronize(ev[1]));
+		CUDA_TRY(cudaEventElapsedTime(&ms, ev[0], ev[1]));
 		if (ms > 0 && (best_ms == 0 || ms < best_ms))
 			best_ms = ms;
 	}

@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cuda_runtime.h>
+#include "cuda/try.cuh"
 
 extern "C" {
 #include "status.h"
@@ -668,17 +669,6 @@ extern "C" int cuda_sample_launch(const float *logits, int vocab, const struct c
 	return e == cudaSuccess ? ENG_OK : ENG_ERR_DEVICE;
 }
 
-#define SAMP_CHECK(call)                                                          \
-	do {                                                                      \
-		cudaError_t e_ = (call);                                          \
-		if (e_ != cudaSuccess) {                                          \
-			if (err && errlen > 0)                                    \
-				snprintf(err, errlen, "%s: %s", #call,            \
-					 cudaGetErrorString(e_));                 \
-			rc = ENG_ERR_DEVICE;                                      \
-			goto done;                                                \
-		}                                                                 \
-	} while (0)
 
 extern "C" int cuda_sample_host(const float *logits, int n, int vocab, const struct cuda_samp_row *rows,
 				struct samp_result *out, int32_t *status, char *err, int errlen)
@@ -695,16 +685,16 @@ extern "C" int cuda_sample_host(const float *logits, int n, int vocab, const str
 				  "cuda_sample_host: bad arguments (n %d, vocab %d)", n, vocab);
 	if (n == 0)
 		return ENG_OK;
-	SAMP_CHECK(cudaMalloc(&d_logits, lbytes));
-	SAMP_CHECK(cudaMalloc(&d_rows, (size_t)n * sizeof *d_rows));
-	SAMP_CHECK(cudaMalloc(&d_out, (size_t)n * sizeof *d_out));
-	SAMP_CHECK(cudaMalloc(&d_status, (size_t)n * sizeof *d_status));
-	SAMP_CHECK(cudaMemcpy(d_logits, logits, lbytes, cudaMemcpyHostToDevice));
-	SAMP_CHECK(cudaMemcpy(d_rows, rows, (size_t)n * sizeof *d_rows, cudaMemcpyHostToDevice));
-	SAMP_CHECK(samp_launch(d_logits, vocab, d_rows, n, n, d_out, d_status, 0));
-	SAMP_CHECK(cudaStreamSynchronize(0));
-	SAMP_CHECK(cudaMemcpy(out, d_out, (size_t)n * sizeof *d_out, cudaMemcpyDeviceToHost));
-	SAMP_CHECK(cudaMemcpy(status, d_status, (size_t)n * sizeof *d_status, cudaMemcpyDeviceToHost));
+	CUDA_TRY(cudaMalloc(&d_logits, lbytes));
+	CUDA_TRY(cudaMalloc(&d_rows, (size_t)n * sizeof *d_rows));
+	CUDA_TRY(cudaMalloc(&d_out, (size_t)n * sizeof *d_out));
+	CUDA_TRY(cudaMalloc(&d_status, (size_t)n * sizeof *d_status));
+	CUDA_TRY(cudaMemcpy(d_logits, logits, lbytes, cudaMemcpyHostToDevice));
+	CUDA_TRY(cudaMemcpy(d_rows, rows, (size_t)n * sizeof *d_rows, cudaMemcpyHostToDevice));
+	CUDA_TRY(samp_launch(d_logits, vocab, d_rows, n, n, d_out, d_status, 0));
+	CUDA_TRY(cudaStreamSynchronize(0));
+	CUDA_TRY(cudaMemcpy(out, d_out, (size_t)n * sizeof *d_out, cudaMemcpyDeviceToHost));
+	CUDA_TRY(cudaMemcpy(status, d_status, (size_t)n * sizeof *d_status, cudaMemcpyDeviceToHost));
 done:
 	cudaFree(d_logits);
 	cudaFree(d_rows);
