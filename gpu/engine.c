@@ -197,9 +197,19 @@ eng_create(const struct eng_params *p, char *err, size_t errlen)
 		goto nomem;
 	size_t nb = 0;
 	if (e->p.device == ENG_DEVICE_CUDA) {
-		if (start_cuda(e, &nb, err, errlen))
+		int rc = start_cuda(e, &nb, err, errlen);
+		/* --device auto: a model the CUDA kernels do not take (an odd
+		 * head_dim, say) runs on the CPU instead; asked for CUDA, it fails. */
+		if (rc == ENG_ERR_UNSUPPORTED && p->device == ENG_DEVICE_AUTO) {
+			fprintf(stderr, "braid: %s; using the CPU\n", err);
+			e->p.device = ENG_DEVICE_CPU;
+			if (!e->p.kv_bytes)
+				e->p.kv_bytes = auto_kv_bytes();
+		} else if (rc) {
 			goto fail;
-	} else {
+		}
+	}
+	if (e->p.device == ENG_DEVICE_CPU) {
 		size_t bb = backend_kv_block_bytes(e->m, e->p.block_tokens);
 		nb = bb ? e->p.kv_bytes / bb : 0;
 		if (nb < 1) {
