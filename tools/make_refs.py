@@ -273,10 +273,6 @@ def model_refs(out, tokdir, corpus):
                         seq.append(int(torch.argmax(lg)))
                     greedy.append(seq[len(p):])
                     margins.append(ms)
-            import numpy as np
-            np.concatenate(logits).astype("<f4").tofile(os.path.join(out, "ref", f"{name}.logits.bin"))
-            if nat:
-                np.concatenate(nat).astype("<f4").tofile(os.path.join(out, "ref", f"{name}.native.bin"))
             write_json(os.path.join(out, "ref", f"{name}.json"), {
                 "model": name, "arch": arch, "dtype": dname, "version": VERSION,
                 "torch_version": torch.__version__, "transformers_version": transformers.__version__,
@@ -284,7 +280,37 @@ def model_refs(out, tokdir, corpus):
                 "logits": f"{name}.logits.bin",
                 "native_logits": f"{name}.native.bin" if nat else None,
                 "greedy": greedy, "greedy_margins": margins, "files": files})
+            # The logits themselves are not kept: the build computes them
+            # (tools/ref_logits.py); compare that with these HF runs here.
+            check_ref_logits(out, name, np_rows(logits), np_rows(nat) if nat else None)
             print(f"{name}: {files} min greedy margin {min(min(m) for m in margins):.4f}", flush=True)
+
+
+def np_rows(rows):
+    import numpy as np
+    return np.concatenate(rows).astype(np.float64)
+
+
+def check_ref_logits(out, name, hf32, hfnat):
+    """The build's reference logits (tools/ref_logits.py, NumPy) against HF's
+    on the same prompts: float32 within 1e-5 relative per row, the stored
+    dtype within 0.05 (it rounds where HF's modules round, not bit for bit)."""
+    import subprocess
+    import tempfile
+    import numpy as np
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "ref_logits.py"),
+                        os.path.join(out, "models", name), os.path.join(out, "ref", f"{name}.json"), tmp],
+                       check=True)
+        for file, hf, tol in ((f"{name}.logits.bin", hf32, 1e-5), (f"{name}.native.bin", hfnat, 0.05)):
+            if hf is None:
+                continue
+            mine = np.fromfile(os.path.join(tmp, file), "<f4").astype(np.float64).reshape(-1, 512)
+            hf = hf.reshape(-1, 512)
+            err = max(np.sqrt(((a - b) ** 2).sum() / (b ** 2).sum()) for a, b in zip(mine, hf))
+            print(f"{file}: ref_logits.py vs HF relative error {err:.3g}", flush=True)
+            if err > tol:
+                sys.exit(f"{file}: ref_logits.py differs from HF by {err:.3g} (> {tol})")
 
 
 def write_manifest(out):
@@ -295,7 +321,7 @@ def write_manifest(out):
     for top in ("ref", "models"):
         for d, _, files in os.walk(os.path.join(out, top)):
             for f in files:
-                if f.endswith((".bin", ".safetensors", ".json")) and f != "braid-arith.json":
+                if f.endswith((".safetensors", ".json")) and f != "braid-arith.json":
                     paths.append(os.path.relpath(os.path.join(d, f), out))
     with open(os.path.join(out, "ref", "SHA256SUMS"), "w") as fh:
         for rel in sorted(paths):

@@ -74,7 +74,7 @@ test_matches_hf(void **state)
 	if (!ref)
 		fail_msg("ref/qwen2-f16.json: %s", je.text);
 	size_t len = 0;
-	float *want = (float *)tu_read_file(tu_data("ref/qwen2-f16.logits.bin"), &len);
+	float *want = (float *)tu_read_file(tu_refgen("qwen2-f16.logits.bin"), &len);
 	assert_non_null(want);
 	eng *e = open_engine("models/qwen2-f16", 1 << 20, 16, 8);
 	json_t *prompts = json_object_get(ref, "prompts"), *greedy = json_object_get(ref, "greedy");

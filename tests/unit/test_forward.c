@@ -286,9 +286,9 @@ static float *
 read_floats(const char *rel, size_t expect)
 {
 	size_t len = 0;
-	char *buf = tu_read_file(tu_data(rel), &len);
+	char *buf = tu_read_file(tu_refgen(rel), &len);
 	if (!buf)
-		fail_msg("cannot read %s", rel);
+		fail_msg("cannot read %s (made by the build: tools/ref_logits.py)", tu_refgen(rel));
 	assert_int_equal(len, expect * sizeof(float));
 	return (float *)buf;
 }
@@ -319,11 +319,11 @@ ref_load(const char *name, struct ref *r)
 		for (size_t k = 0; k < json_array_size(a); k++)
 			r->ids[total++] = (int32_t)json_integer_value(json_array_get(a, k));
 	}
-	snprintf(rel, sizeof rel, "ref/%s", json_string_value(json_object_get(r->j, "logits")));
+	snprintf(rel, sizeof rel, "%s", json_string_value(json_object_get(r->j, "logits")));
 	r->logits = read_floats(rel, total * (size_t)r->vocab);
 	json_t *nat = json_object_get(r->j, "native_logits");
 	if (json_is_string(nat)) {
-		snprintf(rel, sizeof rel, "ref/%s", json_string_value(nat));
+		snprintf(rel, sizeof rel, "%s", json_string_value(nat));
 		r->native = read_floats(rel, total * (size_t)r->vocab);
 	}
 }
@@ -453,9 +453,9 @@ check_model(const char *name)
 			tok = argmax(out, V);
 		}
 	}
-	printf("# %s: largest relative error vs HF float32 %.3g", name, worst);
+	printf("# %s: largest relative error vs the reference logits (tools/ref_logits.py) %.3g", name, worst);
 	if (r.native)
-		printf(", vs HF native %s %.3g", json_string_value(json_object_get(r.j, "dtype")), worst_nat);
+		printf(", vs the reference in %s %.3g", json_string_value(json_object_get(r.j, "dtype")), worst_nat);
 	printf("\n");
 	assert_true(worst < 1e-4);
 	if (r.native) {

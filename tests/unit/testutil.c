@@ -7,15 +7,25 @@
 
 #include "testutil.h"
 
+static const char *
+under(const char *env, const char *fallback, const char *rel)
+{
+	static char buf[4096];
+	const char *root = getenv(env);
+	snprintf(buf, sizeof buf, "%s/%s", root ? root : fallback, rel);
+	return buf;
+}
+
 const char *
 tu_data(const char *rel)
 {
-	static char buf[4096];
-	const char *root = getenv("BRAID_TEST_DATA");
-	if (!root)
-		root = "tests/data";
-	snprintf(buf, sizeof buf, "%s/%s", root, rel);
-	return buf;
+	return under("BRAID_TEST_DATA", "tests/data", rel);
+}
+
+const char *
+tu_refgen(const char *rel)
+{
+	return under("BRAID_REF_GEN", "tests/ref-gen", rel);
 }
 
 char *

@@ -8,6 +8,11 @@
 /* $BRAID_TEST_DATA/rel (tests/data of the source tree); static buffer. */
 const char *tu_data(const char *rel);
 
+/* $BRAID_REF_GEN/rel: reference data the build generates (tests/ref-gen of
+ * the build tree: the reference logits from tools/ref_logits.py); static
+ * buffer. */
+const char *tu_refgen(const char *rel);
+
 /* Read a whole file (malloc'd, NUL-terminated), or NULL. */
 char *tu_read_file(const char *path, size_t *len);
 
