@@ -268,7 +268,6 @@ struct task {                // rows against positions [kv0, kv1) of table tab
 
 struct plan {
 	int n_items, n_parts, n_tables;
-	int cascades;            // shared-prefix items made (for tests and stats)
 };
 
 // Sequences whose tables start with the same blocks share the KV of those
@@ -276,7 +275,7 @@ struct plan {
 // over the common prefix when the cost rule says it pays.
 static void
 plan_cascades(const struct cuda_backend *cb, std::vector<seq_span> &sp, std::vector<task> &tasks,
-	      std::vector<int32_t> &task_rows, int max_rows_item, int *cascades)
+	      std::vector<int32_t> &task_rows, int max_rows_item)
 {
 	const int bt = cb->g.block_tokens, group = cb->c.n_heads / cb->c.n_kv_heads;
 	std::vector<int> order;
@@ -320,7 +319,6 @@ plan_cascades(const struct cuda_backend *cb, std::vector<seq_span> &sp, std::vec
 				}
 				for (int t = 0; t < rows; t += max_rows_item)
 					tasks.push_back(task{ start + t, std::min(max_rows_item, rows - t), lead.tab, 0, (int)P });
-				(*cascades)++;
 			}
 		}
 		i = j;
@@ -380,8 +378,7 @@ make_plan(struct cuda_backend *cb, const struct fwd_batch *b, const int32_t *slo
 	const int max_rows_item = k_attention_max_rows(cb->c.n_heads, cb->c.n_kv_heads, cb->c.head_dim);
 	std::vector<task> tasks;
 	std::vector<int32_t> task_rows;
-	pl->cascades = 0;
-	plan_cascades(cb, sp, tasks, task_rows, max_rows_item, &pl->cascades);
+	plan_cascades(cb, sp, tasks, task_rows, max_rows_item);
 	for (const seq_span &s : sp) {
 		for (int r = s.r0; r < s.r1; r += max_rows_item) {
 			int n = std::min(max_rows_item, s.r1 - r);
