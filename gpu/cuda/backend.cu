@@ -20,6 +20,7 @@ extern "C" {
 #include "cuda/cuda.h"
 #include "cpu/ops.h"
 }
+#include "cuda/gemm.cuh"
 #include "cuda/kernels.cuh"
 
 // Row buckets for CUDA graphs: a pass of n rows runs the graph captured for
@@ -77,6 +78,10 @@ struct cuda_backend {
 	cudaEvent_t ev_fork, ev_join;
 	cublasHandle_t blas;
 	void *blas_ws;
+	// The projections: k_gemm (GEMV for few rows, tuned cuBLASLt) unless
+	// BRAID_GEMM=cublas asks for plain cublasGemmEx (for comparisons).
+	k_gemm *gm;
+	bool plain_blas;
 
 	bf16 *emb, *lm_head;
 	float *out_norm, *inv_freq;
@@ -98,8 +103,10 @@ struct cuda_backend {
 	std::vector<graph_entry> *graphs;
 
 	struct cuda_samp_row *d_srows, *h_srows;
-	struct samp_result *d_sout;
-	int32_t *d_sstat;
+	// One buffer for a sampling launch's results and, right behind the n
+	// results, their n statuses, so a step's outcome comes back in one copy
+	// (h_sout, pinned, the same layout).
+	void *d_sout, *h_sout;
 	void *d_sscratch;
 	size_t sscratch_bytes;
 
@@ -477,6 +484,15 @@ static int
 gemm(struct cuda_backend *cb, const bf16 *w, int w_rows, int w_cols, const bf16 *in, int n, float *out,
      float beta)
 {
+	if (!cb->plain_blas) {
+		cudaError_t e = k_gemm_run(cb->gm, w, w_rows, w_cols, in, n, out, beta, cb->st);
+		if (e != cudaSuccess) {
+			snprintf(cb->err, sizeof cb->err, "CUDA: GEMM %dx%d, %d rows: %s", w_rows, w_cols, n,
+				 *k_gemm_error(cb->gm) ? k_gemm_error(cb->gm) : cudaGetErrorString(e));
+			return ENG_ERR_DEVICE;
+		}
+		return 0;
+	}
 	const float alpha = 1.0f;
 	CB(cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, w_rows, n, w_cols, &alpha, w, CUDA_R_16BF, w_cols,
 			in, CUDA_R_16BF, w_cols, &beta, out, CUDA_R_32F, w_rows, CUBLAS_COMPUTE_32F,
@@ -673,16 +689,19 @@ cuda_sample(void *self, const struct cuda_samp_row *rows, int n, struct samp_res
 	CK(cudaStreamSynchronize(cb->st));           // h_srows may be in flight
 	memcpy(cb->h_srows, rows, (size_t)n * sizeof *rows);
 	CK(cudaMemcpyAsync(cb->d_srows, cb->h_srows, (size_t)n * sizeof *rows, cudaMemcpyHostToDevice, cb->st));
-	int rc = cuda_sample_launch(cb->slots, cb->c.vocab_size, cb->d_srows, n, cb->d_sout, cb->d_sstat,
-				    cb->d_sscratch, cb->sscratch_bytes, cb->st);
+	const size_t res_bytes = (size_t)n * sizeof *out, stat_bytes = (size_t)n * sizeof *status;
+	int rc = cuda_sample_launch(cb->slots, cb->c.vocab_size, cb->d_srows, n, (struct samp_result *)cb->d_sout,
+				    (int32_t *)((char *)cb->d_sout + res_bytes), cb->d_sscratch, cb->sscratch_bytes,
+				    cb->st);
 	if (rc) {
 		snprintf(cb->err, sizeof cb->err, "CUDA: sampling kernel launch failed: %s",
 			 cudaGetErrorString(cudaGetLastError()));
 		return rc;
 	}
-	CK(cudaMemcpyAsync(out, cb->d_sout, (size_t)n * sizeof *out, cudaMemcpyDeviceToHost, cb->st));
-	CK(cudaMemcpyAsync(status, cb->d_sstat, (size_t)n * sizeof *status, cudaMemcpyDeviceToHost, cb->st));
+	CK(cudaMemcpyAsync(cb->h_sout, cb->d_sout, res_bytes + stat_bytes, cudaMemcpyDeviceToHost, cb->st));
 	CK(cudaStreamSynchronize(cb->st));
+	memcpy(out, cb->h_sout, res_bytes);
+	memcpy(status, (char *)cb->h_sout + res_bytes, stat_bytes);
 	return 0;
 }
 
@@ -727,14 +746,16 @@ cuda_destroy(void *self)
 	cudaFree(cb->inv_freq);
 	cudaFree(cb->kv);
 	void *bufs[] = { cb->x, cb->qkv, cb->q, cb->gu, cb->logits, cb->slots, cb->part_ml, cb->part_acc,
-			 cb->xb, cb->att, cb->h, cb->dmeta, cb->d_srows, cb->d_sout, cb->d_sstat, cb->d_sscratch,
+			 cb->xb, cb->att, cb->h, cb->dmeta, cb->d_srows, cb->d_sout, cb->d_sscratch,
 			 cb->blas_ws };
 	for (void *p : bufs)
 		cudaFree(p);
 	cudaFreeHost(cb->hmeta);
 	cudaFreeHost(cb->h_srows);
+	cudaFreeHost(cb->h_sout);
 	if (cb->blas)
 		cublasDestroy(cb->blas);
+	k_gemm_destroy(cb->gm);
 	if (cb->ev_fork)
 		cudaEventDestroy(cb->ev_fork);
 	if (cb->ev_join)
@@ -813,8 +834,8 @@ alloc_buffers(struct cuda_backend *cb)
 	memset(cb->hmeta, 0, cb->ml.bytes);
 	DMALLOC(cb->d_srows, (size_t)cb->max_seqs * sizeof(struct cuda_samp_row));
 	CK(cudaMallocHost((void **)&cb->h_srows, (size_t)cb->max_seqs * sizeof(struct cuda_samp_row)));
-	DMALLOC(cb->d_sout, (size_t)cb->max_seqs * sizeof(struct samp_result));
-	DMALLOC(cb->d_sstat, (size_t)cb->max_seqs * sizeof(int32_t));
+	DMALLOC(cb->d_sout, (size_t)cb->max_seqs * (sizeof(struct samp_result) + sizeof(int32_t)));
+	CK(cudaMallocHost(&cb->h_sout, (size_t)cb->max_seqs * (sizeof(struct samp_result) + sizeof(int32_t))));
 	cb->sscratch_bytes = cuda_sample_scratch_bytes(cb->max_seqs, c->vocab_size);
 	if (cb->sscratch_bytes)
 		DMALLOC(cb->d_sscratch, cb->sscratch_bytes);
@@ -823,6 +844,47 @@ alloc_buffers(struct cuda_backend *cb)
 	if (cublasSetWorkspace(cb->blas, cb->blas_ws, ws) != CUBLAS_STATUS_SUCCESS) {
 		snprintf(cb->err, sizeof cb->err, "cuBLAS: cannot set the workspace");
 		return ENG_ERR_DEVICE;
+	}
+	return 0;
+}
+
+// The projections' GEMMs, tuned for every graph bucket of rows before the
+// KV pool takes the free memory (tuning needs scratch copies of the weights).
+// BRAID_GEMM: "tuned" (default), "untuned" (the GEMV up to its row limit,
+// cublasGemmEx above, no tuning: fast start), "cublas" (cublasGemmEx only).
+static int
+setup_gemm(struct cuda_backend *cb)
+{
+	const struct model_config *c = &cb->c;
+	const char *mode = getenv("BRAID_GEMM");
+	if (mode && !strcmp(mode, "cublas")) {
+		cb->plain_blas = true;
+		return 0;
+	}
+	if (mode && *mode && strcmp(mode, "tuned") && strcmp(mode, "untuned")) {
+		snprintf(cb->err, sizeof cb->err, "BRAID_GEMM=%s: expected tuned, untuned or cublas", mode);
+		return ENG_ERR_INVALID;
+	}
+	char e[ENG_ERRLEN];
+	if (!(cb->gm = k_gemm_create(e, sizeof e))) {
+		snprintf(cb->err, sizeof cb->err, "%s", e);
+		return ENG_ERR_DEVICE;
+	}
+	if (mode && !strcmp(mode, "untuned"))
+		return 0;
+	const int shapes[][2] = { { cb->qkvd, c->hidden_size }, { c->hidden_size, cb->qd },
+				  { 2 * c->intermediate_size, c->hidden_size }, { c->hidden_size, c->intermediate_size },
+				  { c->vocab_size, c->hidden_size } };
+	int nb = 0;
+	while (nb < N_BUCKETS && buckets[nb] <= cb->max_rows)
+		nb++;
+	for (const auto &sh : shapes) {
+		cudaError_t ce = k_gemm_tune(cb->gm, sh[0], sh[1], buckets, nb, cb->st);
+		if (ce != cudaSuccess) {
+			snprintf(cb->err, sizeof cb->err, "CUDA: tuning the %dx%d GEMM: %s", sh[0], sh[1],
+				 *k_gemm_error(cb->gm) ? k_gemm_error(cb->gm) : cudaGetErrorString(ce));
+			return ce == cudaErrorMemoryAllocation ? ENG_ERR_NOMEM : ENG_ERR_DEVICE;
+		}
 	}
 	return 0;
 }
@@ -868,6 +930,8 @@ create(struct cuda_backend *cb, const struct cuda_backend_params *p, size_t *wei
 	cb->cap_parts = 16 * cb->max_rows + 1024;
 	cb->cap_table = (int)std::min<long>((long)cb->max_rows * blocks_per_seq, 1L << 24);
 	if ((rc = alloc_buffers(cb)))
+		return rc;
+	if ((rc = setup_gemm(cb)))
 		return rc;
 
 	// The KV pool: what was asked, or 90% of what is left.

@@ -1,0 +1,1044 @@
+// gemm.cu - the backend's projections (see gemm.cuh): a tensor-core GEMV for
+// a few rows, autotuned cuBLASLt for more, cublasGemmEx as the fallback; and
+// the kc_gemm_ check wrappers of gemm_check.h.  Engine thread (one k_gemm per
+// thread); the wrappers run on the caller's thread, synchronously.
+#include <algorithm>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <new>
+#include <tuple>
+#include <vector>
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "status.h"
+#include "cuda/gemm_check.h"
+}
+#include "cuda/gemm.cuh"
+
+// ---- the GEMV -----------------------------------------------------------------------------
+//
+// out(n, w_rows) = x(n, w_cols) . W^T for n <= 16 with mma.m16n8k16 (bf16 in,
+// f32 accumulate): M = the rows of x (16, those >= n are zeros), N = 8 rows
+// of W, K = 16 columns.  A sum over k does not care in which order k is
+// taken, so each thread feeds the fragments straight from one 16-byte load
+// of W (8 columns) and the matching 16 bytes of x: thread (g = lane/4,
+// t = lane%4) of a warp loads W row base+g, columns c+8t .. c+8t+7 of the
+// warp's 32-column step c, which fill the B fragments of two mmas (columns
+// +0..3 and +4..7); the A fragments are x rows g and g+8 at the same columns.
+// The accumulator then holds out[g][base+2t, +1] and out[g+8][base+2t, +1].
+//
+// A CTA is 8 warps: 8/ks row groups of 8 W rows, each split over ks warps
+// along K (contiguous ranges of steps), reduced through shared memory in a
+// fixed order.  Each thread keeps U 16-byte W loads in flight per iteration
+// (L1 bypassed: W is streamed once); x goes through the read-only L1 path,
+// where the CTAs of an SM share it.  Every output element is written by one
+// thread; no atomics.
+
+#define GV_THREADS 256
+#define GV_WARPS (GV_THREADS / 32)
+
+// 16 bytes of W, not kept in L1; the L2 fetches 256-byte runs.
+__device__ __forceinline__ uint4
+ld_stream16(const bf16 *p)
+{
+	uint4 v;
+	asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+		     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+		     : "l"(p));
+	return v;
+}
+
+// d(16x8) += A(16x16, row-major, regs a0..a3) . B(16x8, col-major, b0..b1).
+__device__ __forceinline__ void
+mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1)
+{
+	asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+	    "{%0, %1, %2, %3};"
+	    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+	    : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// w (w_rows, w_cols) bf16, x (n, w_cols) bf16, out (n, w_rows) f32; n <= 8,
+// or <= 16 when WIDE; w_cols % 8 == 0, w and x 16-byte aligned; ks in
+// {1, 2, 4, 8}.  Grid: ceil(w_rows / (8 * GV_WARPS / ks)) CTAs.
+template <int U, bool WIDE>
+__global__ void __launch_bounds__(GV_THREADS, 2)
+gemv_kernel(const bf16 *__restrict__ w, int w_rows, int w_cols, const bf16 *__restrict__ x, int n,
+	    float *__restrict__ out, float beta, int ks)
+{
+	__shared__ float red[GV_WARPS][128];   // per warp: lane*4 + accumulator
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	const int groups = GV_WARPS / ks;
+	const int rg = warp / ks, kz = warp - rg * ks;
+	const int g = lane >> 2, t = lane & 3;
+	const long long cta_row = (long long)blockIdx.x * groups * 8;
+	const long long base = cta_row + rg * 8;
+	const int steps = (w_cols + 31) >> 5;
+	const int s0 = (int)((long long)kz * steps / ks), s1 = (int)((long long)(kz + 1) * steps / ks);
+	// Rows past the end load the last row again; their results are dropped.
+	const long long row = base + g < w_rows ? base + g : (long long)w_rows - 1;
+	const bool has0 = g < n, has1 = WIDE && g + 8 < n;
+	const bf16 *wrow = w + (size_t)row * w_cols, *wp = wrow + 8 * t;
+	const bf16 *x0row = x + (size_t)(has0 ? g : 0) * w_cols, *xp0 = x0row + 8 * t;
+	const bf16 *x1row = x + (size_t)(has1 ? g + 8 : 0) * w_cols, *xp1 = x1row + 8 * t;
+	const int lim = w_cols - 8 * t;   // the thread's column c+8t is in range when c < lim
+	// Loads are unconditional so that they can all be in flight at once: a
+	// step out of range reads an address already read (the warp's last
+	// step, or the row's start) and the value is replaced by zeros.
+	const int c_last = s1 > s0 ? (s1 - 1) * 32 : 0;
+	const bf16 *wsafe = c_last < lim ? wp + c_last : wrow;
+	const uint4 zero = make_uint4(0, 0, 0, 0);
+
+	float acc[4][4];
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+	for (int s = s0; s < s1; s += U) {
+		uint4 wv[U], xa[U];
+#pragma unroll
+		for (int u = 0; u < U; u++) {
+			const int c = (s + u) * 32;
+			wv[u] = ld_stream16(s + u < s1 && c < lim ? wp + c : wsafe);
+		}
+#pragma unroll
+		for (int u = 0; u < U; u++) {
+			const int c = (s + u) * 32;
+			xa[u] = __ldg((const uint4 *)(s + u < s1 && c < lim ? xp0 + c : x0row));
+		}
+#pragma unroll
+		for (int u = 0; u < U; u++) {
+			const int c = (s + u) * 32;
+			const bool ok = s + u < s1 && c < lim;
+			const uint4 wu = ok ? wv[u] : zero, a = ok && has0 ? xa[u] : zero;
+			uint4 b = zero;
+			if (WIDE) {
+				b = __ldg((const uint4 *)(ok ? xp1 + c : x1row));
+				b = ok && has1 ? b : zero;
+			}
+			// Columns +0..3 of the thread, then +4..7 (see above).
+			mma_bf16(acc[(2 * u) & 3], a.x, b.x, a.y, b.y, wu.x, wu.y);
+			mma_bf16(acc[(2 * u + 1) & 3], a.z, b.z, a.w, b.w, wu.z, wu.w);
+		}
+	}
+#pragma unroll
+	for (int i = 0; i < 4; i++)
+		red[warp][lane * 4 + i] = (acc[0][i] + acc[1][i]) + (acc[2][i] + acc[3][i]);
+	__syncthreads();
+	// Element f of a row group: lane f/4 (g, t), accumulator i = f%4: x row
+	// g (+8 for i >= 2), W row 2t + i%2.
+	for (int e = threadIdx.x; e < groups * 128; e += GV_THREADS) {
+		const int grp = e >> 7, f = e & 127;
+		const int ln = f >> 2, i = f & 3;
+		const int b = (ln >> 2) + (i >= 2 ? 8 : 0);
+		const long long r = cta_row + grp * 8 + 2 * (ln & 3) + (i & 1);
+		if (b >= n || r >= w_rows)
+			continue;
+		float sum = 0.0f;
+		for (int z = 0; z < ks; z++)
+			sum += red[grp * ks + z][f];
+		float *o = out + (size_t)b * w_rows + r;
+		*o = beta != 0.0f ? sum + beta * *o : sum;
+	}
+}
+
+static bool
+aligned(const void *p, uintptr_t a)
+{
+	return ((uintptr_t)p & (a - 1)) == 0;
+}
+
+static bool
+gemv_fits(int w_cols, int n, const bf16 *w, const bf16 *in)
+{
+	return n >= 1 && n <= 16 && w_cols > 0 && w_cols % 8 == 0 && aligned(w, 16) && aligned(in, 16);
+}
+
+static bool
+gemv_config_ok(int ks, int unroll)
+{
+	return (ks == 1 || ks == 2 || ks == 4 || ks == 8) && (unroll == 4 || unroll == 8);
+}
+
+static cudaError_t
+gemv_launch(const bf16 *w, int w_rows, int w_cols, const bf16 *x, int n, float *out, float beta, int ks, int unroll,
+	    cudaStream_t st)
+{
+	const long long rows_per_cta = 8LL * (GV_WARPS / ks);
+	const unsigned ctas = (unsigned)((w_rows + rows_per_cta - 1) / rows_per_cta);
+	const bool wide = n > 8;
+	if (unroll == 8) {
+		if (wide)
+			gemv_kernel<8, true><<<ctas, GV_THREADS, 0, st>>>(w, w_rows, w_cols, x, n, out, beta, ks);
+		else
+			gemv_kernel<8, false><<<ctas, GV_THREADS, 0, st>>>(w, w_rows, w_cols, x, n, out, beta, ks);
+	} else {
+		if (wide)
+			gemv_kernel<4, true><<<ctas, GV_THREADS, 0, st>>>(w, w_rows, w_cols, x, n, out, beta, ks);
+		else
+			gemv_kernel<4, false><<<ctas, GV_THREADS, 0, st>>>(w, w_rows, w_cols, x, n, out, beta, ks);
+	}
+	return cudaGetLastError();
+}
+
+// The untuned configuration: split K over more warps while that still adds
+// CTAs toward one per SM and leaves each warp >= 4 steps of 32 columns; the
+// deeper unroll when a warp has >= 8 steps.
+static void
+gemv_default(int sms, int w_rows, int w_cols, int *ks, int *unroll)
+{
+	const int steps = (w_cols + 31) / 32;
+	int k = 1;
+	while (k < 8 && ((long long)w_rows * k + 63) / 64 < sms && steps / (2 * k) >= 4)
+		k *= 2;
+	*ks = k;
+	*unroll = steps / k >= 8 ? 8 : 4;
+}
+
+// ---- the handle ----------------------------------------------------------------------------
+
+enum gemm_path { PATH_CUBLAS, PATH_GEMV, PATH_LT, PATH_AUTO };
+
+// One way to compute a shape.
+struct choice {
+	int path;                     // enum gemm_path
+	int ks, unroll;               // PATH_GEMV
+	cublasLtMatmulAlgo_t algo;    // PATH_LT
+};
+
+// cuBLASLt layouts of one (w_rows, w_cols, n), column-major as cublasGemmEx
+// sees it: A = W^T stored (w_cols x w_rows, ld w_cols), op T; B = in
+// (w_cols x n, ld w_cols); C = D = out (w_rows x n, ld w_rows).
+struct lt_layouts {
+	cublasLtMatrixLayoutOpaque_t a, b, c;
+};
+
+// A tuned (w_rows, w_cols, n).
+struct entry {
+	choice ch;
+	float us;                     // measured time per call
+	lt_layouts lay;
+};
+
+typedef std::tuple<int, int, int> shape_key;   // (w_rows, w_cols, n)
+
+struct k_gemm {
+	cublasLtHandle_t lt;
+	cublasHandle_t blas;
+	cudaStream_t blas_st;         // the stream blas is set to, when blas_set
+	bool blas_set;
+	void *ws;                     // K_GEMM_WORKSPACE bytes
+	cudaStream_t ts;              // tuning stream
+	cudaEvent_t e0, e1;
+	int sms;
+	size_t l2_bytes;
+	cublasLtMatmulDescOpaque_t desc;
+	std::map<shape_key, entry> cache;   // node-based: layout addresses stay put
+	char msg[256];
+};
+
+// Deterministic split-K reductions: all three of cuBLASLt's schemes order
+// the partial sums (in place with counters, or a separate reduction pass).
+// Set to 0 to accept only algorithms that do not split K.
+#define K_GEMM_LT_REDUCTIONS                                                                             \
+	(CUBLASLT_REDUCTION_SCHEME_INPLACE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE |                    \
+	 CUBLASLT_REDUCTION_SCHEME_OUTPUT_TYPE)
+#define K_GEMM_LT_CANDIDATES 16
+
+static void setmsg(k_gemm *g, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void
+setmsg(k_gemm *g, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(g->msg, sizeof g->msg, fmt, ap);
+	va_end(ap);
+}
+
+static cudaError_t
+blas_to_cuda(cublasStatus_t s)
+{
+	switch (s) {
+	case CUBLAS_STATUS_SUCCESS:
+		return cudaSuccess;
+	case CUBLAS_STATUS_ALLOC_FAILED:
+		return cudaErrorMemoryAllocation;
+	case CUBLAS_STATUS_INVALID_VALUE:
+		return cudaErrorInvalidValue;
+	case CUBLAS_STATUS_NOT_SUPPORTED:
+		return cudaErrorNotSupported;
+	default:
+		return cudaErrorUnknown;
+	}
+}
+
+static cudaError_t
+blas_fail(k_gemm *g, cublasStatus_t s, const char *what)
+{
+	if (s == CUBLAS_STATUS_SUCCESS)
+		return cudaSuccess;
+	setmsg(g, "k_gemm: %s: %s", what, cublasGetStatusString(s));
+	return blas_to_cuda(s);
+}
+
+static cudaError_t
+cuda_fail(k_gemm *g, cudaError_t e, const char *what)
+{
+	if (e != cudaSuccess)
+		setmsg(g, "k_gemm: %s: %s", what, cudaGetErrorString(e));
+	return e;
+}
+
+k_gemm *
+k_gemm_create(char *err, size_t errlen)
+{
+	k_gemm *g = new (std::nothrow) k_gemm();
+	const char *what = "";
+	cudaError_t e = cudaSuccess;
+	cublasStatus_t s = CUBLAS_STATUS_SUCCESS;
+	int dev = 0, l2 = 0;
+	const int32_t op_t = CUBLAS_OP_T, op_n = CUBLAS_OP_N;
+	if (!g) {
+		if (err && errlen)
+			snprintf(err, errlen, "k_gemm: out of host memory");
+		return NULL;
+	}
+#define CREATE_CUDA(call)                       \
+	do {                                    \
+		if ((e = (call)) != cudaSuccess) { \
+			what = #call;           \
+			goto fail;              \
+		}                               \
+	} while (0)
+#define CREATE_BLAS(call)                                 \
+	do {                                              \
+		if ((s = (call)) != CUBLAS_STATUS_SUCCESS) { \
+			what = #call;                     \
+			goto fail;                        \
+		}                                         \
+	} while (0)
+	CREATE_CUDA(cudaGetDevice(&dev));
+	CREATE_CUDA(cudaDeviceGetAttribute(&g->sms, cudaDevAttrMultiProcessorCount, dev));
+	CREATE_CUDA(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev));
+	g->l2_bytes = l2 > 0 ? (size_t)l2 : (size_t)64 << 20;
+	CREATE_CUDA(cudaMalloc(&g->ws, K_GEMM_WORKSPACE));
+	CREATE_CUDA(cudaStreamCreateWithFlags(&g->ts, cudaStreamNonBlocking));
+	CREATE_CUDA(cudaEventCreate(&g->e0));
+	CREATE_CUDA(cudaEventCreate(&g->e1));
+	CREATE_BLAS(cublasLtCreate(&g->lt));
+	CREATE_BLAS(cublasCreate(&g->blas));
+	CREATE_BLAS(cublasSetMathMode(g->blas, CUBLAS_DEFAULT_MATH));
+	CREATE_BLAS(cublasLtMatmulDescInit(&g->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+	CREATE_BLAS(cublasLtMatmulDescSetAttribute(&g->desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_t, sizeof op_t));
+	CREATE_BLAS(cublasLtMatmulDescSetAttribute(&g->desc, CUBLASLT_MATMUL_DESC_TRANSB, &op_n, sizeof op_n));
+#undef CREATE_CUDA
+#undef CREATE_BLAS
+	return g;
+fail:
+	if (err && errlen) {
+		if (e != cudaSuccess)
+			snprintf(err, errlen, "k_gemm: %s: %s", what, cudaGetErrorString(e));
+		else
+			snprintf(err, errlen, "k_gemm: %s: %s", what, cublasGetStatusString(s));
+	}
+	k_gemm_destroy(g);
+	return NULL;
+}
+
+void
+k_gemm_destroy(k_gemm *g)
+{
+	if (!g)
+		return;
+	if (g->blas)
+		cublasDestroy(g->blas);
+	if (g->lt)
+		cublasLtDestroy(g->lt);
+	if (g->ts)
+		cudaStreamSynchronize(g->ts);
+	if (g->e0)
+		cudaEventDestroy(g->e0);
+	if (g->e1)
+		cudaEventDestroy(g->e1);
+	if (g->ts)
+		cudaStreamDestroy(g->ts);
+	cudaFree(g->ws);
+	delete g;
+}
+
+const char *
+k_gemm_error(const k_gemm *g)
+{
+	return g ? g->msg : "k_gemm: no handle";
+}
+
+// ---- the three paths ---------------------------------------------------------------------
+
+static cudaError_t
+blas_launch(k_gemm *g, const bf16 *w, int w_rows, int w_cols, const bf16 *in, int n, float *out, float beta,
+	    cudaStream_t st)
+{
+	cudaError_t e;
+	// cublasSetStream resets the workspace, so the two go together.
+	if (!g->blas_set || g->blas_st != st) {
+		if ((e = blas_fail(g, cublasSetStream(g->blas, st), "cublasSetStream")) != cudaSuccess ||
+		    (e = blas_fail(g, cublasSetWorkspace(g->blas, g->ws, K_GEMM_WORKSPACE), "cublasSetWorkspace")) !=
+			    cudaSuccess) {
+			g->blas_set = false;
+			return e;
+		}
+		g->blas_st = st;
+		g->blas_set = true;
+	}
+	const float alpha = 1.0f;
+	return blas_fail(g,
+			 cublasGemmEx(g->blas, CUBLAS_OP_T, CUBLAS_OP_N, w_rows, n, w_cols, &alpha, w, CUDA_R_16BF,
+				      w_cols, in, CUDA_R_16BF, w_cols, &beta, out, CUDA_R_32F, w_rows, CUBLAS_COMPUTE_32F,
+				      CUBLAS_GEMM_DEFAULT),
+			 "cublasGemmEx");
+}
+
+static cudaError_t
+lt_launch(k_gemm *g, lt_layouts *lay, const cublasLtMatmulAlgo_t *algo, const bf16 *w, const bf16 *in, float *out,
+	  float beta, cudaStream_t st)
+{
+	const float alpha = 1.0f;
+	return blas_fail(g,
+			 cublasLtMatmul(g->lt, &g->desc, &alpha, w, &lay->a, in, &lay->b, &beta, out, &lay->c, out,
+					&lay->c, algo, g->ws, K_GEMM_WORKSPACE, st),
+			 "cublasLtMatmul");
+}
+
+static cublasStatus_t
+layouts_init(lt_layouts *lay, int w_rows, int w_cols, int n)
+{
+	cublasStatus_t s;
+	if ((s = cublasLtMatrixLayoutInit(&lay->a, CUDA_R_16BF, (uint64_t)w_cols, (uint64_t)w_rows, w_cols)) !=
+		    CUBLAS_STATUS_SUCCESS ||
+	    (s = cublasLtMatrixLayoutInit(&lay->b, CUDA_R_16BF, (uint64_t)w_cols, (uint64_t)n, w_cols)) !=
+		    CUBLAS_STATUS_SUCCESS)
+		return s;
+	return cublasLtMatrixLayoutInit(&lay->c, CUDA_R_32F, (uint64_t)w_rows, (uint64_t)n, w_rows);
+}
+
+static bool
+lt_aligned(const bf16 *w, const bf16 *in, const float *out)
+{
+	return aligned(w, 256) && aligned(in, 256) && aligned(out, 256);
+}
+
+cudaError_t
+k_gemm_run(k_gemm *g, const bf16 *w, int w_rows, int w_cols, const bf16 *in, int n, float *out, float beta,
+	   cudaStream_t st)
+{
+	if (!g || !w || !in || !out || w_rows <= 0 || w_cols <= 0 || n <= 0)
+		return cudaErrorInvalidValue;
+	auto it = g->cache.find(shape_key(w_rows, w_cols, n));
+	if (it != g->cache.end()) {
+		entry &e = it->second;
+		if (e.ch.path == PATH_GEMV && gemv_fits(w_cols, n, w, in))
+			return cuda_fail(g, gemv_launch(w, w_rows, w_cols, in, n, out, beta, e.ch.ks, e.ch.unroll, st),
+					 "gemv");
+		if (e.ch.path == PATH_LT && lt_aligned(w, in, out))
+			return lt_launch(g, &e.lay, &e.ch.algo, w, in, out, beta, st);
+	} else if (n <= K_GEMM_GEMV_MAX_N && gemv_fits(w_cols, n, w, in)) {
+		int ks, unroll;
+		gemv_default(g->sms, w_rows, w_cols, &ks, &unroll);
+		return cuda_fail(g, gemv_launch(w, w_rows, w_cols, in, n, out, beta, ks, unroll, st), "gemv");
+	}
+	return blas_launch(g, w, w_rows, w_cols, in, n, out, beta, st);
+}
+
+// One candidate (or k_gemm_run itself for PATH_AUTO).
+static cudaError_t
+run_choice(k_gemm *g, const choice *c, lt_layouts *lay, const bf16 *w, int w_rows, int w_cols, const bf16 *in, int n,
+	   float *out, float beta, cudaStream_t st)
+{
+	switch (c->path) {
+	case PATH_GEMV:
+		return cuda_fail(g, gemv_launch(w, w_rows, w_cols, in, n, out, beta, c->ks, c->unroll, st), "gemv");
+	case PATH_LT:
+		return lt_launch(g, lay, &c->algo, w, in, out, beta, st);
+	case PATH_CUBLAS:
+		return blas_launch(g, w, w_rows, w_cols, in, n, out, beta, st);
+	default:
+		return k_gemm_run(g, w, w_rows, w_cols, in, n, out, beta, st);
+	}
+}
+
+static void
+describe_choice(const choice *c, char *buf, size_t len)
+{
+	if (c->path == PATH_GEMV) {
+		snprintf(buf, len, "gemv ks %d unroll %d", c->ks, c->unroll);
+	} else if (c->path == PATH_LT) {
+		int32_t id = -1, splitk = 1;
+		uint32_t tile = 0, red = 0, stages = 0;
+		size_t wr;
+		cublasLtMatmulAlgoConfigGetAttribute(&c->algo, CUBLASLT_ALGO_CONFIG_ID, &id, sizeof id, &wr);
+		cublasLtMatmulAlgoConfigGetAttribute(&c->algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof tile, &wr);
+		cublasLtMatmulAlgoConfigGetAttribute(&c->algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages, sizeof stages,
+						     &wr);
+		cublasLtMatmulAlgoConfigGetAttribute(&c->algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof splitk,
+						     &wr);
+		cublasLtMatmulAlgoConfigGetAttribute(&c->algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &red, sizeof red,
+						     &wr);
+		snprintf(buf, len, "cublasLt algo %d tile %u stages %u splitk %d reduction %u", (int)id, tile, stages,
+			 (int)splitk, red);
+	} else {
+		snprintf(buf, len, "cublasGemmEx");
+	}
+}
+
+void
+k_gemm_describe(const k_gemm *g, int w_rows, int w_cols, int n, char *buf, size_t len)
+{
+	if (!buf || !len)
+		return;
+	buf[0] = 0;
+	if (!g)
+		return;
+	char what[160];
+	auto it = g->cache.find(shape_key(w_rows, w_cols, n));
+	if (it != g->cache.end()) {
+		describe_choice(&it->second.ch, what, sizeof what);
+		snprintf(buf, len, "%s (tuned, %.2f us)", what, (double)it->second.us);
+		return;
+	}
+	choice c = {};
+	c.path = PATH_CUBLAS;
+	if (n >= 1 && n <= K_GEMM_GEMV_MAX_N && w_cols > 0 && w_cols % 8 == 0) {
+		c.path = PATH_GEMV;
+		gemv_default(g->sms, w_rows, w_cols, &c.ks, &c.unroll);
+	}
+	describe_choice(&c, what, sizeof what);
+	snprintf(buf, len, "%s (untuned)", what);
+}
+
+// ---- timing and tuning -------------------------------------------------------------------
+
+// Scratch for timing: copies of W (each 256-byte aligned) that together
+// overflow the L2 several times, so each call streams W from memory as in
+// a forward pass; x (n_max, w_cols) and y (n_max, w_rows).
+struct bench {
+	bf16 *w;
+	size_t stride;                // elements between copies
+	int copies;
+	bf16 *x;
+	float *y;
+};
+
+__global__ void
+fill_bf16_kernel(bf16 *p, size_t count, uint32_t seed)
+{
+	for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
+		uint32_t h = (uint32_t)i * 0x9e3779b1u ^ seed ^ (uint32_t)(i >> 32) * 0x85ebca6bu;
+		h ^= h >> 16;
+		h *= 0x85ebca6bu;
+		h ^= h >> 13;
+		h *= 0xc2b2ae35u;
+		h ^= h >> 16;
+		p[i] = __float2bfloat16((float)(h >> 8) * (2.0f / 16777216.0f) - 1.0f);   // [-1, 1)
+	}
+}
+
+static void
+bench_free(bench *b)
+{
+	cudaFree(b->w);
+	cudaFree(b->x);
+	cudaFree(b->y);
+	memset(b, 0, sizeof *b);
+}
+
+static cudaError_t
+bench_alloc(k_gemm *g, bench *b, int w_rows, int w_cols, int n_max)
+{
+	cudaError_t e;
+	memset(b, 0, sizeof *b);
+	const size_t wbytes = (size_t)w_rows * w_cols * sizeof(bf16);
+	const size_t stride_bytes = (wbytes + 255) & ~(size_t)255;
+	const size_t target = 3 * g->l2_bytes;
+	b->copies = (int)std::min<size_t>(64, std::max<size_t>(1, (target + wbytes - 1) / wbytes));
+	b->stride = stride_bytes / sizeof(bf16);
+	// Fewer copies when memory is short: slower memory, but still a timing.
+	while ((e = cudaMalloc((void **)&b->w, (size_t)b->copies * stride_bytes)) != cudaSuccess) {
+		b->w = NULL;
+		cudaGetLastError();
+		if (b->copies == 1)
+			goto fail;
+		b->copies = (b->copies + 1) / 2;
+	}
+	if ((e = cudaMalloc((void **)&b->x, (size_t)n_max * w_cols * sizeof(bf16))) != cudaSuccess ||
+	    (e = cudaMalloc((void **)&b->y, (size_t)n_max * w_rows * sizeof(float))) != cudaSuccess)
+		goto fail;
+	fill_bf16_kernel<<<1024, 256, 0, g->ts>>>(b->w, (size_t)b->copies * b->stride, 0x1234u);
+	fill_bf16_kernel<<<256, 256, 0, g->ts>>>(b->x, (size_t)n_max * w_cols, 0x5678u);
+	if ((e = cudaGetLastError()) != cudaSuccess ||
+	    (e = cudaMemsetAsync(b->y, 0, (size_t)n_max * w_rows * sizeof(float), g->ts)) != cudaSuccess ||
+	    (e = cudaStreamSynchronize(g->ts)) != cudaSuccess)
+		goto fail;
+	return cudaSuccess;
+fail:
+	cuda_fail(g, e, "timing scratch");
+	bench_free(b);
+	return e;
+}
+
+// Calls per timed replay: every copy once, and at least 256 MiB and 3 calls.
+static int
+bench_reps(const bench *b, int w_rows, int w_cols)
+{
+	const size_t wbytes = (size_t)w_rows * w_cols * sizeof(bf16);
+	const size_t by_bytes = (((size_t)256 << 20) + wbytes - 1) / wbytes;
+	return (int)std::min<size_t>(64, std::max<size_t>({ (size_t)b->copies, by_bytes, (size_t)3 }));
+}
+
+// Microseconds per call of choice c (beta 0): reps calls captured into a
+// graph on the tuning stream, one warm-up replay, the best of two timed.
+static cudaError_t
+bench_time(k_gemm *g, bench *b, const choice *c, lt_layouts *lay, int w_rows, int w_cols, int n, int reps, float *us)
+{
+	cudaGraph_t graph = NULL;
+	cudaGraphExec_t exec = NULL;
+	cudaError_t e, run_e = cudaSuccess;
+	float best = 0.0f;
+	// One eager call first: a candidate that fails says so here, and its
+	// kernels are loaded before the capture.
+	if ((e = run_choice(g, c, lay, b->w, w_rows, w_cols, b->x, n, b->y, 0.0f, g->ts)) != cudaSuccess ||
+	    (e = cuda_fail(g, cudaStreamSynchronize(g->ts), "cudaStreamSynchronize")) != cudaSuccess)
+		return e;
+	if ((e = cudaStreamBeginCapture(g->ts, cudaStreamCaptureModeThreadLocal)) != cudaSuccess)
+		return cuda_fail(g, e, "cudaStreamBeginCapture");
+	for (int r = 0; r < reps && run_e == cudaSuccess; r++)
+		run_e = run_choice(g, c, lay, b->w + (size_t)(r % b->copies) * b->stride, w_rows, w_cols, b->x, n, b->y,
+				   0.0f, g->ts);
+	e = cudaStreamEndCapture(g->ts, &graph);
+	if (run_e != cudaSuccess) {
+		e = run_e;
+		goto done;
+	}
+	if (e != cudaSuccess || (e = cudaGraphInstantiate(&exec, graph, 0)) != cudaSuccess ||
+	    (e = cudaGraphLaunch(exec, g->ts)) != cudaSuccess)
+		goto done;
+	for (int i = 0; i < 2; i++) {
+		float ms = 0.0f;
+		if ((e = cudaEventRecord(g->e0, g->ts)) != cudaSuccess || (e = cudaGraphLaunch(exec, g->ts)) != cudaSuccess ||
+		    (e = cudaEventRecord(g->e1, g->ts)) != cudaSuccess || (e = cudaEventSynchronize(g->e1)) != cudaSuccess ||
+		    (e = cudaEventElapsedTime(&ms, g->e0, g->e1)) != cudaSuccess)
+			goto done;
+		if (i == 0 || ms < best)
+			best = ms;
+	}
+	*us = best * 1000.0f / (float)reps;
+done:
+	if (e != cudaSuccess)
+		cuda_fail(g, e, "timing");
+	if (exec)
+		cudaGraphExecDestroy(exec);
+	if (graph)
+		cudaGraphDestroy(graph);
+	return e;
+}
+
+static bool
+lt_deterministic(const cublasLtMatmulAlgo_t *algo)
+{
+	int32_t splitk = 1;
+	uint32_t red = CUBLASLT_REDUCTION_SCHEME_NONE;
+	size_t wr = 0;
+	if (cublasLtMatmulAlgoConfigGetAttribute(algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof splitk, &wr) !=
+		    CUBLAS_STATUS_SUCCESS ||
+	    cublasLtMatmulAlgoConfigGetAttribute(algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, &red, sizeof red, &wr) !=
+		    CUBLAS_STATUS_SUCCESS)
+		return false;
+	if (splitk <= 1)
+		return true;
+	return red != CUBLASLT_REDUCTION_SCHEME_NONE && (red & ~(uint32_t)(K_GEMM_LT_REDUCTIONS)) == 0;
+}
+
+// The candidates for (w_rows, w_cols, n): GEMV configurations, cuBLASLt
+// heuristics, cublasGemmEx.
+static cudaError_t
+candidates(k_gemm *g, lt_layouts *lay, int w_cols, int n, std::vector<choice> *out)
+{
+	choice c = {};
+	if (n <= K_GEMM_GEMV_TUNE_MAX_N && w_cols % 8 == 0) {
+		const int steps = (w_cols + 31) / 32;
+		static const int kss[] = { 1, 2, 4, 8 }, unrolls[] = { 4, 8 };
+		for (int ks : kss)
+			for (int u : unrolls)
+				if (ks == 1 || ks <= steps) {
+					c.path = PATH_GEMV;
+					c.ks = ks;
+					c.unroll = u;
+					out->push_back(c);
+				}
+	}
+	cublasLtMatmulPreferenceOpaque_t pref;
+	const uint64_t ws = K_GEMM_WORKSPACE;
+	cublasLtMatmulHeuristicResult_t res[K_GEMM_LT_CANDIDATES];
+	int got = 0;
+	cublasStatus_t s;
+	if ((s = cublasLtMatmulPreferenceInit(&pref)) != CUBLAS_STATUS_SUCCESS ||
+	    (s = cublasLtMatmulPreferenceSetAttribute(&pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+						      sizeof ws)) != CUBLAS_STATUS_SUCCESS)
+		return blas_fail(g, s, "cuBLASLt preference");
+	s = cublasLtMatmulAlgoGetHeuristic(g->lt, &g->desc, &lay->a, &lay->b, &lay->c, &lay->c, &pref,
+					   K_GEMM_LT_CANDIDATES, res, &got);
+	if (s == CUBLAS_STATUS_SUCCESS) {
+		for (int i = 0; i < got; i++)
+			if (res[i].state == CUBLAS_STATUS_SUCCESS && res[i].workspaceSize <= K_GEMM_WORKSPACE &&
+			    lt_deterministic(&res[i].algo)) {
+				c = choice();
+				c.path = PATH_LT;
+				c.algo = res[i].algo;
+				out->push_back(c);
+			}
+	} else if (s != CUBLAS_STATUS_NOT_SUPPORTED) {
+		return blas_fail(g, s, "cublasLtMatmulAlgoGetHeuristic");
+	}
+	c = choice();
+	c.path = PATH_CUBLAS;
+	out->push_back(c);
+	return cudaSuccess;
+}
+
+cudaError_t
+k_gemm_tune(k_gemm *g, int w_rows, int w_cols, const int *buckets, int nb, cudaStream_t st)
+{
+	if (!g)
+		return cudaErrorInvalidValue;
+	if (w_rows <= 0 || w_cols <= 0 || !buckets || nb <= 0) {
+		setmsg(g, "k_gemm_tune: bad arguments (w_rows %d, w_cols %d, nb %d)", w_rows, w_cols, nb);
+		return cudaErrorInvalidValue;
+	}
+	int n_max = 0;
+	for (int i = 0; i < nb; i++) {
+		if (buckets[i] <= 0) {
+			setmsg(g, "k_gemm_tune: bucket %d is %d", i, buckets[i]);
+			return cudaErrorInvalidValue;
+		}
+		n_max = std::max(n_max, buckets[i]);
+	}
+	cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+	cudaError_t e = cudaStreamIsCapturing(st, &cs);
+	if (e != cudaSuccess)
+		return cuda_fail(g, e, "cudaStreamIsCapturing");
+	if (cs != cudaStreamCaptureStatusNone) {
+		setmsg(g, "k_gemm_tune: called during stream capture");
+		return cudaErrorStreamCaptureUnsupported;
+	}
+	if ((e = cudaStreamSynchronize(st)) != cudaSuccess)
+		return cuda_fail(g, e, "cudaStreamSynchronize");
+	bench b;
+	if ((e = bench_alloc(g, &b, w_rows, w_cols, n_max)) != cudaSuccess)
+		return e;
+	const int reps = bench_reps(&b, w_rows, w_cols);
+	for (int i = 0; i < nb && e == cudaSuccess; i++) {
+		const int n = buckets[i];
+		entry en = {};
+		std::vector<choice> cands;
+		cublasStatus_t s = layouts_init(&en.lay, w_rows, w_cols, n);
+		if (s != CUBLAS_STATUS_SUCCESS) {
+			e = blas_fail(g, s, "cublasLtMatrixLayoutInit");
+			break;
+		}
+		try {
+			e = candidates(g, &en.lay, w_cols, n, &cands);
+		} catch (const std::bad_alloc &) {
+			setmsg(g, "k_gemm_tune: out of host memory");
+			e = cudaErrorMemoryAllocation;
+		}
+		if (e != cudaSuccess)
+			break;
+		bool found = false;
+		for (const choice &c : cands) {
+			float us = 0.0f;
+			if (bench_time(g, &b, &c, &en.lay, w_rows, w_cols, n, reps, &us) != cudaSuccess) {
+				// A candidate that fails is skipped; a broken
+				// context shows in the next synchronisation.
+				cudaGetLastError();
+				if ((e = cudaStreamSynchronize(g->ts)) != cudaSuccess)
+					break;
+				continue;
+			}
+			if (!found || us < en.us) {
+				en.ch = c;
+				en.us = us;
+				found = true;
+			}
+		}
+		if (e != cudaSuccess) {
+			cuda_fail(g, e, "tuning");
+			break;
+		}
+		if (!found) {
+			// Not even cublasGemmEx ran: g->msg says why.
+			e = cudaErrorUnknown;
+			break;
+		}
+		try {
+			g->cache[shape_key(w_rows, w_cols, n)] = en;
+		} catch (const std::bad_alloc &) {
+			setmsg(g, "k_gemm_tune: out of host memory");
+			e = cudaErrorMemoryAllocation;
+		}
+	}
+	bench_free(&b);
+	return e;
+}
+
+// ---- check wrappers (gemm_check.h) ---------------------------------------------------------
+
+static int
+kc_err(char *err, int errlen, int status, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static int
+kc_err(char *err, int errlen, int status, const char *fmt, ...)
+{
+	if (err && errlen > 0) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(err, (size_t)errlen, fmt, ap);
+		va_end(ap);
+	}
+	return status;
+}
+
+// What one wrapper call owns.
+struct kc_run {
+	const char *fn;
+	char *err;
+	int errlen;
+	cudaStream_t s;
+	k_gemm *g;
+	bf16 *w, *x;
+	float *y, *y0;
+};
+
+static int
+kc_cuda(kc_run *r, cudaError_t e, const char *what)
+{
+	return kc_err(r->err, r->errlen, ENG_ERR_DEVICE, "%s: %s: %s%s%s", r->fn, what, cudaGetErrorString(e),
+		      r->g && r->g->msg[0] ? " - " : "", r->g ? r->g->msg : "");
+}
+
+static void
+kc_end(kc_run *r)
+{
+	if (r->s)
+		cudaStreamSynchronize(r->s);
+	k_gemm_destroy(r->g);
+	cudaFree(r->w);
+	cudaFree(r->x);
+	cudaFree(r->y);
+	cudaFree(r->y0);
+	if (r->s)
+		cudaStreamDestroy(r->s);
+}
+
+// A device bf16 copy of host f32 src[count], rounded to nearest even.
+static cudaError_t
+kc_upload_bf16(bf16 **dst, const float *src, size_t count, cudaStream_t s)
+{
+	std::vector<bf16> h;
+	try {
+		h.resize(count);
+	} catch (const std::bad_alloc &) {
+		return cudaErrorMemoryAllocation;
+	}
+	for (size_t i = 0; i < count; i++)
+		h[i] = __float2bfloat16(src[i]);
+	cudaError_t e = cudaMalloc((void **)dst, count * sizeof(bf16));
+	if (e != cudaSuccess) {
+		*dst = NULL;
+		return e;
+	}
+	if ((e = cudaMemcpyAsync(*dst, h.data(), count * sizeof(bf16), cudaMemcpyHostToDevice, s)) != cudaSuccess)
+		return e;
+	return cudaStreamSynchronize(s);   // h goes out of scope
+}
+
+// The common body: path PATH_AUTO (k_gemm_run, tuned for n when tune) or
+// PATH_GEMV (configuration ks, unroll); runs calls, each from the same y.
+static int
+kc_gemm_case(const char *fn, const float *w, int rows, int cols, const float *x, int n, float beta, float *y,
+	     int tune, int path, int ks, int unroll, int runs, int *identical, char *what, int whatlen, char *err,
+	     int errlen)
+{
+	if (what && whatlen > 0)
+		what[0] = 0;
+	if (!w || !x || !y || rows <= 0 || cols <= 0 || n <= 0 || runs < 1)
+		return kc_err(err, errlen, ENG_ERR_INVALID, "%s: bad arguments (rows %d, cols %d, n %d, runs %d)", fn,
+			      rows, cols, n, runs);
+	if (path == PATH_GEMV) {
+		if (!gemv_config_ok(ks, unroll))
+			return kc_err(err, errlen, ENG_ERR_INVALID, "%s: no GEMV configuration ks %d unroll %d", fn, ks,
+				      unroll);
+		if (n > 16 || cols % 8 != 0)
+			return kc_err(err, errlen, ENG_ERR_UNSUPPORTED, "%s: the GEMV takes n <= 16 and cols %% 8 == 0 "
+				      "(n %d, cols %d)", fn, n, cols);
+	}
+	kc_run R = {};
+	R.fn = fn;
+	R.err = err;
+	R.errlen = errlen;
+	int rc = 0;
+	cudaError_t e;
+	const size_t ybytes = (size_t)n * rows * sizeof(float);
+	std::vector<float> other;
+	char gerr[ENG_ERRLEN] = "";
+	if (identical)
+		*identical = 1;
+#define KC(call)                                           \
+	do {                                               \
+		if ((e = (call)) != cudaSuccess) {         \
+			rc = kc_cuda(&R, e, #call);        \
+			goto done;                         \
+		}                                          \
+	} while (0)
+	KC(cudaStreamCreateWithFlags(&R.s, cudaStreamNonBlocking));
+	if (path != PATH_GEMV && !(R.g = k_gemm_create(gerr, sizeof gerr))) {
+		rc = kc_err(err, errlen, ENG_ERR_DEVICE, "%s: %s", fn, gerr);
+		goto done;
+	}
+	KC(kc_upload_bf16(&R.w, w, (size_t)rows * cols, R.s));
+	KC(kc_upload_bf16(&R.x, x, (size_t)n * cols, R.s));
+	KC(cudaMalloc((void **)&R.y, ybytes));
+	KC(cudaMalloc((void **)&R.y0, ybytes));
+	KC(cudaMemcpyAsync(R.y0, y, ybytes, cudaMemcpyHostToDevice, R.s));
+	if (path == PATH_AUTO && tune)
+		KC(k_gemm_tune(R.g, rows, cols, &n, 1, R.s));
+	if (runs > 1) {
+		try {
+			other.resize((size_t)n * rows);
+		} catch (const std::bad_alloc &) {
+			rc = kc_err(err, errlen, ENG_ERR_NOMEM, "%s: out of host memory", fn);
+			goto done;
+		}
+	}
+	for (int r = 0; r < runs; r++) {
+		KC(cudaMemcpyAsync(R.y, R.y0, ybytes, cudaMemcpyDeviceToDevice, R.s));
+		if (path == PATH_GEMV)
+			KC(gemv_launch(R.w, rows, cols, R.x, n, R.y, beta, ks, unroll, R.s));
+		else
+			KC(k_gemm_run(R.g, R.w, rows, cols, R.x, n, R.y, beta, R.s));
+		KC(cudaMemcpyAsync(r == 0 ? y : other.data(), R.y, ybytes, cudaMemcpyDeviceToHost, R.s));
+		KC(cudaStreamSynchronize(R.s));
+		if (r > 0 && identical && memcmp(y, other.data(), ybytes) != 0)
+			*identical = 0;
+	}
+	if (what && whatlen > 0) {
+		if (path == PATH_GEMV)
+			snprintf(what, (size_t)whatlen, "gemv ks %d unroll %d (forced)", ks, unroll);
+		else
+			k_gemm_describe(R.g, rows, cols, n, what, (size_t)whatlen);
+	}
+#undef KC
+done:
+	kc_end(&R);
+	return rc;
+}
+
+extern "C" int
+kc_gemm_run(const float *w, int rows, int cols, const float *x, int n, float beta, float *y, int tune, char *err,
+	    int errlen)
+{
+	return kc_gemm_case("kc_gemm_run", w, rows, cols, x, n, beta, y, tune, PATH_AUTO, 0, 0, 1, NULL, NULL, 0, err,
+			    errlen);
+}
+
+extern "C" int
+kc_gemm_run_what(const float *w, int rows, int cols, const float *x, int n, float beta, float *y, int tune,
+		 char *what, int whatlen, char *err, int errlen)
+{
+	return kc_gemm_case("kc_gemm_run", w, rows, cols, x, n, beta, y, tune, PATH_AUTO, 0, 0, 1, NULL, what,
+			    whatlen, err, errlen);
+}
+
+extern "C" int
+kc_gemm_gemv(const float *w, int rows, int cols, const float *x, int n, float beta, float *y, int ks, int unroll,
+	     char *err, int errlen)
+{
+	return kc_gemm_case("kc_gemm_gemv", w, rows, cols, x, n, beta, y, 0, PATH_GEMV, ks, unroll, 1, NULL, NULL, 0,
+			    err, errlen);
+}
+
+extern "C" int
+kc_gemm_repeat(const float *w, int rows, int cols, const float *x, int n, float beta, float *y, int tune, int runs,
+	       int *identical, char *err, int errlen)
+{
+	if (!identical || runs < 2)
+		return kc_err(err, errlen, ENG_ERR_INVALID, "kc_gemm_repeat: needs runs >= 2 and identical");
+	return kc_gemm_case("kc_gemm_repeat", w, rows, cols, x, n, beta, y, tune, PATH_AUTO, 0, 0, runs, identical,
+			    NULL, 0, err, errlen);
+}
+
+extern "C" int
+kc_gemm_time(int rows, int cols, int n, int path, int reps, double *us, char *what, int whatlen, char *err,
+	     int errlen)
+{
+	const char *fn = "kc_gemm_time";
+	if (what && whatlen > 0)
+		what[0] = 0;
+	if (!us || rows <= 0 || cols <= 0 || n <= 0 || reps < 0 || path < KC_GEMM_GEMV || path > KC_GEMM_CUBLAS)
+		return kc_err(err, errlen, ENG_ERR_INVALID, "%s: bad arguments (rows %d, cols %d, n %d, path %d)", fn,
+			      rows, cols, n, path);
+	if (path == KC_GEMM_GEMV && (n > 16 || cols % 8 != 0))
+		return kc_err(err, errlen, ENG_ERR_UNSUPPORTED, "%s: the GEMV takes n <= 16 and cols %% 8 == 0", fn);
+	kc_run R = {};
+	R.fn = fn;
+	R.err = err;
+	R.errlen = errlen;
+	bench b = {};
+	choice c = {};
+	entry en = {};
+	float t = 0.0f;
+	int rc = 0;
+	cudaError_t e;
+	cublasStatus_t s;
+	char gerr[ENG_ERRLEN] = "";
+	if (!(R.g = k_gemm_create(gerr, sizeof gerr)))
+		return kc_err(err, errlen, ENG_ERR_DEVICE, "%s: %s", fn, gerr);
+	if ((e = bench_alloc(R.g, &b, rows, cols, n)) != cudaSuccess) {
+		rc = kc_cuda(&R, e, "bench_alloc");
+		goto done;
+	}
+	if ((s = layouts_init(&en.lay, rows, cols, n)) != CUBLAS_STATUS_SUCCESS) {
+		rc = kc_cuda(&R, blas_fail(R.g, s, "cublasLtMatrixLayoutInit"), "layouts");
+		goto done;
+	}
+	if (path == KC_GEMM_GEMV) {
+		c.path = PATH_GEMV;
+		gemv_default(R.g->sms, rows, cols, &c.ks, &c.unroll);
+	} else if (path == KC_GEMM_CUBLAS) {
+		c.path = PATH_CUBLAS;
+	} else {
+		c.path = PATH_AUTO;
+		if ((e = k_gemm_tune(R.g, rows, cols, &n, 1, R.g->ts)) != cudaSuccess) {
+			rc = kc_cuda(&R, e, "k_gemm_tune");
+			goto done;
+		}
+	}
+	if ((e = bench_time(R.g, &b, &c, &en.lay, rows, cols, n, reps ? reps : 20, &t)) != cudaSuccess) {
+		rc = kc_cuda(&R, e, "bench_time");
+		goto done;
+	}
+	*us = t;
+	if (what && whatlen > 0) {
+		if (c.path == PATH_AUTO)
+			k_gemm_describe(R.g, rows, cols, n, what, (size_t)whatlen);
+		else
+			describe_choice(&c, what, (size_t)whatlen);
+	}
+done:
+	bench_free(&b);
+	kc_end(&R);
+	return rc;
+}

@@ -1,0 +1,64 @@
+// gemm.cuh - the backend's projections: out(n, w_rows) f32 (+)= in(n, w_cols)
+// bf16 . W^T, W bf16 (w_rows, w_cols) row-major.  A thin tensor-core GEMV
+// for a few rows, cuBLASLt with autotuned algorithms for more, cublasGemmEx
+// as the fallback (gemm.cu).  Engine thread: one k_gemm is used by one thread.
+#ifndef BRAID_GEMM_CUH
+#define BRAID_GEMM_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+typedef __nv_bfloat16 bf16;
+
+// Rows n up to which k_gemm_run uses the GEMV for an untuned n, and up to
+// which k_gemm_tune times it as a candidate (the kernel takes n <= 16).
+#define K_GEMM_GEMV_MAX_N 8
+#define K_GEMM_GEMV_TUNE_MAX_N 16
+
+// Workspace that k_gemm owns for cuBLASLt and cuBLAS (shared: every call of
+// one k_gemm must be ordered on one stream, as the backend's are).
+#define K_GEMM_WORKSPACE ((size_t)32 << 20)
+
+// One per backend: cuBLASLt and cuBLAS handles, the workspace, the cache of
+// tuned algorithms per (w_rows, w_cols, n).
+struct k_gemm;
+
+// NULL and a message in err (errlen bytes) on failure.  Needs a current device.
+k_gemm *k_gemm_create(char *err, size_t errlen);
+
+// Frees everything; NULL is ok.  The caller makes sure no call is in flight.
+void k_gemm_destroy(k_gemm *g);
+
+// Choose and cache the fastest algorithm for every n in buckets[0..nb) for
+// this shape (used for beta 0 and 1 alike; timed with beta 0), by timing the
+// candidates - the GEMV configurations for n <= K_GEMM_GEMV_TUNE_MAX_N, up
+// to 16 deterministic cuBLASLt heuristics, cublasGemmEx - replayed in CUDA
+// graphs on scratch copies of W (enough to defeat the L2 cache) that it
+// allocates and frees itself; the caller's data is never touched.
+// Synchronous: waits for st first, runs on a private stream.  Must be called
+// outside stream capture.  Re-tuning a shape replaces its entries.
+// cudaSuccess or an error (k_gemm_error says more).
+cudaError_t k_gemm_tune(k_gemm *g, int w_rows, int w_cols, const int *buckets, int nb, cudaStream_t st);
+
+// out(n, w_rows) f32 = in(n, w_cols) bf16 . W^T + beta * out (beta 0: out is
+// only written, never read), W bf16 (w_rows, w_cols) row-major; n >= 1.
+// Enqueues on st and returns: no sync, no allocation, no timing, so it can
+// be captured into a CUDA graph.  A tuned (w_rows, w_cols, n) runs its tuned
+// algorithm; otherwise the GEMV for n <= K_GEMM_GEMV_MAX_N, cublasGemmEx
+// above.  The GEMV needs w_cols % 8 == 0 and 16-byte aligned w and in, the
+// cuBLASLt algorithms 256-byte aligned w, in and out (cudaMalloc bases);
+// without them the call takes cublasGemmEx.  Deterministic: the same inputs
+// give bit-identical outputs on every call (no atomics, no unordered
+// split-K).  cudaSuccess, cudaErrorInvalidValue for bad arguments, or the
+// launch / cuBLAS error.
+cudaError_t k_gemm_run(k_gemm *g, const bf16 *w, int w_rows, int w_cols, const bf16 *in, int n, float *out,
+		       float beta, cudaStream_t st);
+
+// What k_gemm_run does for this shape and n ("gemv ks 4 unroll 8", "lt algo
+// 21 tile 18 splitk 1", "cublasGemmEx"), into buf (len bytes); for logs.
+void k_gemm_describe(const k_gemm *g, int w_rows, int w_cols, int n, char *buf, size_t len);
+
+// The message of the last failure of g (empty when none); lives as long as g.
+const char *k_gemm_error(const k_gemm *g);
+
+#endif

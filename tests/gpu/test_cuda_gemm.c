@@ -1,0 +1,362 @@
+/* test_cuda_gemm.c - the projections of gpu/cuda/gemm.cu (k_gemm: GEMV,
+ * tuned cuBLASLt, cublasGemmEx), run through the kc_gemm_ wrappers of
+ * gpu/cuda/gemm_check.h, against a float64 reference over the same
+ * bf16-rounded inputs.  Main thread only.  Exits 0 pass, 1 fail, 77 without
+ * a GPU.
+ *
+ * For every shape (the 0.6B and 8B projections, odd ones) and n: the
+ * untuned and the tuned path with beta 0 (y starts as NaN: every element
+ * must be written, none read) and beta 1 (accumulates into random y); every
+ * GEMV configuration at a few n; calls repeated on one k_gemm must give the
+ * same bits.  An element passes when |got - want| <= GEMM_TOL * (sum |w x|
+ * + |beta y|); each line prints the largest difference, absolute and
+ * relative to that scale.  Then, for information only, times per call. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/cuda.h"
+#include "cuda/gemm_check.h"
+#include "safetensors.h"
+#include "status.h"
+
+#define GEMM_TOL 2e-5   /* f32 accumulation of exact bf16 products, of sum |w x| */
+
+static int n_checks, n_failed;
+static char err[ENG_ERRLEN];
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static uint64_t
+rnd(void)
+{
+	uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static float
+unif(float lo, float hi)
+{
+	return lo + (hi - lo) * (float)((double)(rnd() >> 11) / 9007199254740992.0);
+}
+
+static float
+bf(float x)
+{
+	return st_bf16_to_f32(st_f32_to_bf16(x));
+}
+
+static void *
+xmalloc(size_t n)
+{
+	void *p = malloc(n ? n : 1);
+	if (!p) {
+		fprintf(stderr, "out of memory (%zu bytes)\n", n);
+		exit(1);
+	}
+	return p;
+}
+
+/* n values in [lo, hi), rounded to bf16 when round is set. */
+static float *
+frand(size_t n, float lo, float hi, int round)
+{
+	float *p = xmalloc(n * sizeof *p);
+	for (size_t i = 0; i < n; i++)
+		p[i] = round ? bf(unif(lo, hi)) : unif(lo, hi);
+	return p;
+}
+
+/* Count one check and print its line. */
+static void expect(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void
+expect(int ok, const char *fmt, ...)
+{
+	va_list ap;
+	n_checks++;
+	n_failed += !ok;
+	printf("%-4s ", ok ? "ok" : "FAIL");
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	printf("\n");
+}
+
+/* A wrapper call that must succeed; a failure counts as a failed check. */
+static int
+called(int rc, const char *what)
+{
+	if (rc == 0)
+		return 1;
+	n_checks++;
+	n_failed++;
+	printf("FAIL %s: %s (%s)\n", what, eng_strerror(rc), err);
+	return 0;
+}
+
+/* ---- one shape ------------------------------------------------------------------ */
+
+/* W (rows, cols) and x (n_max, cols), bf16-rounded; dot and mag (n_max,
+ * rows): the float64 x . W^T and sum |w x|.  A case with n rows uses the
+ * first n rows of x, so its reference is the first n rows of dot. */
+struct shape {
+	const char *name;
+	int rows, cols, n_max;
+	float *w, *x;
+	double *dot, *mag;
+};
+
+static void
+shape_init(struct shape *s, const char *name, int rows, int cols, int n_max)
+{
+	s->name = name;
+	s->rows = rows, s->cols = cols, s->n_max = n_max;
+	s->w = frand((size_t)rows * cols, -1.0f, 1.0f, 1);
+	s->x = frand((size_t)n_max * cols, -2.0f, 2.0f, 1);
+	s->dot = xmalloc((size_t)n_max * rows * sizeof *s->dot);
+	s->mag = xmalloc((size_t)n_max * rows * sizeof *s->mag);
+	for (int r = 0; r < rows; r++) {
+		const float *wr = s->w + (size_t)r * cols;
+		for (int b = 0; b < n_max; b++) {
+			const float *xb = s->x + (size_t)b * cols;
+			double d = 0.0, m = 0.0;
+			for (int c = 0; c < cols; c++) {
+				const double p = (double)wr[c] * xb[c];
+				d += p;
+				m += fabs(p);
+			}
+			s->dot[(size_t)b * rows + r] = d;
+			s->mag[(size_t)b * rows + r] = m;
+		}
+	}
+}
+
+static void
+shape_free(struct shape *s)
+{
+	free(s->w);
+	free(s->x);
+	free(s->dot);
+	free(s->mag);
+}
+
+/* y(n, rows) from y0 and beta against the reference; one line. */
+static void
+compare(const struct shape *s, int n, float beta, const float *y0, const float *y, const char *path,
+	const char *note)
+{
+	const size_t count = (size_t)n * s->rows;
+	double max_abs = 0.0, max_rel = 0.0;
+	size_t bad = SIZE_MAX;
+	for (size_t i = 0; i < count; i++) {
+		const double by = beta != 0.0f ? (double)beta * y0[i] : 0.0;
+		const double want = s->dot[i] + by, scale = s->mag[i] + fabs(by);
+		double d = fabs((double)y[i] - want);
+		if (!(d <= GEMM_TOL * scale) && bad == SIZE_MAX)
+			bad = i;
+		if (isnan(d))
+			d = INFINITY;
+		if (d > max_abs)
+			max_abs = d;
+		if (scale > 0.0 && d / scale > max_rel)
+			max_rel = d / scale;
+	}
+	char shape[64];
+	snprintf(shape, sizeof shape, "%s %dx%d n %d beta %g", s->name, s->rows, s->cols, n, (double)beta);
+	expect(bad == SIZE_MAX, "%-38s %-9s max abs %-9.3g max rel %-9.3g %s", shape, path, max_abs, max_rel, note);
+	if (bad != SIZE_MAX)
+		printf("     first bad element %zu (x row %zu, W row %zu): got %.9g, want %.9g\n", bad,
+		       bad / (size_t)s->rows, bad % (size_t)s->rows, (double)y[bad],
+		       s->dot[bad] + (beta != 0.0f ? (double)beta * y0[bad] : 0.0));
+}
+
+/* Initial y: NaN for beta 0 (nothing may be read or left unwritten), random
+ * for beta 1. */
+static float *
+y_init(size_t count, float beta)
+{
+	float *y = beta != 0.0f ? frand(count, -50.0f, 50.0f, 0) : xmalloc(count * sizeof *y);
+	if (beta == 0.0f)
+		for (size_t i = 0; i < count; i++)
+			y[i] = NAN;
+	return y;
+}
+
+/* k_gemm_run untuned or tuned; through kc_gemm_repeat (runs > 1) also the
+ * determinism of runs calls on one k_gemm. */
+static void
+check_auto(const struct shape *s, int n, float beta, int tune, int runs)
+{
+	const size_t count = (size_t)n * s->rows;
+	float *y0 = y_init(count, beta), *y = xmalloc(count * sizeof *y);
+	memcpy(y, y0, count * sizeof *y);
+	char what[200] = "", note[240];
+	const char *path = tune ? "tuned" : "untuned";
+	if (runs > 1) {
+		int same = 0;
+		if (called(kc_gemm_repeat(s->w, s->rows, s->cols, s->x, n, beta, y, tune, runs, &same, err, sizeof err),
+			   "kc_gemm_repeat")) {
+			snprintf(note, sizeof note, "(%d runs %s)", runs, same ? "bit-identical" : "DIFFER");
+			compare(s, n, beta, y0, y, path, note);
+			expect(same, "%-38s %-9s %d runs on one k_gemm are bit-identical", s->name, path, runs);
+		}
+	} else if (called(kc_gemm_run_what(s->w, s->rows, s->cols, s->x, n, beta, y, tune, what, sizeof what, err,
+				       sizeof err),
+			  "kc_gemm_run")) {
+		snprintf(note, sizeof note, "[%s]", what);
+		compare(s, n, beta, y0, y, path, note);
+	}
+	free(y0);
+	free(y);
+}
+
+/* One GEMV configuration. */
+static void
+check_gemv(const struct shape *s, int n, float beta, int ks, int unroll)
+{
+	const size_t count = (size_t)n * s->rows;
+	float *y0 = y_init(count, beta), *y = xmalloc(count * sizeof *y);
+	memcpy(y, y0, count * sizeof *y);
+	char path[32];
+	snprintf(path, sizeof path, "gemv %d/%d", ks, unroll);
+	if (called(kc_gemm_gemv(s->w, s->rows, s->cols, s->x, n, beta, y, ks, unroll, err, sizeof err), "kc_gemm_gemv"))
+		compare(s, n, beta, y0, y, path, "(ks/unroll)");
+	free(y0);
+	free(y);
+}
+
+/* ns[0..nn) rows; big: fewer paths per n (the host work and uploads of a
+ * 100M-element W add up). */
+static void
+check_shape(const char *name, int rows, int cols, const int *ns, int nn, int big)
+{
+	struct shape s;
+	int n_max = 0;
+	for (int i = 0; i < nn; i++)
+		n_max = ns[i] > n_max ? ns[i] : n_max;
+	shape_init(&s, name, rows, cols, n_max);
+	for (int i = 0; i < nn; i++) {
+		const int n = ns[i];
+		check_auto(&s, n, 0.0f, 0, 1);
+		check_auto(&s, n, 1.0f, 1, 3);
+		if (!big) {
+			check_auto(&s, n, 0.0f, 1, 1);
+			check_auto(&s, n, 1.0f, 0, 2);
+		}
+		const int variants = cols % 8 == 0 && (big ? n == 1 : (n == 1 || n == 3 || n == 8 || n == 9 || n == 16));
+		if (variants)
+			for (int ks = 1; ks <= 8; ks *= 2)
+				for (int u = 4; u <= 8; u += 4)
+					check_gemv(&s, n, (ks == 1) != (u == 8) ? 1.0f : 0.0f, ks, u);
+	}
+	shape_free(&s);
+}
+
+/* ---- bad arguments ------------------------------------------------------------- */
+
+static void
+check_errors(void)
+{
+	float w[20 * 4] = { 0 }, x[20 * 2] = { 0 }, y[4 * 2] = { 0 };
+	int rc = kc_gemm_run(w, 4, 20, x, 0, 0.0f, y, 0, err, sizeof err);
+	expect(rc == ENG_ERR_INVALID, "errors   n 0: %s (%s)", eng_strerror(rc), err);
+	rc = kc_gemm_run(NULL, 4, 20, x, 2, 0.0f, y, 0, err, sizeof err);
+	expect(rc == ENG_ERR_INVALID, "errors   no W: %s (%s)", eng_strerror(rc), err);
+	rc = kc_gemm_gemv(w, 4, 20, x, 2, 0.0f, y, 1, 4, err, sizeof err);
+	expect(rc == ENG_ERR_UNSUPPORTED, "errors   GEMV with cols %% 8 != 0: %s (%s)", eng_strerror(rc), err);
+	rc = kc_gemm_gemv(w, 4, 16, x, 2, 0.0f, y, 3, 4, err, sizeof err);
+	expect(rc == ENG_ERR_INVALID, "errors   GEMV ks 3: %s (%s)", eng_strerror(rc), err);
+	rc = kc_gemm_gemv(w, 1, 16, x, 17, 0.0f, y, 1, 4, err, sizeof err);
+	expect(rc == ENG_ERR_UNSUPPORTED, "errors   GEMV n 17: %s (%s)", eng_strerror(rc), err);
+}
+
+/* ---- timings (information only) ------------------------------------------------- */
+
+static void
+time_one(const char *name, int rows, int cols, int n, int path, double copy_gbps)
+{
+	static const char *names[] = { "gemv", "tuned", "cublas" };
+	double us = 0.0;
+	char what[200] = "";
+	int rc = kc_gemm_time(rows, cols, n, path, 20, &us, what, sizeof what, err, sizeof err);
+	if (rc) {
+		printf("time %-14s %6dx%-6d n %-3d %-6s failed: %s (%s)\n", name, rows, cols, n, names[path],
+		       eng_strerror(rc), err);
+		return;
+	}
+	const double gbps = (double)rows * cols * 2.0 / (us * 1e3);
+	printf("time %-14s %6dx%-6d n %-3d %-6s %9.2f us %7.0f GB/s of W", name, rows, cols, n, names[path], us, gbps);
+	if (copy_gbps > 0.0)
+		printf(" (%3.0f%% of copy)", 100.0 * gbps / copy_gbps);
+	printf("  [%s]\n", what);
+}
+
+static void
+timings(void)
+{
+	static const struct {
+		const char *name;
+		int rows, cols;
+	} shapes[] = {
+		{ "0.6B qkv", 4096, 1024 },     { "0.6B o", 1024, 2048 },      { "0.6B gate|up", 6144, 1024 },
+		{ "0.6B down", 1024, 3072 },    { "0.6B lm head", 151936, 1024 }, { "1.7B gate|up", 12288, 2048 },
+		{ "1.7B down", 2048, 6144 },    { "8B qkv", 6144, 4096 },      { "8B o", 4096, 4096 },
+		{ "8B gate|up", 24576, 4096 },  { "8B down", 4096, 12288 },    { "8B lm head", 151936, 4096 },
+	};
+	double copy = 0.0;
+	if (cuda_copy_bandwidth(0, &copy, err, sizeof err) == 0)
+		printf("copy bandwidth %.0f GB/s (read + write); times below: per call, replayed in a CUDA graph, W cold\n",
+		       copy);
+	for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+		static const int ns[] = { 1, 8, 16, 64 };
+		for (int j = 0; j < 4; j++) {
+			if (ns[j] <= 8)
+				time_one(shapes[i].name, shapes[i].rows, shapes[i].cols, ns[j], KC_GEMM_GEMV, copy);
+			time_one(shapes[i].name, shapes[i].rows, shapes[i].cols, ns[j], KC_GEMM_TUNED, copy);
+			time_one(shapes[i].name, shapes[i].rows, shapes[i].cols, ns[j], KC_GEMM_CUBLAS, copy);
+		}
+	}
+}
+
+int
+main(void)
+{
+	if (cuda_device_count() <= 0) {
+		printf("no CUDA device: skipped\n");
+		return 77;
+	}
+	char name[256] = "";
+	size_t total = 0, avail = 0;
+	if (cuda_device_info(0, name, sizeof name, &total, &avail) == 0)
+		printf("device 0: %s, %.1f GiB\n", name, total / 1073741824.0);
+
+	static const int all[] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 33, 64, 100 };
+	static const int few[] = { 1, 2, 3, 4, 5, 6, 7, 8 };
+	static const int qkv8[] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 64 };
+	const int n_all = (int)(sizeof all / sizeof all[0]), n_few = (int)(sizeof few / sizeof few[0]);
+
+	check_shape("0.6B qkv", 4096, 1024, all, n_all, 0);
+	check_shape("0.6B o", 1024, 2048, all, n_all, 0);
+	check_shape("0.6B down", 1024, 3072, all, n_all, 0);
+	check_shape("odd", 1000, 8, all, n_all, 0);
+	check_shape("odd", 1000, 24, all, n_all, 0);
+	check_shape("odd", 1000, 4864, all, n_all, 0);
+	check_shape("odd cols", 1000, 20, all, n_all, 0);     /* no GEMV: cols % 8 != 0 */
+	check_shape("tiny", 3, 40, all, n_all, 0);            /* rows < 8, cols % 32 != 0 */
+	check_shape("8B qkv", 6144, 4096, qkv8, (int)(sizeof qkv8 / sizeof qkv8[0]), 1);
+	check_shape("8B down", 4096, 12288, few, n_few, 1);
+	check_shape("8B gate|up", 24576, 4096, few, n_few, 1);
+
+	check_errors();
+
+	timings();
+	printf("%d checks, %d failed\n", n_checks, n_failed);
+	return n_failed ? 1 : 0;
+}
