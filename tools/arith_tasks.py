@@ -56,6 +56,7 @@ LEVELS = {
 # has seen long chains and 4-digit operands but stays unsure on them)
 TRAIN_WEIGHTS = (1, 1, 2, 2, 3, 3, 2, 2)
 P_PARALLEL = 0.5
+P_KNOWN = 0.2
 TIERS = {1: 2, 2: 4, 3: 7, 4: 8}     # tier -> level (calibrated, see models/braid-arith/README.md)
 MAX_VALUE = 999999
 
@@ -287,6 +288,19 @@ def solve_parallel(t, known=()):
     return "\n".join([block] + lines + [f"Answer: {value(t)}"])
 
 
+def fork_view(response, i):
+    """What braid's multiverse strategy shows a forked path: the response up to
+    </Goal>, then `<Path>i:` (path i alone, without the paths before it), and
+    what the path must write from there, through its </Path>.  Returns (head,
+    body), or None when the response has no path i."""
+    tag = f"<Path>{i}:"
+    g, start = response.find("</Goal>"), response.find(tag)
+    if g < 0 or start < 0:
+        return None
+    end = response.index("</Path>", start) + len("</Path>")
+    return response[:g + len("</Goal>")] + tag, response[start + len(tag):end]
+
+
 def known_facts(rng, t, level):
     """A correct Known block: most of the products (and a few sums) this problem
     computes, shuffled with unrelated true facts."""
@@ -353,15 +367,15 @@ def make_problem(rng, level, fmt="sequential", known=False, check=False, split=F
     return dict(question=q, response=resp, answer=str(value(t)), format=fmt, known=facts)
 
 
-def training_example(rng, weights=TRAIN_WEIGHTS, p_parallel=P_PARALLEL):
-    """The training mix: levels 1..len(weights) by weight; 10% checking, 20% with
-    a Known block (either format), and p_parallel of the rest parallel."""
+def training_example(rng, weights=TRAIN_WEIGHTS, p_parallel=P_PARALLEL, p_known=P_KNOWN):
+    """The training mix: levels 1..len(weights) by weight; 10% checking, p_known
+    with a Known block (either format), and p_parallel of the rest parallel."""
     level = rng.choices(range(1, len(weights) + 1), weights=weights)[0]
     r = rng.random()
     if r < 0.10:
         return make_problem(rng, min(level, 4), check=True)
     fmt = "parallel" if rng.random() < p_parallel else "sequential"
-    return make_problem(rng, level, fmt, known=(r < 0.30))
+    return make_problem(rng, level, fmt, known=(r < 0.10 + p_known))
 
 
 def problem_set(tier, n, seed, fmt="sequential", known=False, check=False, split=False):

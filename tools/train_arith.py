@@ -68,7 +68,7 @@ def train_tokenizer(vocab_size, seed, weights, p_par):
     return tk
 
 
-def make_stream(tk, seed, max_len, batch, weights, p_par):
+def make_stream(tk, seed, max_len, batch, weights, p_par, p_fork, p_known):
     import torch
 
     class Stream(torch.utils.data.IterableDataset):
@@ -78,7 +78,7 @@ def make_stream(tk, seed, max_len, batch, weights, p_par):
         def __iter__(self):
             rng = random.Random(f"order/{seed}/{torch.utils.data.get_worker_info().id}")
             buf = []
-            for ex in examples(tk, seed, max_len, weights, p_par):
+            for ex in examples(tk, seed, max_len, weights, p_par, p_fork, p_known):
                 buf.append(ex)
                 if len(buf) == 8 * batch:
                     buf.sort(key=lambda e: len(e[0]))
@@ -90,17 +90,27 @@ def make_stream(tk, seed, max_len, batch, weights, p_par):
     return Stream()
 
 
-def examples(tk, seed, max_len, weights, p_par):
-    """Endless seeded training examples as (ids, prompt length)."""
+def examples(tk, seed, max_len, weights, p_par, p_fork, p_known):
+    """Endless seeded training examples as (ids, prompt length).  A share p_fork
+    of the parallel examples is shown as braid's multiverse strategy forks it:
+    the goal, then path 2 alone (`<Path>2:` right after </Goal>, the tag
+    and number not in the loss, as the strategy injects them), ending at its
+    </Path>; a path learns to depend on nothing but the goal."""
     import torch
     wi = torch.utils.data.get_worker_info()
     wid = wi.id if wi else 0
     rng = random.Random(f"train/{seed}/{wid}")
+    frng = random.Random(f"fork/{seed}/{wid}")      # apart, so the mix and tokenizer stay as before
     eos = tk.token_to_id("<|im_end|>")
     while True:
-        e = A.training_example(rng, weights, p_par)
+        e = A.training_example(rng, weights, p_par, p_known)
         p = tk.encode(chat_prompt(e["question"])).ids
-        r = tk.encode(e["response"]).ids + [eos]
+        view = A.fork_view(e["response"], 2) if e["format"] == "parallel" else None
+        if view and frng.random() < p_fork:
+            p += tk.encode(view[0]).ids
+            r = tk.encode(view[1]).ids
+        else:
+            r = tk.encode(e["response"]).ids + [eos]
         ids = (p + r)[: max_len]
         yield ids, len(p)
 
@@ -181,7 +191,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--model-dir", default="/tmp/braid-arith-train", help="where the HF directory is built")
-    ap.add_argument("--steps", type=int, default=1600)
+    ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--seed", type=int, default=1234)
@@ -196,6 +206,10 @@ def main():
     ap.add_argument("--level-weights", default=",".join(map(str, A.TRAIN_WEIGHTS)),
                     help="training weight of levels 1..k")
     ap.add_argument("--p-parallel", type=float, default=A.P_PARALLEL)
+    ap.add_argument("--p-known", type=float, default=0.3,
+                    help="share of all examples with a Known block (the tokenizer keeps arith_tasks' mix)")
+    ap.add_argument("--p-fork", type=float, default=0.25,
+                    help="share of parallel examples shown as a forked path (path 2 alone after the goal)")
     ap.add_argument("--calib", default="L6,L7,L8,L9,L10,L7-known,L7-split-seq,L7-split-par,L8-p95",
                     help="calibration rows: L<level>[-known|-split-seq|-split-par|-p95]")
     ap.add_argument("--calib-deadline", type=float, default=0, help="skip calibration rows after this many s")
@@ -249,7 +263,8 @@ def train(a, tk, mdir):
     nparam = sum(p.numel() for p in model.parameters())
     print(f"model: {nparam / 1e6:.2f} M parameters, hidden {a.hidden}, layers {a.layers}", flush=True)
 
-    dl = torch.utils.data.DataLoader(make_stream(tk, a.seed, a.max_len, a.batch, a.weights, a.p_parallel),
+    dl = torch.utils.data.DataLoader(make_stream(tk, a.seed, a.max_len, a.batch, a.weights, a.p_parallel, a.p_fork,
+                                                 a.p_known),
                                      batch_size=None,
                                      num_workers=a.workers, prefetch_factor=4, persistent_workers=True)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
