@@ -10,6 +10,7 @@ Each FILE is a JSONL problem set from tools/arith_tasks.py (id, question,
 answer, tier, format); its rows are reported under the file's name and tier.
 
        eval_arith.py --solve GREEDY.jsonl SC.jsonl [--n 16]
+       eval_arith.py --compare A_SC.jsonl B_SC.jsonl [--n 16]
 summarises two `braid solve --out` result files of one problem set (the model
 card's table): greedy accuracy and tokens from a `--strategy single
 --temperature 0` run; pass@1 (the share of right answers among each problem's
@@ -93,7 +94,45 @@ def summarize_solve(greedy_path, sc_path, n):
             "tokens_sc": sum(s[i]["tokens"] for i in ids) / len(ids), "hist": hist}
 
 
+def compare_solve(a_path, b_path, n):
+    """Paired comparison of two `braid solve --strategy sc` result files over
+    the same expressions (e.g. sequential vs parallel format; problems are
+    paired by the index that ends their ids, as tools/arith_tasks.py numbers
+    the variants of one set): the mean of B's pass@1 minus A's per problem, with a 95% interval from the per-problem
+    differences (normal approximation), the majority difference and tokens."""
+    def load(p):
+        return {r["id"].rsplit("-", 1)[-1]: r for r in (json.loads(x) for x in open(p, encoding="utf-8")
+                                                         if x.strip())}
+    a, b = load(a_path), load(b_path)
+    ids = sorted(set(a) & set(b))
+    if len(ids) < 2:
+        raise ValueError(f"{a_path}, {b_path}: fewer than 2 common problem ids")
+    def p1(r):
+        return r["votes"].get(str(r["gold"]), 0) / n
+    d = [p1(b[i]) - p1(a[i]) for i in ids]
+    mean = sum(d) / len(d)
+    se = (sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5
+    return {"problems": len(ids), "pass1_a": sum(p1(a[i]) for i in ids) / len(ids),
+            "pass1_b": sum(p1(b[i]) for i in ids) / len(ids), "diff": mean, "lo": mean - 1.96 * se,
+            "hi": mean + 1.96 * se,
+            "maj_diff": (sum(bool(b[i]["correct"]) for i in ids) - sum(bool(a[i]["correct"]) for i in ids)) / len(ids),
+            "tokens_a": sum(a[i]["tokens"] for i in ids) / len(ids) / n,
+            "tokens_b": sum(b[i]["tokens"] for i in ids) / len(ids) / n}
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--compare":
+        ap = argparse.ArgumentParser(description="compare two braid solve sc result files")
+        ap.add_argument("--compare", nargs=2, metavar=("A", "B"), required=True)
+        ap.add_argument("--n", type=int, default=16)
+        a = ap.parse_args()
+        try:
+            r = compare_solve(a.compare[0], a.compare[1], a.n)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"eval_arith: {e}", file=sys.stderr)
+            return 1
+        print(json.dumps(r))
+        return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--solve":
         ap = argparse.ArgumentParser(description="summarise braid solve results")
         ap.add_argument("--solve", nargs=2, metavar=("GREEDY", "SC"), required=True)
