@@ -40,9 +40,9 @@ const struct strategy strat_table[] = {
 			       "eta (number in (0, 100], default 90): percent of traces kept (offline); "
 			       "online threshold at the (100 - eta)th percentile of the warm-up\n"
 			       "window (integer in [1, 4096], default 32): tokens per group confidence\n"
-			       "warmup (integer in [1, n], default min(n, 8)): online warm-up traces, never "
+			       "warmup (integer in [1, n], default ceil(n / 4)): online warm-up traces, never "
 			       "pruned\n"
-			       "consensus (number in (0, 1], default 0.95): online stops once the leading "
+			       "consensus (number in (0, 1], default 0.9): online stops once the leading "
 			       "answer holds this share of the confidence-weighted votes\n"
 			       "detail (bool, default false): the final merge event lists every token's "
 			       "confidence per trace",

@@ -3,6 +3,7 @@
 # embedded model's hardest tier and mixed set, measured with `braid solve`;
 # writes docs/strategies.md and docs/strategies.json.
 #   tools/strategies_bench.sh [--problems K] [--braid src/braid] [--strategies "single sc ..."]
+#                             [-n N] [--device auto|cpu|cuda] [--out DIR]
 # K: the first K problems of each set (default: all).  Each row is one
 # `braid solve` run in-process on this machine's engine; the machine is named
 # in the output.
@@ -12,35 +13,51 @@ braid=src/braid
 k=0
 strategies="single sc deepconf prune multiverse parathink pdr team"
 n=16
+dev=auto
+outdir=docs
 while [ $# -gt 0 ]; do
 	case $1 in
 	--problems) k=$2; shift 2 ;;
 	--braid) braid=$2; shift 2 ;;
 	--strategies) strategies=$2; shift 2 ;;
 	-n) n=$2; shift 2 ;;
-	*) echo "usage: $0 [--problems K] [--braid PATH] [--strategies LIST] [-n N]" >&2; exit 2 ;;
+	--device) dev=$2; shift 2 ;;
+	--out) outdir=$2; shift 2 ;;
+	*) echo "usage: $0 [--problems K] [--braid PATH] [--strategies LIST] [-n N] [--device D] [--out DIR]" >&2
+	   exit 2 ;;
 	esac
 done
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 hardest=$(ls examples/problems/tier*.jsonl | grep -E 'tier[0-9]+\.jsonl$' | sort -V | tail -1)
-sets="$hardest examples/problems/mixed.jsonl"
+# the decomposable set (expressions with independent sub-expressions), for
+# multiverse against a single sequential thread on the same problems
+decomp=examples/problems/tier3-split-sequential.jsonl
+sets="$hardest examples/problems/mixed.jsonl $decomp"
 # the parallel-format copies feed multiverse, which forks on the model's <Parallel> blocks
-machine=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
-echo "machine: $machine, $(nproc) cores; braid $($braid --version)"
+machine="$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores"
+engine="in-process CPU engine"
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
+if [ -n "$gpu" ] && [ "$dev" != cpu ]; then
+	machine="$gpu (CPU: $machine)"
+	engine="in-process CUDA engine"
+fi
+echo "machine: $machine; braid $($braid --version)"
 rows=()
 for set in $sets; do
 	name=$(basename "$set" .jsonl)
 	src=$set
 	if [ "$k" -gt 0 ]; then head -n "$k" "$set" >"$tmp/$name.jsonl"; src=$tmp/$name.jsonl; fi
-	for s in $strategies; do
+	list=$strategies
+	[ "$set" = "$decomp" ] && list=$(tr ' ' '\n' <<<"$strategies" | grep -xE 'single|sc|multiverse' | tr '\n' ' ')
+	for s in $list; do
 		in=$src
 		if [ "$s" = multiverse ]; then   # ask for the parallel format
 			jq -c '.question = ("Parallel: " + .question)' "$src" >"$tmp/$name-par.jsonl"
 			in=$tmp/$name-par.jsonl
 		fi
 		nn=$n; [ "$s" = single ] && nn=1
-		if ! "$braid" solve "$in" --strategy "$s" -n "$nn" --out "$tmp/$name-$s.jsonl" \
+		if ! "$braid" solve "$in" --strategy "$s" -n "$nn" --device "$dev" --out "$tmp/$name-$s.jsonl" \
 			--report "$tmp/$name-$s.report.json" >/dev/null 2>"$tmp/$name-$s.err"; then
 			echo "$name $s: failed: $(tail -1 "$tmp/$name-$s.err")" >&2
 			continue
@@ -51,16 +68,18 @@ for set in $sets; do
 		rows+=("$r")
 	done
 done
-mkdir -p docs
-printf '%s\n' "${rows[@]}" | jq -s --arg machine "$machine" '{machine: $machine, rows: .}' >docs/strategies.json
+mkdir -p "$outdir"
+printf '%s\n' "${rows[@]}" | jq -s --arg machine "$machine" --arg engine "$engine" \
+	'{machine: $machine, engine: $engine, rows: .}' >"$outdir/strategies.json"
 {
 	echo "# Strategies on the embedded model"
 	echo
-	echo "Measured by \`tools/strategies_bench.sh\` with \`braid solve\` (in-process CPU engine) on: $machine, $(nproc) cores."
-	echo "Sets: the hardest tier ($(basename "$hardest")) and the mixed set$( [ "$k" -gt 0 ] && echo ", first $k problems of each")."
+	echo "Measured by \`tools/strategies_bench.sh\` with \`braid solve\` ($engine) on: $machine."
+	echo "Sets: the hardest tier ($(basename "$hardest")), the mixed set and the decomposable set ($(basename "$decomp"): single, sc and multiverse only)$( [ "$k" -gt 0 ] && echo ", first $k problems of each")."
+	echo "wall s: the whole set (problems run side by side, \`braid solve\`'s default concurrency); p50/p95: per-problem latency."
 	echo
 	echo "| set | strategy | n | problems | accuracy | tokens | wall s | p50 ms | p95 ms |"
 	echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
-	jq -r '.rows[] | "| \(.set) | \(.strategy) | \(.n) | \(.problems) | \((.accuracy // 0) * 1000 | round / 10)% | \(.tokens_total) | \(.wall_s * 10 | round / 10) | \(.latency_ms_p50) | \(.latency_ms_p95) |"' docs/strategies.json
-} >docs/strategies.md
-echo "wrote docs/strategies.md"
+	jq -r '.rows[] | "| \(.set) | \(.strategy) | \(.n) | \(.problems) | \((.accuracy // 0) * 1000 | round / 10)% | \(.tokens_total) | \(.wall_s * 10 | round / 10) | \(.latency_ms_p50) | \(.latency_ms_p95) |"' "$outdir/strategies.json"
+} >"$outdir/strategies.md"
+echo "wrote $outdir/strategies.md"
