@@ -3,7 +3,7 @@
 # embedded model's hardest tier and mixed set, measured with `braid solve`;
 # writes docs/strategies.md and docs/strategies.json.
 #   tools/strategies_bench.sh [--problems K] [--braid src/braid] [--strategies "single sc ..."]
-#                             [-n N] [--device auto|cpu|cuda] [--out DIR]
+#                             [-n N] [--device auto|cpu|cuda] [--out DIR] [--concurrency C]
 # K: the first K problems of each set (default: all).  Each row is one
 # `braid solve` run in-process on this machine's engine; the machine is named
 # in the output.
@@ -15,6 +15,7 @@ strategies="single sc deepconf prune multiverse parathink pdr team"
 n=16
 dev=auto
 outdir=docs
+conc=()
 while [ $# -gt 0 ]; do
 	case $1 in
 	--problems) k=$2; shift 2 ;;
@@ -23,6 +24,7 @@ while [ $# -gt 0 ]; do
 	-n) n=$2; shift 2 ;;
 	--device) dev=$2; shift 2 ;;
 	--out) outdir=$2; shift 2 ;;
+	--concurrency) conc=(--concurrency "$2"); shift 2 ;;
 	*) echo "usage: $0 [--problems K] [--braid PATH] [--strategies LIST] [-n N] [--device D] [--out DIR]" >&2
 	   exit 2 ;;
 	esac
@@ -57,7 +59,7 @@ for set in $sets; do
 			in=$tmp/$name-par.jsonl
 		fi
 		nn=$n; [ "$s" = single ] && nn=1
-		if ! "$braid" solve "$in" --strategy "$s" -n "$nn" --device "$dev" --out "$tmp/$name-$s.jsonl" \
+		if ! "$braid" solve "$in" --strategy "$s" -n "$nn" --device "$dev" ${conc[@]+"${conc[@]}"} --out "$tmp/$name-$s.jsonl" \
 			--report "$tmp/$name-$s.report.json" >/dev/null 2>"$tmp/$name-$s.err"; then
 			echo "$name $s: failed: $(tail -1 "$tmp/$name-$s.err")" >&2
 			continue
@@ -70,13 +72,17 @@ for set in $sets; do
 done
 mkdir -p "$outdir"
 printf '%s\n' "${rows[@]}" | jq -s --arg machine "$machine" --arg engine "$engine" \
-	'{machine: $machine, engine: $engine, rows: .}' >"$outdir/strategies.json"
+	--arg conc "${conc[1]:-default}" '{machine: $machine, engine: $engine, concurrency: $conc, rows: .}' >"$outdir/strategies.json"
 {
 	echo "# Strategies on the embedded model"
 	echo
 	echo "Measured by \`tools/strategies_bench.sh\` with \`braid solve\` ($engine) on: $machine."
 	echo "Sets: the hardest tier ($(basename "$hardest")), the mixed set and the decomposable set ($(basename "$decomp"): single, sc and multiverse only)$( [ "$k" -gt 0 ] && echo ", first $k problems of each")."
-	echo "wall s: the whole set (problems run side by side, \`braid solve\`'s default concurrency); p50/p95: per-problem latency."
+	if [ ${#conc[@]} -gt 0 ]; then
+		echo "wall s: the whole set, ${conc[1]} problem(s) in flight at a time (\`--concurrency ${conc[1]}\`); p50/p95: per-problem latency."
+	else
+		echo "wall s: the whole set (problems run side by side, \`braid solve\`'s default concurrency); p50/p95: per-problem latency."
+	fi
 	echo
 	echo "| set | strategy | n | problems | accuracy | tokens | wall s | p50 ms | p95 ms |"
 	echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
