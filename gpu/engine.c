@@ -56,6 +56,14 @@ struct eng {
 	struct cuda_samp_row *srows;          /* [max_seqs] device sampling    */
 	struct samp_result *sres;             /* [max_seqs]                    */
 	int32_t *sstat;                       /* [max_seqs]                    */
+	/* eng_step's lists, kept between steps (no allocation per step) */
+	struct eng_seq **st_live, **st_run;   /* [max_seqs]                    */
+	int *st_ids, *st_rcs;                 /* [max_seqs]                    */
+	/* run_pending's batch arrays, grown to the largest pass so far */
+	int rp_cap;
+	int32_t *rp_tokens, *rp_pos, *rp_row_seq, *rp_lrows, *rp_slots;  /* [rp_cap] */
+	const int32_t **rp_tables;            /* [rp_cap]                      */
+	struct eng_seq **rp_lseq;             /* [rp_cap]                      */
 };
 
 struct eng_params
@@ -235,7 +243,11 @@ eng_create(const struct eng_params *p, char *err, size_t errlen)
 	e->n_slots = pool_threads(e->pool);
 	e->samp_scratch = malloc((size_t)e->n_slots * 2 * (size_t)e->m->cfg.vocab_size * sizeof(float));
 	e->seqs = calloc((size_t)e->p.max_seqs, sizeof *e->seqs);
-	if (!e->samp_scratch || !e->seqs)
+	e->st_live = malloc((size_t)e->p.max_seqs * sizeof *e->st_live);
+	e->st_run = malloc((size_t)e->p.max_seqs * sizeof *e->st_run);
+	e->st_ids = malloc((size_t)e->p.max_seqs * sizeof *e->st_ids);
+	e->st_rcs = malloc((size_t)e->p.max_seqs * sizeof *e->st_rcs);
+	if (!e->samp_scratch || !e->seqs || !e->st_live || !e->st_run || !e->st_ids || !e->st_rcs)
 		goto nomem;
 	if (e->dev) {
 		e->srows = calloc((size_t)e->p.max_seqs, sizeof *e->srows);
@@ -276,6 +288,17 @@ eng_destroy(eng *e)
 	free(e->sres);
 	free(e->sstat);
 	free(e->logit_buf);
+	free(e->st_live);
+	free(e->st_run);
+	free(e->st_ids);
+	free(e->st_rcs);
+	free(e->rp_tokens);
+	free(e->rp_pos);
+	free(e->rp_row_seq);
+	free(e->rp_lrows);
+	free(e->rp_slots);
+	free(e->rp_tables);
+	free(e->rp_lseq);
 	kv_destroy(e->kv);
 	if (e->be.ops)
 		e->be.ops->destroy(e->be.self);
@@ -568,6 +591,31 @@ ensure_logit_buf(eng *e, int rows)
 	return 0;
 }
 
+/* Room for passes of rows rows in run_pending's arrays. */
+static int
+ensure_rp(eng *e, int rows)
+{
+	if (rows <= e->rp_cap)
+		return 0;
+#define RP_GROW(f)                                                                  \
+	do {                                                                        \
+		void *np = realloc((void *)e->f, (size_t)rows * sizeof *e->f);      \
+		if (!np)                                                            \
+			return ENG_ERR_NOMEM;                                       \
+		e->f = np;                                                          \
+	} while (0)
+	RP_GROW(rp_tokens);
+	RP_GROW(rp_pos);
+	RP_GROW(rp_row_seq);
+	RP_GROW(rp_lrows);
+	RP_GROW(rp_slots);
+	RP_GROW(rp_tables);
+	RP_GROW(rp_lseq);
+#undef RP_GROW
+	e->rp_cap = rows;
+	return 0;
+}
+
 /* Run the pending tokens of seqs[n] (KV already reserved) through the model
  * in passes of at most max_batch_rows rows, then commit them and make each
  * sequence's last-position logits ready.  all_logits (one sequence only)
@@ -580,16 +628,14 @@ run_pending(eng *e, struct eng_seq **seqs, int n, float *all_logits)
 	for (int i = 0; i < n; i++)
 		total += seqs[i]->n_pending;
 	const int cap = total < e->p.max_batch_rows ? (int)total : e->p.max_batch_rows;
-	int32_t *tokens = malloc((size_t)cap * sizeof *tokens);
-	int32_t *pos = malloc((size_t)cap * sizeof *pos);
-	int32_t *row_seq = malloc((size_t)cap * sizeof *row_seq);
-	int32_t *lrows = malloc((size_t)cap * sizeof *lrows);
-	const int32_t **tables = malloc((size_t)cap * sizeof *tables);
-	struct eng_seq **lseq = malloc((size_t)cap * sizeof *lseq);
-	int32_t *slots = malloc((size_t)cap * sizeof *slots);
-	int rc = ENG_ERR_NOMEM;
-	if (!tokens || !pos || !row_seq || !lrows || !tables || !lseq || !slots)
-		goto out;
+	int rc = ensure_rp(e, cap);
+	if (rc)
+		return rc;
+	int32_t *tokens = e->rp_tokens, *pos = e->rp_pos, *row_seq = e->rp_row_seq;
+	int32_t *lrows = e->rp_lrows, *slots = e->rp_slots;
+	const int32_t **tables = e->rp_tables;
+	struct eng_seq **lseq = e->rp_lseq;
+	rc = ENG_ERR_NOMEM;
 	for (int i = 0; i < n && !e->dev; i++)
 		if (!seqs[i]->logits && !(seqs[i]->logits = malloc(vocab * sizeof(float))))
 			goto out;
@@ -656,13 +702,6 @@ run_pending(eng *e, struct eng_seq **seqs, int n, float *all_logits)
 	}
 	rc = 0;
 out:
-	free(slots);
-	free(tokens);
-	free(pos);
-	free(row_seq);
-	free(lrows);
-	free(tables);
-	free(lseq);
 	return rc;
 }
 
@@ -749,13 +788,10 @@ eng_step(eng *e, struct eng_token *out, int cap, int *n_out)
 		return ENG_ERR_RANGE;
 	if (n_live == 0)
 		return 0;
-	live = malloc((size_t)n_live * sizeof *live);
-	run = malloc((size_t)n_live * sizeof *run);
-	ids = malloc((size_t)n_live * sizeof *ids);
-	rcs = malloc((size_t)n_live * sizeof *rcs);
-	rc = ENG_ERR_NOMEM;
-	if (!live || !run || !ids || !rcs)
-		goto out;
+	live = e->st_live;
+	run = e->st_run;
+	ids = e->st_ids;
+	rcs = e->st_rcs;
 	n_live = 0;
 	for (int i = 0; i < e->p.max_seqs; i++) {
 		if (!e->seqs[i])
@@ -798,9 +834,5 @@ eng_step(eng *e, struct eng_token *out, int cap, int *n_out)
 	*n_out = n_live;
 	rc = 0;
 out:
-	free(live);
-	free(run);
-	free(ids);
-	free(rcs);
 	return rc;
 }

@@ -29,6 +29,7 @@ struct bus_sub {
 	bus *b;
 	struct bus_sub *prev, *next;   /* b->subs list                           */
 	char job[EV_JOB_ID_MAX];       /* "" = every job                         */
+	unsigned types;                /* event types taken (bit 1u << type)     */
 	size_t cap;                    /* 0 = unbounded                          */
 	void (*wake)(void *ctx);
 	void *ctx;
@@ -46,6 +47,7 @@ struct bus_sub {
 	int n_gap_jobs;
 	bool gap_jobs_truncated;
 
+	atomic_ullong queued;          /* real events queued, ever               */
 	pthread_cond_t cv;             /* bus_pop_wait                           */
 	bool interrupted;
 	int waking;                    /* publishers about to call wake(ctx)     */
@@ -57,7 +59,21 @@ struct bus {
 	struct bus_sub *subs;
 	atomic_size_t n_subs;
 	atomic_ullong published, dropped;
+	/* Subscriptions that take each type: all-jobs ones, one-job ones
+	 * (changed under mu; bus_wants reads them without it). */
+	atomic_int want_all[EV_N_TYPES], want_job[EV_N_TYPES];
 };
+
+#define ALL_TYPES ((1u << EV_N_TYPES) - 1)
+
+/* Count s's types in or out of the bus's tallies (caller holds b->mu). */
+static void
+want_count(bus *b, const struct bus_sub *s, int delta)
+{
+	for (int t = 0; t < EV_N_TYPES; t++)
+		if (s->types & (1u << t))
+			atomic_fetch_add(s->job[0] ? &b->want_job[t] : &b->want_all[t], delta);
+}
 
 bus *
 bus_create(void)
@@ -77,6 +93,10 @@ bus_create(void)
 	atomic_init(&b->n_subs, 0);
 	atomic_init(&b->published, 0);
 	atomic_init(&b->dropped, 0);
+	for (int t = 0; t < EV_N_TYPES; t++) {
+		atomic_init(&b->want_all[t], 0);
+		atomic_init(&b->want_job[t], 0);
+	}
 	return b;
 }
 
@@ -203,6 +223,7 @@ sub_offer(bus *b, struct bus_sub *s, struct ev *e)
 	if (ring_push(s, e))
 		goto drop;
 	s->n_real++;
+	atomic_fetch_add_explicit(&s->queued, 1, memory_order_relaxed);
 	return true;
 drop:
 	gap_note(s, e);
@@ -214,12 +235,22 @@ drop:
 void
 bus_publish(bus *b, struct ev *e)
 {
-	struct bus_sub *stack[WAKE_STACK], **wakes = stack;
-	size_t n_wakes = 0, n_subs;
+	bus_publish_batch(b, &e, 1);
+}
 
-	if (!b || !e)
+void
+bus_publish_batch(bus *b, struct ev *const *evs, size_t n)
+{
+	struct bus_sub *stack[WAKE_STACK], **wakes = stack;
+	size_t n_wakes = 0, n_subs, n_ev = 0;
+
+	if (!b || !evs)
 		return;
-	atomic_fetch_add(&b->published, 1);
+	for (size_t i = 0; i < n; i++)
+		n_ev += evs[i] != NULL;
+	if (!n_ev)
+		return;
+	atomic_fetch_add(&b->published, n_ev);
 	pthread_mutex_lock(&b->mu);
 	n_subs = atomic_load(&b->n_subs);
 	if (n_subs > WAKE_STACK) {
@@ -228,11 +259,19 @@ bus_publish(bus *b, struct ev *e)
 		 * must not call into the bus, so this only costs latency). */
 	}
 	for (struct bus_sub *s = b->subs; s; s = s->next) {
-		if (s->job[0] && strcmp(s->job, e->job) != 0)
+		size_t queued = 0;
+		for (size_t i = 0; i < n; i++) {
+			struct ev *e = evs[i];
+			if (!e || !(s->types & (1u << e->type)) ||
+			    (s->job[0] && strcmp(s->job, e->job) != 0))
+				continue;
+			ev_ref(e);
+			queued += sub_offer(b, s, e);
+		}
+		if (!queued)
 			continue;
-		ev_ref(e);
-		if (!sub_offer(b, s, e))
-			continue;
+		/* one signal and one wake for the batch: each subscription
+		 * has one reader */
 		pthread_cond_signal(&s->cv);
 		if (!s->wake)
 			continue;
@@ -295,6 +334,8 @@ bus_subscribe(bus *b, const char *job, size_t cap, void (*wake)(void *ctx), void
 	s->b = b;
 	if (job)
 		strcpy(s->job, job);
+	s->types = ALL_TYPES;
+	atomic_init(&s->queued, 0);
 	s->cap = cap;
 	s->wake = wake;
 	s->ctx = ctx;
@@ -313,8 +354,38 @@ bus_subscribe(bus *b, const char *job, size_t cap, void (*wake)(void *ctx), void
 		b->subs->prev = s;
 	b->subs = s;
 	atomic_fetch_add(&b->n_subs, 1);
+	want_count(b, s, 1);
 	pthread_mutex_unlock(&b->mu);
 	return s;
+}
+
+void
+bus_sub_set_types(bus_sub *s, unsigned mask)
+{
+	if (!s)
+		return;
+	pthread_mutex_lock(&s->b->mu);
+	want_count(s->b, s, -1);
+	s->types = mask & ALL_TYPES;
+	want_count(s->b, s, 1);
+	pthread_mutex_unlock(&s->b->mu);
+}
+
+int
+bus_wants(bus *b, const char *job, enum ev_type type)
+{
+	if (!b || (unsigned)type >= EV_N_TYPES)
+		return 0;
+	if (atomic_load_explicit(&b->want_all[type], memory_order_relaxed) > 0)
+		return 1;
+	if (atomic_load_explicit(&b->want_job[type], memory_order_relaxed) == 0)
+		return 0;
+	int want = 0;
+	pthread_mutex_lock(&b->mu);
+	for (struct bus_sub *s = b->subs; s && !want; s = s->next)
+		want = s->job[0] && (s->types & (1u << type)) && job && strcmp(s->job, job) == 0;
+	pthread_mutex_unlock(&b->mu);
+	return want;
 }
 
 void
@@ -332,6 +403,7 @@ bus_unsubscribe(bus *b, bus_sub *s)
 	if (s->next)
 		s->next->prev = s->prev;
 	atomic_fetch_sub(&b->n_subs, 1);
+	want_count(b, s, -1);
 	/* After this returns, no publisher calls s->wake(s->ctx) any more. */
 	while (s->waking)
 		pthread_cond_wait(&b->idle_cv, &b->mu);
@@ -418,6 +490,12 @@ bus_interrupt(bus_sub *s)
 	s->interrupted = true;
 	pthread_cond_broadcast(&s->cv);
 	pthread_mutex_unlock(&s->b->mu);
+}
+
+unsigned long long
+bus_sub_queued(bus_sub *s)
+{
+	return s ? atomic_load(&s->queued) : 0;
 }
 
 size_t

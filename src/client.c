@@ -393,6 +393,10 @@ cl_create(const struct cl_params *p, char *err, size_t errlen)
 	}
 	c->b = bus_create();
 	c->sub = c->b ? bus_subscribe(c->b, NULL, 0, NULL, NULL) : NULL;
+	/* A client that drops thread.delta does not take it from the bus, so
+	 * the scheduler need not build it (bus_wants) when nobody else does. */
+	if (c->sub && !p->deltas)
+		bus_sub_set_types(c->sub, ~(1u << EV_THREAD_DELTA));
 	if (!c->sub) {
 		eng_seterr(err, errlen, ENG_ERR_NOMEM, "out of memory");
 		goto fail;

@@ -53,6 +53,14 @@ struct ev {
  * (may be NULL).  Returns NULL on allocation failure.  refs = 1. */
 struct ev *ev_new(enum ev_type t, const char *job, int64_t seq, int thread, json_t *payload);
 
+/* The same event as ev_new(EV_THREAD_DELTA, job, seq, thread, payload) with
+ * payload {"text": text[0..n), "tokens": tokens, "logprob": logprob,
+ * "entropy": entropy}, built without the payload object: the scheduler's
+ * once-per-token call.  Like json_pack, text that is not valid UTF-8 or a
+ * non-finite number leaves the payload out.  NULL on allocation failure. */
+struct ev *ev_new_delta(const char *job, int64_t seq, int thread, const char *text, size_t n,
+			int tokens, double logprob, double entropy);
+
 void ev_ref(struct ev *e);
 void ev_unref(struct ev *e);              /* NULL is fine */
 

@@ -125,12 +125,7 @@ step_once(sched *s)
 
 	/* Map every token to its thread first: hooks may free and reuse
 	 * sequence ids while the tokens are routed. */
-	struct seq_ref *refs = malloc((size_t)n_out * sizeof *refs);
-	if (!refs) {
-		while (s->n_run > 0)
-			sched_job_fail(s, s->run[s->n_run - 1], "out of memory");
-		return dt;
-	}
+	struct seq_ref *refs = s->refs;     /* (n_out <= max_seqs) */
 	for (int k = 0; k < n_out; k++) {
 		int seq = s->out[k].seq;
 		refs[k] = seq >= 0 && seq < s->max_seqs ? s->seq_map[seq] : (struct seq_ref){ 0 };
@@ -141,10 +136,10 @@ step_once(sched *s)
 			continue;
 		sched_job_token(s, j, refs[k].thread, &s->out[k].r);
 	}
-	free(refs);
 	for (int i = 0; i < s->n_run;)
 		if (!sched_job_progress(s, s->run[i]))
 			i++;
+	sched_flush(s);
 	return dt;
 }
 
@@ -248,6 +243,7 @@ apply_commands(sched *s, double *prefill_ms)
 		break;
 	}
 	*prefill_ms = now_ms() - t0;
+	sched_flush(s);
 }
 
 /* ---- stats and the engine thread --------------------------------------------------------- */
@@ -307,7 +303,8 @@ engine_main(void *arg)
 		s->step_budget = s->max_seqs - 1 < SCHED_STEP_SEQS ? s->max_seqs - 1 : SCHED_STEP_SEQS;
 		s->seq_map = calloc((size_t)s->max_seqs, sizeof *s->seq_map);
 		s->out = calloc((size_t)s->max_seqs, sizeof *s->out);
-		if (!s->seq_map || !s->out) {
+		s->refs = calloc((size_t)s->max_seqs, sizeof *s->refs);
+		if (!s->seq_map || !s->out || !s->refs) {
 			snprintf(err, sizeof err, "%s: out of memory", ep.model_dir ? ep.model_dir : "model");
 			eng_destroy(s->e);
 			s->e = NULL;
@@ -343,6 +340,7 @@ engine_main(void *arg)
 			stepped = s->run[i]->n_live > 0;
 		if (stepped)
 			step_ms = step_once(s);
+		sched_flush(s);   /* (step_once flushed, unless it failed early) */
 		double overhead = now_ms() - t0 - step_ms - prefill_ms;
 		update_stats(s, overhead < 0 ? 0 : overhead, stepped);
 	}
@@ -359,6 +357,7 @@ engine_main(void *arg)
 		next = q->qnext;
 		sched_job_fail(s, q, "shutdown");
 	}
+	sched_flush(s);
 	update_stats(s, 0, 0);
 	return NULL;
 }
@@ -417,6 +416,7 @@ fail:
 	pthread_cond_destroy(&s->ready_cv);
 	free(s->seq_map);
 	free(s->out);
+	free(s->refs);
 	free(s);
 	return NULL;
 }
@@ -433,8 +433,10 @@ sched_destroy(sched *s)
 	pthread_join(s->thread, NULL);
 	eng_destroy(s->e);
 	free(s->run);
+	free(s->pend);
 	free(s->seq_map);
 	free(s->out);
+	free(s->refs);
 	pthread_mutex_destroy(&s->mu);
 	pthread_cond_destroy(&s->cv);
 	pthread_cond_destroy(&s->ready_cv);
@@ -517,7 +519,12 @@ sched_submit(sched *s, struct job_req *req, char *err, size_t errlen)
 	j->t_submit_ms = ev_now_ms();
 	/* job.queued goes out before the engine thread can see the job, so
 	 * the job's seq 0 is always this event */
-	sched_publish(s, j, EV_JOB_QUEUED, -1, json_pack("{s:o}", "request", job_req_to_json(&j->req)));
+	struct ev *e = ev_new(EV_JOB_QUEUED, j->req.id, j->next_seq++, -1,
+			      json_pack("{s:o}", "request", job_req_to_json(&j->req)));
+	if (e) {   /* (out of memory loses the event, not the job) */
+		bus_publish(s->bus, e);
+		ev_unref(e);
+	}
 	if (s->q_tail)
 		s->q_tail->qnext = j;
 	else

@@ -85,9 +85,13 @@ struct sched {
 	int64_t last_step_ms;
 
 	/* engine thread only */
+	struct ev **pend;            /* (n_pend) events made since the last
+					sched_flush, in order                   */
+	int n_pend, cap_pend;
 	int max_seqs;
 	struct seq_ref *seq_map;     /* (max_seqs)                             */
 	struct eng_token *out;       /* (max_seqs)                             */
+	struct seq_ref *refs;        /* (max_seqs) a step's tokens' threads     */
 	int reserved;                /* threads reserved by running jobs       */
 	int step_budget;             /* min(SCHED_STEP_SEQS, max_seqs - 1)     */
 	int kv_blocked;              /* admission waits for a job to end       */
@@ -112,10 +116,17 @@ void sched_count_end(sched *s, int failed);
 
 /* ---- sched_job.c: jobs, threads and the strategy API ---- */
 
-/* Publish an event of j with its next seq (job.queued on the submitting
- * thread under the mutex, every other on the engine thread); payload
- * stolen.  Out of memory loses the event, not the job. */
+/* Publish an event of j with its next seq (engine thread); payload stolen.
+ * The event waits in s->pend until sched_flush, which hands everything the
+ * iteration made to the bus at once (one lock and one wake-up per
+ * subscriber instead of one per event; the order is kept).  An event no
+ * subscription would take (bus_wants) is not built; its seq is still used.
+ * Out of memory loses the event, not the job. */
 void sched_publish(sched *s, struct sjob *j, enum ev_type type, int thread, json_t *payload);
+/* Queue a built event (its reference is taken) like sched_publish. */
+void sched_queue(sched *s, struct ev *e);
+/* Publish the queued events (engine thread). */
+void sched_flush(sched *s);
 /* A new job record for req (not yet owning req's contents: the caller
  * moves them into j->req) with st's state initialised.  NULL with *rc and
  * err filled on failure. */

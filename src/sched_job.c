@@ -1,7 +1,6 @@
 /* sched_job.c - the scheduler's jobs and threads: their records, text and
  * events, job start/progress/completion, and the strat_api callbacks the
- * strategies act through.  Engine thread only (sched_publish also runs on
- * the submitting thread, for job.queued).
+ * strategies act through.  Engine thread only.
  *
  * Threads: thread t of a job samples with seed(t) = the job's seed for
  * t = 0, samp_derive_seed(seed, t) otherwise, so a job's text depends only
@@ -15,16 +14,49 @@
 #include "answer.h"
 #include "sched_impl.h"
 
-/* ---- events (engine thread, except job.queued) ----------------------------------- */
+/* ---- events (engine thread) ------------------------------------------------------- */
+
+void
+sched_flush(sched *s)
+{
+	if (!s->n_pend)
+		return;
+	bus_publish_batch(s->bus, s->pend, (size_t)s->n_pend);
+	for (int i = 0; i < s->n_pend; i++)
+		ev_unref(s->pend[i]);
+	s->n_pend = 0;
+}
+
+void
+sched_queue(sched *s, struct ev *e)
+{
+	if (!e)
+		return;   /* out of memory: the event is lost, the job goes on */
+	if (s->n_pend == s->cap_pend) {
+		int cap = s->cap_pend ? 2 * s->cap_pend : 256;
+		struct ev **np = realloc(s->pend, (size_t)cap * sizeof *np);
+		if (!np) {
+			/* no room to wait: publish it now, after those before it */
+			sched_flush(s);
+			bus_publish(s->bus, e);
+			ev_unref(e);
+			return;
+		}
+		s->pend = np;
+		s->cap_pend = cap;
+	}
+	s->pend[s->n_pend++] = e;
+}
 
 void
 sched_publish(sched *s, struct sjob *j, enum ev_type type, int thread, json_t *payload)
 {
-	struct ev *e = ev_new(type, j->req.id, j->next_seq++, thread, payload);
-	if (!e)
-		return;   /* out of memory: the event is lost, the job goes on */
-	bus_publish(s->bus, e);
-	ev_unref(e);
+	int64_t seq = j->next_seq++;
+	if (!bus_wants(s->bus, j->req.id, type)) {
+		json_decref(payload);      /* nobody would get it */
+		return;
+	}
+	sched_queue(s, ev_new(type, j->req.id, seq, thread, payload));
 }
 
 /* ---- thread text ------------------------------------------------------------------ */
@@ -626,9 +658,10 @@ sched_job_token(sched *s, struct sjob *j, int i, const struct samp_result *r)
 		text_append(t, p + n, m);
 		n += m;
 	}
-	json_t *payload = json_pack("{s:s%, s:i, s:f, s:f}", "text", p, n, "tokens", t->tokens,
-				    "logprob", (double)r->logprob, "entropy", (double)r->entropy);
-	sched_publish(s, j, EV_THREAD_DELTA, i, payload);
+	int64_t seq = j->next_seq++;
+	if (bus_wants(s->bus, j->req.id, EV_THREAD_DELTA))
+		sched_queue(s, ev_new_delta(j->req.id, seq, i, p, n, t->tokens, (double)r->logprob,
+					    (double)r->entropy));
 	free(big);
 	if (j->st->token) {
 		int rc = j->st->token(j->st_state, &j->api, i, r);

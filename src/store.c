@@ -90,9 +90,8 @@ struct store {
 	bool thread_started;
 	atomic_bool stop;
 
-	/* store_sync: events queued for the writer (counted in the wake
-	 * callback, which runs inside bus_publish) against events applied. */
-	atomic_ullong enqueued;
+	/* store_sync: events queued for the writer (bus_sub_queued) against
+	 * events applied. */
 	atomic_int sync_waiters;
 	pthread_mutex_t mu;
 	pthread_cond_t applied_cv;
@@ -404,14 +403,6 @@ writer_main(void *p)
 	return NULL;
 }
 
-/* Runs inside bus_publish, outside the bus lock. */
-static void
-on_publish(void *ctx)
-{
-	store *st = ctx;
-	atomic_fetch_add(&st->enqueued, 1);
-}
-
 int
 store_sync(store *st)
 {
@@ -420,7 +411,7 @@ store_sync(store *st)
 
 	if (!st)
 		return ENG_ERR_INVALID;
-	target = atomic_load(&st->enqueued);
+	target = bus_sub_queued(st->sub);
 	pthread_mutex_lock(&st->mu);
 	if (st->applied < target) {
 		atomic_fetch_add(&st->sync_waiters, 1);
@@ -565,7 +556,6 @@ store_open(const char *path, bus *b, char *err, size_t errlen)
 	pthread_mutex_init(&st->mu, NULL);
 	pthread_cond_init(&st->applied_cv, NULL);
 	atomic_init(&st->stop, false);
-	atomic_init(&st->enqueued, 0);
 	atomic_init(&st->sync_waiters, 0);
 
 	if (setup_writer(st, err, errlen))
@@ -577,7 +567,7 @@ store_open(const char *path, bus *b, char *err, size_t errlen)
 		seterr_db(err, errlen, path, st->rdb, NULL);
 		goto fail;
 	}
-	st->sub = bus_subscribe(b, NULL, 0, on_publish, st);
+	st->sub = bus_subscribe(b, NULL, 0, NULL, NULL);
 	if (!st->sub) {
 		eng_seterr(err, errlen, ENG_ERR_NOMEM, "%s: cannot subscribe to the bus", path);
 		goto fail;

@@ -1,12 +1,14 @@
 /* test_bus.c - events and the event bus: JSON envelope, fan-out, job filter,
  * overflow -> one gap with the right count, unbounded never drops,
- * concurrent publishers with a checking reader, wake callbacks, interrupt. */
+ * concurrent publishers with a checking reader, wake callbacks, interrupt;
+ * event text against json_dumps, batches, type filters. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -586,6 +588,182 @@ test_pop_wait(void **state)
 	bus_destroy(b);
 }
 
+/* ---- the JSON text, the delta fast path, batches, type filters ---------------- */
+
+static unsigned long long rng_state = 0x2545F4914F6CDD1Dull;
+
+static unsigned long long
+rng(void)
+{
+	rng_state ^= rng_state << 13;
+	rng_state ^= rng_state >> 7;
+	rng_state ^= rng_state << 17;
+	return rng_state;
+}
+
+/* Random text from pieces that need escaping, multi-byte UTF-8 and NULs;
+ * with bad, some invalid UTF-8 too. */
+static size_t
+rand_text(char *b, size_t cap, int bad)
+{
+	static const char *const ok[] = { "a", "Z", "\"", "\\", "\n", "\t", "\b", "\f", "\r", "\x01",
+					  "\x1f", "\x7f", "/", "\xc3\xa9", "\xe2\x82\xac",
+					  "\xf0\x9f\x98\x80", " ", "9", "" /* a NUL */ };
+	static const char *const ko[] = { "\xc0\x80", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\x80",
+					  "\xe2\x82", "\xff" };
+	size_t n = rng() % (cap - 8), i = 0;
+	while (i < n) {
+		const char *p = ok[rng() % (sizeof ok / sizeof *ok)];
+		if (bad && rng() % 8 == 0)
+			p = ko[rng() % (sizeof ko / sizeof *ko)];
+		size_t l = *p ? strlen(p) : 1;
+		if (i + l > n)
+			break;
+		memcpy(b + i, p, l);
+		i += l;
+	}
+	return i;
+}
+
+/* A double of any kind the sampler or a strategy could report. */
+static double
+rand_real(void)
+{
+	unsigned long long u = rng();
+	switch (u % 4) {
+	case 0: {
+		float f;
+		uint32_t b = (uint32_t)(u >> 32);
+		memcpy(&f, &b, sizeof f);
+		return isfinite(f) ? f : 0.5;
+	}
+	case 1: {
+		double d;
+		memcpy(&d, &u, sizeof d);
+		return isfinite(d) ? d : -2.0;
+	}
+	case 2:
+		return (double)(float)(-(double)(u % 3000000) / 100000.0);
+	default:
+		return ldexp((double)(u >> 11), (int)(u % 120) - 100);
+	}
+}
+
+/* Every event's text is what json_dumps(body, JSON_COMPACT) writes (the
+ * writer is separate code), for flat and nested payloads of every value
+ * kind; and ev_new_delta gives the event that ev_new with json_pack's
+ * payload gives, invalid UTF-8 and non-finite numbers included. */
+static void
+test_event_text_matches_jansson(void **state)
+{
+	(void)state;
+	char txt[200];
+	for (int it = 0; it < 20000; it++) {
+		json_t *p = json_object();
+		int nk = (int)(rng() % 7);
+		for (int k = 0; k < nk; k++) {
+			char key[24];
+			key[rand_text(key, 16, 0)] = '\0';
+			json_t *v;
+			switch (rng() % 7) {
+			case 0: v = json_stringn(txt, rand_text(txt, sizeof txt, 0)); break;
+			case 1: v = json_integer((json_int_t)rng()); break;
+			case 2: v = json_real(rand_real()); break;
+			case 3: v = json_true(); break;
+			case 4: v = json_false(); break;
+			case 5: v = json_null(); break;
+			default: v = json_pack("{s:i, s:[f, s]}", "a", 1, "b", 0.25, "x"); break;
+			}
+			json_object_set_new(p, key, v);
+		}
+		int thread = (int)(rng() % 4) - 1;
+		struct ev *e = ev_new((enum ev_type)(rng() % EV_GAP), "jt", (int64_t)(rng() % 1000), thread, p);
+		assert_non_null(e);
+		char *ref = json_dumps(e->body, JSON_COMPACT);
+		assert_string_equal(e->json, ref);
+		assert_int_equal(e->len, strlen(ref));
+		free(ref);
+		ev_unref(e);
+
+		size_t n = rand_text(txt, sizeof txt, rng() % 4 == 0);
+		double lp = rand_real(), en = rand_real();
+		if (rng() % 40 == 0)
+			lp = rng() % 2 ? NAN : -INFINITY;
+		int tokens = (int)(rng() % 5000);
+		struct ev *a = ev_new_delta("jt", it, thread, txt, n, tokens, lp, en);
+		struct ev *b = ev_new(EV_THREAD_DELTA, "jt", it, thread,
+				      json_pack("{s:s%, s:i, s:f, s:f}", "text", txt, n, "tokens", tokens,
+						"logprob", lp, "entropy", en));
+		assert_non_null(a);
+		assert_non_null(b);
+		ref = json_dumps(a->body, JSON_COMPACT);
+		assert_string_equal(a->json, ref);
+		free(ref);
+		assert_int_equal(a->thread, b->thread);
+		json_object_set_new(a->body, "ts", json_integer(0));
+		json_object_set_new(b->body, "ts", json_integer(0));
+		char *ta = json_dumps(a->body, JSON_COMPACT), *tb = json_dumps(b->body, JSON_COMPACT);
+		assert_string_equal(ta, tb);   /* same fields, same order, same values */
+		free(ta);
+		free(tb);
+		ev_unref(a);
+		ev_unref(b);
+	}
+}
+
+static void
+test_batch_and_types(void **state)
+{
+	(void)state;
+	bus *b = bus_create();
+	struct wake_ctx wa = { 0 }, wall = { 0 };
+	bus_sub *a = bus_subscribe(b, "ja", 0, on_wake, &wa);
+	bus_sub *all = bus_subscribe(b, NULL, 0, on_wake, &wall);
+	struct ev *evs[5] = { mk("ja", 0), mk("jb", 0), NULL, mk("ja", 1), mk("jb", 1) };
+
+	bus_publish_batch(b, evs, 5);
+	assert_int_equal(bus_published(b), 4);
+	/* one wake per subscription per batch; order kept per subscription */
+	assert_int_equal(atomic_load(&wa.calls), 1);
+	assert_int_equal(atomic_load(&wall.calls), 1);
+	assert_int_equal(bus_sub_queued(a), 2);
+	assert_int_equal(bus_sub_queued(all), 4);
+	int want_all[] = { 0, 1, 3, 4 };
+	for (int i = 0; i < 4; i++) {
+		struct ev *e = bus_pop(all);
+		assert_ptr_equal(e, evs[want_all[i]]);
+		ev_unref(e);
+	}
+	for (int i = 0; i < 2; i++) {
+		struct ev *e = bus_pop(a);
+		assert_ptr_equal(e, evs[i == 0 ? 0 : 3]);
+		ev_unref(e);
+	}
+	assert_null(bus_pop(a));
+	assert_null(bus_pop(all));
+
+	/* types: the all-jobs subscription drops deltas, "ja" keeps them */
+	assert_int_equal(bus_wants(b, "jb", EV_THREAD_DELTA), 1);
+	bus_sub_set_types(all, ~(1u << EV_THREAD_DELTA));
+	assert_int_equal(bus_wants(b, "jb", EV_THREAD_DELTA), 0);
+	assert_int_equal(bus_wants(b, "ja", EV_THREAD_DELTA), 1);
+	assert_int_equal(bus_wants(b, "jb", EV_JOB_DONE), 1);
+	bus_publish_batch(b, evs, 5);                  /* all deltas (mk) */
+	assert_null(bus_pop(all));                     /* filtered: not a drop, no gap */
+	assert_int_equal(bus_dropped(b), 0);
+	assert_int_equal(bus_sub_queued(all), 4);
+	assert_int_equal(bus_sub_queued(a), 4);
+	bus_unsubscribe(b, a);
+	assert_int_equal(bus_wants(b, "ja", EV_THREAD_DELTA), 0);
+	bus_sub_set_types(all, ~0u);
+	assert_int_equal(bus_wants(b, "ja", EV_THREAD_DELTA), 1);
+	bus_unsubscribe(b, all);
+	assert_int_equal(bus_wants(b, "ja", EV_JOB_DONE), 0);
+	for (int i = 0; i < 5; i++)
+		ev_unref(evs[i]);
+	bus_destroy(b);
+}
+
 int
 main(void)
 {
@@ -600,6 +778,8 @@ main(void)
 		cmocka_unit_test(test_wake),
 		cmocka_unit_test(test_wake_outside_lock),
 		cmocka_unit_test(test_pop_wait),
+		cmocka_unit_test(test_event_text_matches_jansson),
+		cmocka_unit_test(test_batch_and_types),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
