@@ -849,9 +849,11 @@ alloc_buffers(struct cuda_backend *cb)
 }
 
 // The projections' GEMMs, tuned for every graph bucket of rows before the
-// KV pool takes the free memory (tuning needs scratch copies of the weights).
+// KV pool takes the free memory (tuning needs scratch copies of the weights);
+// matrices under GEMM_TUNE_MIN_BYTES are not tuned.
 // BRAID_GEMM: "tuned" (default), "untuned" (the GEMV up to its row limit,
 // cublasGemmEx above, no tuning: fast start), "cublas" (cublasGemmEx only).
+#define GEMM_TUNE_MIN_BYTES ((size_t)2 << 20)
 static int
 setup_gemm(struct cuda_backend *cb)
 {
@@ -879,6 +881,10 @@ setup_gemm(struct cuda_backend *cb)
 	while (nb < N_BUCKETS && buckets[nb] <= cb->max_rows)
 		nb++;
 	for (const auto &sh : shapes) {
+		// Small matrices are latency-bound whatever the algorithm: the
+		// untuned choice serves them and the load stays quick.
+		if ((size_t)sh[0] * sh[1] * sizeof(bf16) < GEMM_TUNE_MIN_BYTES)
+			continue;
 		cudaError_t ce = k_gemm_tune(cb->gm, sh[0], sh[1], buckets, nb, cb->st);
 		if (ce != cudaSuccess) {
 			snprintf(cb->err, sizeof cb->err, "CUDA: tuning the %dx%d GEMM: %s", sh[0], sh[1],
