@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # strategies_bench.sh - accuracy, tokens and wall time of every strategy on the
-# embedded model's hardest tier and mixed set, measured with `braid solve`;
-# writes docs/strategies.md and docs/strategies.json.
+# embedded model's hardest tier, mixed set and decomposable set, measured with
+# `braid solve`; writes DIR/strategies.md and DIR/strategies.json (default DIR
+# strategies-out; docs/strategies.md is written from such runs).
 #   tools/strategies_bench.sh [--problems K] [--braid src/braid] [--strategies "single sc ..."]
 #                             [-n N] [--device auto|cpu|cuda] [--out DIR] [--concurrency C]
 # K: the first K problems of each set (default: all).  Each row is one
@@ -14,7 +15,7 @@ k=0
 strategies="single sc deepconf prune multiverse parathink pdr team"
 n=16
 dev=auto
-outdir=docs
+outdir=strategies-out
 conc=()
 while [ $# -gt 0 ]; do
 	case $1 in
