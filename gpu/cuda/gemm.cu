@@ -21,6 +21,7 @@ extern "C" {
 #include "cuda/gemm_check.h"
 }
 #include "cuda/gemm.cuh"
+#include "cuda/pdl.cuh"
 
 // ---- the GEMV -----------------------------------------------------------------------------
 //
@@ -95,6 +96,17 @@ gemv_kernel(const bf16 *__restrict__ w, int w_rows, int w_cols, const bf16 *__re
 	const int c_last = s1 > s0 ? (s1 - 1) * 32 : 0;
 	const bf16 *wsafe = c_last < lim ? wp + c_last : wrow;
 	const uint4 zero = make_uint4(0, 0, 0, 0);
+
+	// The weights do not depend on the kernel before: start fetching the
+	// first steps into L2 while it finishes, then wait for it (x, out).
+	k_pdl_trigger();
+#pragma unroll
+	for (int u = 0; u < U; u++) {
+		const int c = (s0 + u) * 32;
+		if (s0 + u < s1 && c < lim)
+			asm volatile("prefetch.global.L2 [%0];" ::"l"(wp + c));
+	}
+	k_pdl_wait();
 
 	float acc[4][4];
 #pragma unroll
@@ -173,18 +185,19 @@ gemv_launch(const bf16 *w, int w_rows, int w_cols, const bf16 *x, int n, float *
 	const long long rows_per_cta = 8LL * (GV_WARPS / ks);
 	const unsigned ctas = (unsigned)((w_rows + rows_per_cta - 1) / rows_per_cta);
 	const bool wide = n > 8;
+	cudaError_t e;
 	if (unroll == 8) {
 		if (wide)
-			gemv_kernel<8, true><<<ctas, GV_THREADS, 0, st>>>(w, w_rows, w_cols, x, n, out, beta, ks);
+			e = k_launch(gemv_kernel<8, true>, dim3(ctas), dim3(GV_THREADS), 0, st, w, w_rows, w_cols, x, n, out, beta, ks);
 		else
-			gemv_kernel<8, false><<<ctas, GV_THREADS, 0, st>>>(w, w_rows, w_cols, x, n, out, beta, ks);
+			e = k_launch(gemv_kernel<8, false>, dim3(ctas), dim3(GV_THREADS), 0, st, w, w_rows, w_cols, x, n, out, beta, ks);
 	} else {
 		if (wide)
-			gemv_kernel<4, true><<<ctas, GV_THREADS, 0, st>>>(w, w_rows, w_cols, x, n, out, beta, ks);
+			e = k_launch(gemv_kernel<4, true>, dim3(ctas), dim3(GV_THREADS), 0, st, w, w_rows, w_cols, x, n, out, beta, ks);
 		else
-			gemv_kernel<4, false><<<ctas, GV_THREADS, 0, st>>>(w, w_rows, w_cols, x, n, out, beta, ks);
+			e = k_launch(gemv_kernel<4, false>, dim3(ctas), dim3(GV_THREADS), 0, st, w, w_rows, w_cols, x, n, out, beta, ks);
 	}
-	return cudaGetLastError();
+	return e;
 }
 
 // The untuned configuration: split K over more warps while that still adds

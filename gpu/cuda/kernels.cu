@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "cuda/kernels.cuh"
+#include "cuda/pdl.cuh"
 
 #define LOG2E 1.4426950408889634f
 
@@ -45,6 +46,7 @@ block_sum(float v, float *red)
 static __global__ void
 embed_kernel(const bf16 *emb, const int32_t *tokens, const int *n, int d, float *x)
 {
+	k_pdl_start();   // launched plainly (after the metadata upload): as merge_kernel
 	const int r = blockIdx.x;
 	if (r >= *n)
 		return;
@@ -65,6 +67,7 @@ static __global__ void
 rmsnorm_kernel(const float *x, const int32_t *idx, const int *n, const float *w, int d, float eps,
 	       bf16 *out)
 {
+	k_pdl_start();
 	__shared__ float red[32];
 	const int r = blockIdx.x;
 	if (n && r >= *n)
@@ -84,13 +87,13 @@ cudaError_t
 k_rmsnorm(const float *x, const int32_t *idx, const int *n, const float *w, int rows, int d, float eps,
 	  bf16 *out, cudaStream_t s)
 {
-	rmsnorm_kernel<<<rows, d >= 1024 ? 1024 : 256, 0, s>>>(x, idx, n, w, d, eps, out);
-	return cudaGetLastError();
+	return k_launch(rmsnorm_kernel, dim3(rows), dim3(d >= 1024 ? 1024 : 256), 0, s, x, idx, n, w, d, eps, out);
 }
 
 static __global__ void
 swiglu_kernel(const float *gu, int f, bf16 *h)
 {
+	k_pdl_start();
 	const int r = blockIdx.y;
 	const float *g = gu + (size_t)r * 2 * f, *u = g + f;
 	for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < f; i += gridDim.x * blockDim.x) {
@@ -103,13 +106,13 @@ cudaError_t
 k_swiglu(const float *gu, int rows, int f, bf16 *h, cudaStream_t s)
 {
 	dim3 grid((f + 1023) / 1024, rows);
-	swiglu_kernel<<<grid, 256, 0, s>>>(gu, f, h);
-	return cudaGetLastError();
+	return k_launch(swiglu_kernel, grid, dim3(256), 0, s, gu, f, h);
 }
 
 static __global__ void
 scatter_kernel(const float *src, const int32_t *slots, const int *n, int width, float *dst)
 {
+	k_pdl_start();
 	const int r = blockIdx.y;
 	if (r >= *n || slots[r] < 0)
 		return;
@@ -129,8 +132,7 @@ k_scatter_rows(const float *src, const int32_t *slots, const int *n, int rows, i
 	       cudaStream_t s)
 {
 	dim3 grid(16, rows);
-	scatter_kernel<<<grid, 256, 0, s>>>(src, slots, n, width, dst);
-	return cudaGetLastError();
+	return k_launch(scatter_kernel, grid, dim3(256), 0, s, src, slots, n, width, dst);
 }
 
 // ---- QKV epilogue --------------------------------------------------------------------
@@ -143,6 +145,7 @@ qkv_post_kernel(const float *qkv, const float *b, const float *qn, const float *
 		const int32_t *pos, const int32_t *tab_off, const int32_t *tables, const int *n,
 		int n_heads, float eps, k_kv_geom g, int layer, bf16 *kv, float *q)
 {
+	k_pdl_start();
 	__shared__ float buf[4][K_MAX_HEAD_DIM];
 	const int r = blockIdx.x;
 	const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
@@ -200,9 +203,8 @@ k_qkv_post(const float *qkv, const float *b, const float *qn, const float *kn, c
 	   int n_heads, float eps, k_kv_geom g, int layer, bf16 *kv, float *q, cudaStream_t s)
 {
 	dim3 grid(rows, (n_heads + 2 * g.n_kv_heads + 3) / 4);
-	qkv_post_kernel<<<grid, 128, 0, s>>>(qkv, b, qn, kn, inv_freq, pos, tab_off, tables, n, n_heads, eps, g,
-					     layer, kv, q);
-	return cudaGetLastError();
+	return k_launch(qkv_post_kernel, grid, dim3(128), 0, s, qkv, b, qn, kn, inv_freq, pos, tab_off, tables, n,
+			n_heads, eps, g, layer, kv, q);
 }
 
 // ---- attention -------------------------------------------------------------------------
@@ -516,6 +518,7 @@ attention_kernel(const float *q, const bf16 *kv, const int32_t *tables, const in
 		 const int32_t *item_rows, const k_attn_item *items, const int *n_items, int n_heads,
 		 k_kv_geom g, int layer, float *part_ml, float *part_acc)
 {
+	k_pdl_start();
 	extern __shared__ float sm[];
 	const int units = *n_items * g.n_kv_heads, group = n_heads / g.n_kv_heads;
 	for (int u = blockIdx.x; u < units; u += gridDim.x) {
@@ -703,9 +706,8 @@ k_attention(const float *q, const bf16 *kv, const int32_t *tables, const int32_t
 	    const k_attn_item *items, const int *n_items, int ctas, int warp_blocks, int n_heads, k_kv_geom g,
 	    int layer, float *part_ml, float *part_acc, cudaStream_t s, cudaStream_t s_warp)
 {
-	attention_kernel<<<ctas, K_ATT_THREADS, k_attention_smem(g.head_dim), s>>>(
-		q, kv, tables, pos, item_rows, items, n_items, n_heads, g, layer, part_ml, part_acc);
-	cudaError_t e = cudaGetLastError();
+	cudaError_t e = k_launch(attention_kernel, dim3(ctas), dim3(K_ATT_THREADS), k_attention_smem(g.head_dim), s,
+				 q, kv, tables, pos, item_rows, items, n_items, n_heads, g, layer, part_ml, part_acc);
 	if (e != cudaSuccess || warp_blocks <= 0)
 		return e;
 #define ATTW(D) attention_warp_kernel<D><<<warp_blocks, ATTW_WARPS * 32, 0, s_warp>>>( \
@@ -729,6 +731,7 @@ static __global__ void
 merge_kernel(const float *part_ml, const float *part_acc, const int32_t *rp_off, const int32_t *rp_idx,
 	     const int *n, int n_heads, int hd, bf16 *out)
 {
+	k_pdl_start();   // launched plainly (after a join): only lets the next kernel be scheduled
 	const int r = blockIdx.x, lane = threadIdx.x & 31, h = blockIdx.y * 4 + (threadIdx.x >> 5);
 	if (h >= n_heads)
 		return;
