@@ -6,6 +6,7 @@
 #include "chat.h"
 #include "status.h"
 #include "tok_impl.h"
+#include "utf8.h"
 
 struct sbuf {
 	char *p;
@@ -151,13 +152,13 @@ py_strip(struct str s)
 	size_t i = 0, end = s.n;
 	uint32_t cp;
 	size_t k;
-	while (i < end && (k = tok_utf8_next(u + i, end - i, &cp)) && py_space(cp))
+	while (i < end && (k = utf8_next(u + i, end - i, &cp)) && py_space(cp))
 		i += k;
 	while (end > i) {
 		size_t j = end - 1;
 		while (j > i && (u[j] & 0xc0) == 0x80)
 			j--;
-		if (!tok_utf8_next(u + j, end - j, &cp) || !py_space(cp))
+		if (!utf8_next(u + j, end - j, &cp) || !py_space(cp))
 			break;
 		end = j;
 	}

@@ -5,6 +5,7 @@
 
 #include "status.h"
 #include "tok_impl.h"
+#include "utf8.h"
 
 struct buf {
 	char *p;
@@ -41,7 +42,7 @@ token_bytes(const struct tok *t, int32_t id, struct buf *b)
 		return ENG_ERR_NOMEM;
 	for (size_t i = 0; i < n;) {
 		uint32_t cp;
-		size_t k = tok_utf8_next(s + i, n - i, &cp);
+		size_t k = utf8_next(s + i, n - i, &cp);
 		int byte = k ? tok_cp_to_byte(cp) : -1;
 		if (byte < 0) {
 			memcpy(b->p + start, s, n);

@@ -7,6 +7,7 @@
 
 #include "status.h"
 #include "tok_impl.h"
+#include "utf8.h"
 
 struct span {
 	size_t start, end;
@@ -120,7 +121,7 @@ cp_before(const char *s, size_t end, size_t *start)
 	while (i > 0 && ((unsigned char)s[i] & 0xc0) == 0x80)
 		i--;
 	uint32_t cp = 0;
-	tok_utf8_next((const unsigned char *)s + i, end - i, &cp);
+	utf8_next((const unsigned char *)s + i, end - i, &cp);
 	*start = i;
 	return cp;
 }
@@ -172,8 +173,8 @@ split_added(const struct tok *t, const struct tok_trie *tr, const char *s, size_
 			size_t k;
 			uint32_t cp;
 			int before = start > 0 && is_word(cp_before(s, start, &k));
-			int after = stop < n && tok_utf8_next((const unsigned char *)s + stop,
-							       n - stop, &cp) && is_word(cp);
+			int after = stop < n && utf8_next((const unsigned char *)s + stop,
+							   n - stop, &cp) && is_word(cp);
 			if (before || after)
 				continue;
 		}
@@ -188,8 +189,8 @@ split_added(const struct tok *t, const struct tok_trie *tr, const char *s, size_
 		if (a->rstrip) {
 			uint32_t cp;
 			size_t k;
-			while (stop < n && (k = tok_utf8_next((const unsigned char *)s + stop, n - stop,
-							      &cp)) && is_ws(cp))
+			while (stop < n && (k = utf8_next((const unsigned char *)s + stop, n - stop,
+							   &cp)) && is_ws(cp))
 				stop += k;
 			pos = stop;
 		}
@@ -459,7 +460,7 @@ bpe_piece(struct enc *e, const unsigned char *s, size_t n)
 			return ENG_ERR_NOMEM;
 		size_t k = 0;
 		for (size_t i = 0; i < n; i++)
-			k += tok_utf8_put(tok_byte_to_cp(s[i]), e->bl + k);
+			k += utf8_put(tok_byte_to_cp(s[i]), e->bl + k);
 		int32_t id = tok_strmap_get(&t->vocab, e->bl, k);
 		if (id >= 0)
 			return push_id(e, id);
@@ -597,7 +598,7 @@ tok_nfc(const char *s, size_t n, char **out, size_t *outlen)
 	*out = NULL;
 	while (i < n) {
 		uint32_t cp;
-		size_t k = tok_utf8_next(u + i, n - i, &cp);
+		size_t k = utf8_next(u + i, n - i, &cp);
 		if (k == 0) {
 			rc = ENG_ERR_INVALID;
 			goto fail;
@@ -650,24 +651,6 @@ fail:
 	free(sp.v);
 	free(norm);
 	return rc;
-}
-
-static int
-utf8_valid(const char *s, size_t n)
-{
-	const unsigned char *u = (const unsigned char *)s;
-	for (size_t i = 0; i < n;) {
-		if (u[i] < 0x80) {
-			i++;
-			continue;
-		}
-		uint32_t cp;
-		size_t k = tok_utf8_next(u + i, n - i, &cp);
-		if (k == 0)
-			return 0;
-		i += k;
-	}
-	return 1;
 }
 
 int

@@ -112,14 +112,6 @@ uint32_t tok_byte_to_cp(uint8_t b);
 /* Code point -> byte, or -1 if cp is not in the alphabet. */
 int tok_cp_to_byte(uint32_t cp);
 
-/* Decode one UTF-8 character at s[0..n) strictly (no overlongs, surrogates
- * or values past U+10FFFF).  Returns its length and sets *cp, or 0 if the
- * bytes there are not a valid character. */
-size_t tok_utf8_next(const unsigned char *s, size_t n, uint32_t *cp);
-
-/* Write cp as UTF-8 into out (4 bytes room); returns the length. */
-size_t tok_utf8_put(uint32_t cp, char *out);
-
 /* NFC as HF tokenizers computes it (utf8proc, with the code points HF's
  * older tables lack left alone).  *out is malloc'd and NUL-terminated. */
 int tok_nfc(const char *s, size_t n, char **out, size_t *outlen);

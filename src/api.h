@@ -104,8 +104,6 @@ int api_query(struct api_sess *s, const char *name, char *buf, size_t len);
 /* A request header into buf (lws token index); 1 if present. */
 int api_header_in(struct api_sess *s, int token, char *buf, size_t len);
 
-/* 1 if buf is valid UTF-8. */
-int api_utf8_valid(const char *buf, size_t len);
 /* Parse the body as a JSON object; on failure answers 400 and returns NULL. */
 json_t *api_body_json(struct api_sess *s);
 

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "event.h"
+#include "utf8.h"
 
 /* In the order of enum ev_type. */
 static const char *const ev_type_names[EV_N_TYPES] = {
@@ -119,56 +120,6 @@ jw_ch(struct jw *w, char c)
 		w->p[w->len++] = c;
 }
 
-/* Length of the valid UTF-8 sequence at p (n bytes left), 0 if invalid:
- * no overlong forms, no surrogates, nothing past U+10FFFF (what jansson
- * accepts). */
-static size_t
-utf8_seq(const unsigned char *p, size_t n)
-{
-	unsigned c = p[0];
-	size_t k;
-	uint32_t cp;
-	if (c < 0xC2)
-		return 0;
-	else if (c < 0xE0)
-		k = 2, cp = c & 0x1F;
-	else if (c < 0xF0)
-		k = 3, cp = c & 0x0F;
-	else if (c < 0xF5)
-		k = 4, cp = c & 0x07;
-	else
-		return 0;
-	if (n < k)
-		return 0;
-	for (size_t i = 1; i < k; i++) {
-		if ((p[i] & 0xC0) != 0x80)
-			return 0;
-		cp = cp << 6 | (p[i] & 0x3F);
-	}
-	if ((k == 3 && cp < 0x800) || (k == 4 && cp < 0x10000) || cp > 0x10FFFF ||
-	    (cp >= 0xD800 && cp <= 0xDFFF))
-		return 0;
-	return k;
-}
-
-/* 1 if s[0..n) is valid UTF-8. */
-static int
-utf8_valid(const char *s, size_t n)
-{
-	const unsigned char *p = (const unsigned char *)s;
-	for (size_t i = 0; i < n;) {
-		if (p[i] < 0x80) {
-			i++;
-			continue;
-		}
-		size_t k = utf8_seq(p + i, n - i);
-		if (!k)
-			return 0;
-		i += k;
-	}
-	return 1;
-}
-
 /* A JSON string with jansson's escapes: \\ \" \b \f \n \r \t, other
  * control bytes as \u00XX (upper-case hex); everything else as is.  Invalid
  * UTF-8 fails (json_dumps fails on it too). */
@@ -186,7 +137,8 @@ jw_string(struct jw *w, const char *s, size_t n)
 				i++;
 				continue;
 			}
-			size_t k = utf8_seq(p + i, n - i);
+			uint32_t cp;
+			size_t k = utf8_next(p + i, n - i, &cp);
 			if (!k) {
 				w->fail = 1;
 				return;

@@ -16,6 +16,7 @@
 
 #include "job.h"
 #include "status.h"
+#include "utf8.h"
 
 #define JOB_ID_HEX 20
 #define JOB_JSON_DEPTH_MAX 64      /* nesting allowed inside "params"       */
@@ -47,45 +48,6 @@ job_req_free(struct job_req *r)
 }
 
 /* ---- validation helpers ------------------------------------------------------ */
-
-/* Strict UTF-8 (no overlongs, no surrogates, nothing past U+10FFFF). */
-static bool
-utf8_valid(const char *s, size_t n)
-{
-	const unsigned char *p = (const unsigned char *)s, *end = p + n;
-	while (p < end) {
-		unsigned c = *p;
-		size_t len;
-		unsigned cp;
-		if (c < 0x80) {
-			p++;
-			continue;
-		} else if (c >= 0xc2 && c <= 0xdf) {
-			len = 2;
-			cp = c & 0x1f;
-		} else if (c >= 0xe0 && c <= 0xef) {
-			len = 3;
-			cp = c & 0x0f;
-		} else if (c >= 0xf0 && c <= 0xf4) {
-			len = 4;
-			cp = c & 0x07;
-		} else {
-			return false;
-		}
-		if ((size_t)(end - p) < len)
-			return false;
-		for (size_t i = 1; i < len; i++) {
-			if ((p[i] & 0xc0) != 0x80)
-				return false;
-			cp = (cp << 6) | (p[i] & 0x3f);
-		}
-		if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-		    (cp >= 0xd800 && cp <= 0xdfff))
-			return false;
-		p += len;
-	}
-	return true;
-}
 
 /* A JSON string that is valid UTF-8 without NUL bytes; else the reason. */
 static const char *

@@ -10,6 +10,7 @@
 #include <libwebsockets.h>
 
 #include "api.h"
+#include "utf8.h"
 
 /* The bus has events for s (any thread): flag it and wake the service
  * loop, which asks for WRITEABLE on flagged sessions. */
@@ -146,7 +147,7 @@ api_error(struct api_sess *s, int status, const char *fmt, ...)
 	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
 	/* the message may quote request bytes: keep only valid UTF-8 */
-	if (!api_utf8_valid(msg, strlen(msg)))
+	if (!utf8_valid(msg, strlen(msg)))
 		snprintf(msg, sizeof msg, "invalid request");
 	json_t *j = json_pack("{s:{s:s, s:s, s:i}}", "error", "message", msg, "type",
 			      error_type(status), "code", status);
@@ -220,40 +221,6 @@ api_header_in(struct api_sess *s, int token, char *buf, size_t len)
 	return lws_hdr_copy(s->wsi, buf, (int)len, (enum lws_token_indexes)token) >= 0;
 }
 
-int
-api_utf8_valid(const char *buf, size_t len)
-{
-	const unsigned char *p = (const unsigned char *)buf, *end = p + len;
-	while (p < end) {
-		unsigned c = *p;
-		size_t n;
-		unsigned min;
-		if (c < 0x80) {
-			p++;
-			continue;
-		} else if ((c & 0xe0) == 0xc0) {
-			n = 1, min = 0x80, c &= 0x1f;
-		} else if ((c & 0xf0) == 0xe0) {
-			n = 2, min = 0x800, c &= 0x0f;
-		} else if ((c & 0xf8) == 0xf0) {
-			n = 3, min = 0x10000, c &= 0x07;
-		} else {
-			return 0;
-		}
-		if ((size_t)(end - p) <= n)
-			return 0;
-		for (size_t i = 1; i <= n; i++) {
-			if ((p[i] & 0xc0) != 0x80)
-				return 0;
-			c = (c << 6) | (p[i] & 0x3f);
-		}
-		if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
-			return 0;
-		p += n + 1;
-	}
-	return 1;
-}
-
 json_t *
 api_body_json(struct api_sess *s)
 {
@@ -261,7 +228,7 @@ api_body_json(struct api_sess *s)
 		api_error(s, 400, "the request needs a JSON object body");
 		return NULL;
 	}
-	if (!api_utf8_valid(s->body, s->body_len)) {
+	if (!utf8_valid(s->body, s->body_len)) {
 		api_error(s, 400, "the request body is not valid UTF-8");
 		return NULL;
 	}

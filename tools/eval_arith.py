@@ -120,31 +120,32 @@ def compare_solve(a_path, b_path, n):
             "tokens_b": sum(b[i]["tokens"] for i in ids) / len(ids) / n}
 
 
+# The two-file modes: flag -> (metavars, description, function(path_a, path_b, n) -> dict).
+FILE_PAIR_MODES = {
+    "--compare": (("A", "B"), "compare two braid solve sc result files", compare_solve),
+    "--solve": (("GREEDY", "SC"), "summarise braid solve results", summarize_solve),
+}
+
+
+def file_pair_main(flag):
+    """`eval_arith.py FLAG X Y [--n N]`: prints the mode's result for X and Y as one JSON line; exit status."""
+    metavars, description, fn = FILE_PAIR_MODES[flag]
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument(flag, nargs=2, metavar=metavars, required=True)
+    ap.add_argument("--n", type=int, default=16)
+    a = ap.parse_args()
+    try:
+        r = fn(*getattr(a, flag[2:]), a.n)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"eval_arith: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(r))
+    return 0
+
+
 def main():
-    if len(sys.argv) > 1 and sys.argv[1] == "--compare":
-        ap = argparse.ArgumentParser(description="compare two braid solve sc result files")
-        ap.add_argument("--compare", nargs=2, metavar=("A", "B"), required=True)
-        ap.add_argument("--n", type=int, default=16)
-        a = ap.parse_args()
-        try:
-            r = compare_solve(a.compare[0], a.compare[1], a.n)
-        except (OSError, ValueError, KeyError) as e:
-            print(f"eval_arith: {e}", file=sys.stderr)
-            return 1
-        print(json.dumps(r))
-        return 0
-    if len(sys.argv) > 1 and sys.argv[1] == "--solve":
-        ap = argparse.ArgumentParser(description="summarise braid solve results")
-        ap.add_argument("--solve", nargs=2, metavar=("GREEDY", "SC"), required=True)
-        ap.add_argument("--n", type=int, default=16)
-        a = ap.parse_args()
-        try:
-            r = summarize_solve(a.solve[0], a.solve[1], a.n)
-        except (OSError, ValueError, KeyError) as e:
-            print(f"eval_arith: {e}", file=sys.stderr)
-            return 1
-        print(json.dumps(r))
-        return 0
+    if len(sys.argv) > 1 and sys.argv[1] in FILE_PAIR_MODES:
+        return file_pair_main(sys.argv[1])
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--braid", required=True, help="the braid binary")
     ap.add_argument("--model", help="model directory (default: braid's embedded model)")

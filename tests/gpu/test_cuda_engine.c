@@ -21,7 +21,6 @@
  *    usable. */
 #include <dirent.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,6 +33,7 @@
 #include "model.h"
 #include "tokenizer.h"
 #include "cuda/cuda.h"
+#include "gpucheck.h"
 
 #define MIB ((size_t)1 << 20)
 #define CPU_KV_BYTES (64 * MIB)
@@ -59,25 +59,6 @@
 #define SAMPLE_KIDS 64
 #define SAMPLE_STEPS 32
 
-static int n_checks, n_failed;
-
-/* Count one check and print its line. */
-static int check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int
-check(int ok, const char *fmt, ...)
-{
-	va_list ap;
-	n_checks++;
-	n_failed += !ok;
-	printf("%s ", ok ? "ok  " : "FAIL");
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	putchar('\n');
-	fflush(stdout);
-	return ok;
-}
-
 static double
 now_s(void)
 {
@@ -86,16 +67,7 @@ now_s(void)
 	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* splitmix64: prompts are reproducible random ids. */
-static uint64_t
-mix64(uint64_t *s)
-{
-	uint64_t z = (*s += 0x9e3779b97f4a7c15ULL);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-	return z ^ (z >> 31);
-}
-
+/* Reproducible random ids (splitmix64 from seed). */
 static int32_t *
 random_ids(int n, int vocab, uint64_t seed)
 {
@@ -103,7 +75,7 @@ random_ids(int n, int vocab, uint64_t seed)
 	if (!ids)
 		return NULL;
 	for (int i = 0; i < n; i++)
-		ids[i] = (int32_t)(mix64(&seed) % (uint64_t)vocab);
+		ids[i] = (int32_t)(gc_mix64(&seed) % (uint64_t)vocab);
 	return ids;
 }
 
@@ -272,15 +244,15 @@ check_prompt_logits(const char *model, eng *cpu, eng *gpu, const struct prompt *
 	int sc = -1, sg = -1, rc, worst_pos = 0;
 	double worst = INFINITY;
 	if (!lc || !lg) {
-		check(0, "%s: out of memory", model);
+		gc_check(0, "%s: out of memory", model);
 		goto out;
 	}
 	if ((sc = eng_seq_new(cpu, pr->ids, pr->n, &sp)) < 0 || (sg = eng_seq_new(gpu, pr->ids, pr->n, &sp)) < 0) {
-		check(0, "%-18s logits %s: eng_seq_new: %s", model, pr->label, rcmsg(gpu, sc < 0 ? sc : sg));
+		gc_check(0, "%-18s logits %s: eng_seq_new: %s", model, pr->label, rcmsg(gpu, sc < 0 ? sc : sg));
 		goto out;
 	}
 	if ((rc = eng_seq_prefill(cpu, sc, lc)) != 0 || (rc = eng_seq_prefill(gpu, sg, lg)) != 0) {
-		check(0, "%-18s logits %s: eng_seq_prefill: %s", model, pr->label, rcmsg(gpu, rc));
+		gc_check(0, "%-18s logits %s: eng_seq_prefill: %s", model, pr->label, rcmsg(gpu, rc));
 		goto out;
 	}
 	worst = 0;
@@ -291,13 +263,13 @@ check_prompt_logits(const char *model, eng *cpu, eng *gpu, const struct prompt *
 			worst_pos = i;
 		}
 	}
-	check(worst <= tol, "%-18s logits %-12s every position: worst max|diff|/max|cpu| %.3g at pos %d (tol %.3g)",
-	      model, pr->label, worst, worst_pos, tol);
+	gc_check(worst <= tol, "%-18s logits %-12s every position: worst max|diff|/max|cpu| %.3g at pos %d (tol %.3g)",
+	        model, pr->label, worst, worst_pos, tol);
 
 	/* The ready logits are the last row of the same pass. */
 	const float *ready = eng_seq_logits(gpu, sg);
 	double dr = ready ? rel_diff(lg + (size_t)(pr->n - 1) * vocab, ready, (size_t)vocab) : INFINITY;
-	check(dr <= 1e-6, "%-18s ready logits %-6s = last all_logits row: diff %.3g (tol 1e-6)", model, pr->label, dr);
+	gc_check(dr <= 1e-6, "%-18s ready logits %-6s = last all_logits row: diff %.3g (tol 1e-6)", model, pr->label, dr);
 out:
 	if (sc >= 0)
 		eng_seq_free(cpu, sc);
@@ -322,15 +294,15 @@ check_long_prompt(const char *model, eng *cpu, eng *gpu, double tol)
 	struct samp_params sp = greedy_params(0);
 	int sc = -1, sg = -1, rc;
 	if (!pr.ids || !lc || !lg) {
-		check(0, "%s: out of memory", model);
+		gc_check(0, "%s: out of memory", model);
 		goto out;
 	}
 	if ((sc = eng_seq_new(cpu, pr.ids, n, &sp)) < 0 || (sg = eng_seq_new(gpu, pr.ids, n, &sp)) < 0) {
-		check(0, "%-18s long prompt %d: eng_seq_new: %s", model, n, rcmsg(gpu, sc < 0 ? sc : sg));
+		gc_check(0, "%-18s long prompt %d: eng_seq_new: %s", model, n, rcmsg(gpu, sc < 0 ? sc : sg));
 		goto out;
 	}
 	if ((rc = eng_seq_prefill(cpu, sc, lc)) != 0 || (rc = eng_seq_prefill(gpu, sg, lg)) != 0) {
-		check(0, "%-18s long prompt %d: eng_seq_prefill: %s", model, n, rcmsg(gpu, rc));
+		gc_check(0, "%-18s long prompt %d: eng_seq_prefill: %s", model, n, rcmsg(gpu, rc));
 		goto out;
 	}
 	double last4 = 0, all = 0;
@@ -341,9 +313,9 @@ check_long_prompt(const char *model, eng *cpu, eng *gpu, double tol)
 		if (i >= n - 4 && !(d <= last4))
 			last4 = d;
 	}
-	check(last4 <= tol,
-	      "%-18s long prompt %d ids in passes of %d rows: last 4 positions worst rel diff %.3g (tol %.3g; all positions %.3g)",
-	      model, n, BATCH_ROWS, last4, tol, all);
+	gc_check(last4 <= tol,
+	        "%-18s long prompt %d ids in passes of %d rows: last 4 positions worst rel diff %.3g (tol %.3g; all positions %.3g)",
+	        model, n, BATCH_ROWS, last4, tol, all);
 out:
 	if (sc >= 0)
 		eng_seq_free(cpu, sc);
@@ -371,14 +343,14 @@ check_greedy(const char *model, eng *cpu, eng *gpu, const struct prompt *pr, dou
 	int sc = -1, sg = -1, rc, n_out, agreed = 0, mismatch = 0;
 	char note[160] = "";
 	if ((sc = eng_seq_new(cpu, pr->ids, pr->n, &sp)) < 0 || (sg = eng_seq_new(gpu, pr->ids, pr->n, &sp)) < 0) {
-		check(0, "%-18s greedy %s: eng_seq_new: %s", model, pr->label, rcmsg(gpu, sc < 0 ? sc : sg));
+		gc_check(0, "%-18s greedy %s: eng_seq_new: %s", model, pr->label, rcmsg(gpu, sc < 0 ? sc : sg));
 		goto out;
 	}
 	for (int step = 0; step < GREEDY_STEPS; step++) {
 		rc = eng_seq_prefill(cpu, sc, NULL);
 		const float *l = eng_seq_logits(cpu, sc);
 		if (rc < 0 || !l) {
-			check(0, "%-18s greedy %s: cpu prefill at step %d: %s", model, pr->label, step, eng_strerror(rc));
+			gc_check(0, "%-18s greedy %s: cpu prefill at step %d: %s", model, pr->label, step, eng_strerror(rc));
 			goto out;
 		}
 		int a = 0, b = -1;
@@ -394,7 +366,7 @@ check_greedy(const char *model, eng *cpu, eng *gpu, const struct prompt *pr, dou
 		double scale = max_abs(l, (size_t)vocab);
 		if ((rc = eng_step(cpu, &tc, 1, &n_out)) < 0 || n_out != 1 ||
 		    (rc = eng_step(gpu, &tg, 1, &n_out)) < 0 || n_out != 1) {
-			check(0, "%-18s greedy %s: eng_step at step %d: %s", model, pr->label, step, rcmsg(gpu, rc));
+			gc_check(0, "%-18s greedy %s: eng_step at step %d: %s", model, pr->label, step, rcmsg(gpu, rc));
 			goto out;
 		}
 		toks[step] = tg.r.token;
@@ -412,8 +384,8 @@ check_greedy(const char *model, eng *cpu, eng *gpu, const struct prompt *pr, dou
 		}
 		break;
 	}
-	check(!mismatch, "%-18s greedy %-12s tokens agreed %d/%d steps (tie below %.3g*max|logit|)%s", model,
-	      pr->label, agreed, GREEDY_STEPS, tie_rel, note);
+	gc_check(!mismatch, "%-18s greedy %-12s tokens agreed %d/%d steps (tie below %.3g*max|logit|)%s", model,
+	        pr->label, agreed, GREEDY_STEPS, tie_rel, note);
 	const tok *t = eng_tokenizer(gpu);
 	char *text = NULL;
 	size_t len = 0;
@@ -439,12 +411,12 @@ check_forks(const char *model, eng *gpu, const struct prompt *pr)
 	double dlp = 0;
 	if ((ids[0] = eng_seq_new(gpu, pr->ids, pr->n, &sp)) < 0 || (rc = eng_seq_prefill(gpu, ids[0], NULL)) != 0 ||
 	    (rc = eng_seq_fork(gpu, ids[0], 7, ids + 1)) != 0) {
-		check(0, "%-18s forks: setup failed: %s", model, rcmsg(gpu, ids[0] < 0 ? ids[0] : rc));
+		gc_check(0, "%-18s forks: setup failed: %s", model, rcmsg(gpu, ids[0] < 0 ? ids[0] : rc));
 		goto out;
 	}
 	for (int step = 0; step < FORK_STEPS; step++) {
 		if ((rc = step_map(gpu, ids, 8, buf, res))) {
-			check(0, "%-18s forks: eng_step at step %d: %s", model, step, rcmsg(gpu, rc));
+			gc_check(0, "%-18s forks: eng_step at step %d: %s", model, step, rcmsg(gpu, rc));
 			goto out;
 		}
 		for (int j = 1; j < 8; j++) {
@@ -458,8 +430,8 @@ check_forks(const char *model, eng *gpu, const struct prompt *pr)
 				dlp = isnan(d) ? INFINITY : d;
 		}
 	}
-	check(mism == 0, "%-18s fork 7 + parent, %d greedy steps: %d child tokens differ from the parent's (first at step %d); largest |logprob diff| %.3g",
-	      model, FORK_STEPS, mism, first_bad, dlp);
+	gc_check(mism == 0, "%-18s fork 7 + parent, %d greedy steps: %d child tokens differ from the parent's (first at step %d); largest |logprob diff| %.3g",
+	        model, FORK_STEPS, mism, first_bad, dlp);
 out:
 	free_seqs(gpu, ids, 8);
 }
@@ -512,12 +484,12 @@ check_batch_invariance(const char *model, eng *gpu, const struct prompt *pr)
 			n = c->max_position - FORK_STEPS - 1;
 		other[i].n = n;
 		if (!(other[i].ids = random_ids(n, c->vocab_size, 0xb47cULL + (uint64_t)i))) {
-			check(0, "%s: out of memory", model);
+			gc_check(0, "%s: out of memory", model);
 			goto out;
 		}
 	}
 	if ((rc = run_batched(gpu, pr, other, 0, alone, &sa)) || (rc = run_batched(gpu, pr, other, 5, batched, &sb))) {
-		check(0, "%-18s batch invariance: %s", model, rcmsg(gpu, rc));
+		gc_check(0, "%-18s batch invariance: %s", model, rcmsg(gpu, rc));
 		goto out;
 	}
 	for (int step = 0; step < FORK_STEPS; step++) {
@@ -541,9 +513,9 @@ check_batch_invariance(const char *model, eng *gpu, const struct prompt *pr)
 		compared++;
 	}
 	double rel = worst / (sa > 0 ? sa : 1.0);
-	check(ok && rel <= BATCH_TOL,
-	      "%-18s alone vs batched with 5 others, %d greedy steps: tokens agree on %d, worst logprob diff/max|logit| %.3g (tol %.3g, exactly 0: %s; prefill max|logit| %s)%s",
-	      model, FORK_STEPS, compared, rel, BATCH_TOL, worst == 0 ? "yes" : "no", sa == sb ? "identical" : "differs", note);
+	gc_check(ok && rel <= BATCH_TOL,
+	        "%-18s alone vs batched with 5 others, %d greedy steps: tokens agree on %d, worst logprob diff/max|logit| %.3g (tol %.3g, exactly 0: %s; prefill max|logit| %s)%s",
+	        model, FORK_STEPS, compared, rel, BATCH_TOL, worst == 0 ? "yes" : "no", sa == sb ? "identical" : "differs", note);
 out:
 	for (int i = 0; i < 5; i++)
 		free(other[i].ids);
@@ -571,7 +543,7 @@ check_shared_prefix(const char *model, eng *gpu)
 	printf("     shared prefix on %s: prompt of %d tokens (max_position %d, %d steps after it)\n", model, n,
 	       c->max_position, PREFIX_STEPS);
 	if (!ids || !buf || !res) {
-		check(0, "%s: out of memory", model);
+		gc_check(0, "%s: out of memory", model);
 		goto out;
 	}
 	struct samp_params sp = samp_default_params();
@@ -579,29 +551,29 @@ check_shared_prefix(const char *model, eng *gpu)
 	sp.seed = 20240601;
 	sp.n_top = ntop;
 	if ((rc = seqs[0] = eng_seq_new(gpu, ids, n - 1, &sp)) < 0 || (rc = eng_seq_prefill(gpu, seqs[0], NULL)) != 0) {
-		check(0, "%-18s shared prefix: prefill of %d: %s", model, n - 1, rcmsg(gpu, rc));
+		gc_check(0, "%-18s shared prefix: prefill of %d: %s", model, n - 1, rcmsg(gpu, rc));
 		goto out;
 	}
 	int used = total - eng_kv_blocks_free(gpu), want = (n - 1 + bt - 1) / bt;
-	check(used == want, "%-18s prefix of %d tokens holds %d KV blocks (expected %d)", model, n - 1, used, want);
+	gc_check(used == want, "%-18s prefix of %d tokens holds %d KV blocks (expected %d)", model, n - 1, used, want);
 	/* The last prompt token stays pending, so every child runs it through
 	 * the shared prefix itself. */
 	if ((rc = eng_seq_append(gpu, seqs[0], ids + n - 1, 1)) != 0 || (rc = eng_seq_fork(gpu, seqs[0], K, seqs + 1)) != 0) {
-		check(0, "%-18s shared prefix: append/fork: %s", model, rcmsg(gpu, rc));
+		gc_check(0, "%-18s shared prefix: append/fork: %s", model, rcmsg(gpu, rc));
 		goto out;
 	}
 	used = total - eng_kv_blocks_free(gpu);
-	check(used == want, "%-18s after forking %d children: %d KV blocks in use (expected %d: nothing copied)", model, K,
-	      used, want);
+	gc_check(used == want, "%-18s after forking %d children: %d KV blocks in use (expected %d: nothing copied)", model, K,
+	        used, want);
 	/* The parent alone gives the reference distribution. */
 	const float *l;
 	if ((rc = eng_seq_prefill(gpu, seqs[0], NULL)) != 0 || !(l = eng_seq_logits(gpu, seqs[0]))) {
-		check(0, "%-18s shared prefix: parent prefill: %s", model, rcmsg(gpu, rc));
+		gc_check(0, "%-18s shared prefix: parent prefill: %s", model, rcmsg(gpu, rc));
 		goto out;
 	}
 	double scale = max_abs(l, (size_t)vocab);
 	if (ref_logsoftmax(l, vocab, ref_top, ntop, &ref_ent)) {
-		check(0, "%-18s shared prefix: parent logits not finite", model);
+		gc_check(0, "%-18s shared prefix: parent logits not finite", model);
 		goto out;
 	}
 	struct samp_result ref = { .n_top = ntop, .entropy = (float)ref_ent };
@@ -610,7 +582,7 @@ check_shared_prefix(const char *model, eng *gpu)
 	int distinct2 = 0;
 	for (int step = 0; step < PREFIX_STEPS; step++) {
 		if ((rc = step_map(gpu, seqs, 1 + K, buf, res))) {
-			check(0, "%-18s shared prefix: eng_step %d: %s", model, step, rcmsg(gpu, rc));
+			gc_check(0, "%-18s shared prefix: eng_step %d: %s", model, step, rcmsg(gpu, rc));
 			goto out;
 		}
 		if (step == 0) {
@@ -623,12 +595,12 @@ check_shared_prefix(const char *model, eng *gpu)
 					worst_kid = d;
 			}
 			double s = scale > 0 ? scale : 1.0;
-			check(worst_kid / s <= BATCH_TOL,
-			      "%-18s %d children's step-1 distributions vs the parent's (top %d logprobs, entropy): worst diff/max|logit| %.3g (tol %.3g)",
-			      model, K, ntop, worst_kid / s, BATCH_TOL);
-			check(d_parent / s <= BATCH_TOL,
-			      "%-18s parent's step-1 top logprobs vs float64 log-softmax of its logits: %.3g (tol %.3g)",
-			      model, d_parent / s, BATCH_TOL);
+			gc_check(worst_kid / s <= BATCH_TOL,
+			        "%-18s %d children's step-1 distributions vs the parent's (top %d logprobs, entropy): worst diff/max|logit| %.3g (tol %.3g)",
+			        model, K, ntop, worst_kid / s, BATCH_TOL);
+			gc_check(d_parent / s <= BATCH_TOL,
+			        "%-18s parent's step-1 top logprobs vs float64 log-softmax of its logits: %.3g (tol %.3g)",
+			        model, d_parent / s, BATCH_TOL);
 		}
 		if (step == 1) {
 			/* distinct seeds at temperature 1: how many different tokens */
@@ -644,16 +616,16 @@ check_shared_prefix(const char *model, eng *gpu)
 	int len = eng_seq_len(gpu, seqs[0]);
 	int parent_blocks = (len - 1 + bt - 1) / bt;   /* one token is pending */
 	used = total - eng_kv_blocks_free(gpu);
-	check(used >= parent_blocks && used <= parent_blocks + 2 * K,
-	      "%-18s after %d steps of 1+%d sequences: %d KV blocks in use (parent %d; limit %d; unshared would be %d)",
-	      model, PREFIX_STEPS, K, used, parent_blocks, parent_blocks + 2 * K, (1 + K) * parent_blocks);
+	gc_check(used >= parent_blocks && used <= parent_blocks + 2 * K,
+	        "%-18s after %d steps of 1+%d sequences: %d KV blocks in use (parent %d; limit %d; unshared would be %d)",
+	        model, PREFIX_STEPS, K, used, parent_blocks, parent_blocks + 2 * K, (1 + K) * parent_blocks);
 	free_seqs(gpu, seqs + 1, K);
 	used = total - eng_kv_blocks_free(gpu);
-	check(used == parent_blocks, "%-18s children freed: %d KV blocks in use (parent's: %d)", model, used,
-	      parent_blocks);
+	gc_check(used == parent_blocks, "%-18s children freed: %d KV blocks in use (parent's: %d)", model, used,
+	        parent_blocks);
 	free_seqs(gpu, seqs, 1);
 	used = total - eng_kv_blocks_free(gpu);
-	check(used == 0, "%-18s parent freed: %d KV blocks in use (expected 0)", model, used);
+	gc_check(used == 0, "%-18s parent freed: %d KV blocks in use (expected 0)", model, used);
 out:
 	free_seqs(gpu, seqs, 1 + K);
 	free(ids);
@@ -744,18 +716,18 @@ check_sampling(const char *model, eng *gpu, const struct prompt *pr)
 	int bad = 0, rc, diff = 0;
 	char why[160] = "";
 	if (!a || !b) {
-		check(0, "%s: out of memory", model);
+		gc_check(0, "%s: out of memory", model);
 		goto out;
 	}
 	if ((rc = run_sampling(gpu, pr, a, &bad, why, sizeof why)) || (rc = run_sampling(gpu, pr, b, &bad, why, sizeof why))) {
-		check(0, "%-18s sampling: %s", model, rcmsg(gpu, rc));
+		gc_check(0, "%-18s sampling: %s", model, rcmsg(gpu, rc));
 		goto out;
 	}
-	check(bad == 0, "%-18s sampling, 1+%d seqs x %d steps x 2 runs at temperature 1: %d bad results%s%s", model,
-	      SAMPLE_KIDS, SAMPLE_STEPS, bad, bad ? ": first " : "", why);
+	gc_check(bad == 0, "%-18s sampling, 1+%d seqs x %d steps x 2 runs at temperature 1: %d bad results%s%s", model,
+	        SAMPLE_KIDS, SAMPLE_STEPS, bad, bad ? ": first " : "", why);
 	for (size_t i = 0; i < n; i++)
 		diff += a[i] != b[i];
-	check(diff == 0, "%-18s same seeds, second run: %d of %zu tokens differ (tol 0)", model, diff, n);
+	gc_check(diff == 0, "%-18s same seeds, second run: %d of %zu tokens differ (tol 0)", model, diff, n);
 out:
 	free(a);
 	free(b);
@@ -772,28 +744,28 @@ check_errors(const char *model, const char *dir)
 
 	eng *e = open_engine(dir, ENG_DEVICE_CUDA, (size_t)1 << 40, err);
 	int mentions = strcasestr(err, "mem") || strcasestr(err, "free");
-	check(!e && mentions, "%-18s eng_create(cuda, kv 1 TiB) fails and mentions memory: \"%s\"", model, err);
+	gc_check(!e && mentions, "%-18s eng_create(cuda, kv 1 TiB) fails and mentions memory: \"%s\"", model, err);
 	eng_destroy(e);
 
 	e = open_engine(dir, ENG_DEVICE_CUDA, 100, err);
-	check(!e && err[0], "%-18s eng_create(cuda, kv 100 bytes) fails with a message: \"%s\"", model, err);
+	gc_check(!e && err[0], "%-18s eng_create(cuda, kv 100 bytes) fails with a message: \"%s\"", model, err);
 	eng_destroy(e);
 
 	e = open_engine(dir, ENG_DEVICE_CUDA, GPU_KV_BYTES, err);
-	if (!check(e != NULL, "%-18s eng_create(cuda) after those failures works%s%s", model, e ? "" : ": ", e ? "" : err))
+	if (!gc_check(e != NULL, "%-18s eng_create(cuda) after those failures works%s%s", model, e ? "" : ": ", e ? "" : err))
 		return;
 	const int32_t ids[5] = { 1, 2, 3, 4, 5 };
 	int s = eng_seq_new(e, ids, 5, NULL), rc = s < 0 ? s : eng_seq_prefill(e, s, NULL);
 	const float *l = s >= 0 ? eng_seq_logits(e, s) : NULL;
 	double m = l ? max_abs(l, (size_t)eng_config(e)->vocab_size) : INFINITY;
-	check(rc == 0 && isfinite(m), "%-18s and runs a prefill (rc %d, max|logit| %.3g)", model, rc, m);
+	gc_check(rc == 0 && isfinite(m), "%-18s and runs a prefill (rc %d, max|logit| %.3g)", model, rc, m);
 	if (s >= 0)
 		eng_seq_free(e, s);
 	eng_destroy(e);
 	if (have_mem && cuda_device_info(0, name, sizeof name, &total, &free1) == 0) {
 		double lost = ((double)free0 - (double)free1) / (double)MIB;
-		check(lost < 128, "%-18s device memory lost over failed and destroyed engines: %.1f MiB (tol 128)", model,
-		      lost);
+		gc_check(lost < 128, "%-18s device memory lost over failed and destroyed engines: %.1f MiB (tol 128)", model,
+		        lost);
 	}
 }
 
@@ -816,17 +788,17 @@ test_model(const struct model_entry *me, int is_arith, int shared_prefix)
 	int n_pr = 0;
 	double t0 = now_s();
 	eng *cpu = open_engine(me->dir, ENG_DEVICE_CPU, CPU_KV_BYTES, err);
-	if (!check(cpu != NULL, "%-18s cpu engine: %s", model, cpu ? "created" : err))
+	if (!gc_check(cpu != NULL, "%-18s cpu engine: %s", model, cpu ? "created" : err))
 		return;
 	eng *gpu = open_engine(me->dir, ENG_DEVICE_CUDA, GPU_KV_BYTES, err);
-	if (!check(gpu != NULL, "%-18s cuda engine: %s", model, gpu ? "created" : err)) {
+	if (!gc_check(gpu != NULL, "%-18s cuda engine: %s", model, gpu ? "created" : err)) {
 		eng_destroy(cpu);
 		return;
 	}
 	memset(pr, 0, sizeof pr);
-	check(strcmp(eng_device_name(gpu), "cuda") == 0,
-	      "%-18s device names: cpu \"%s\", cuda \"%s\" (weights %s: logit tolerance %.3g)", model,
-	      eng_device_name(cpu), eng_device_name(gpu), me->bf16 ? "bf16" : "f32/f16, rounded to bf16 on the GPU", tol);
+	gc_check(strcmp(eng_device_name(gpu), "cuda") == 0,
+	        "%-18s device names: cpu \"%s\", cuda \"%s\" (weights %s: logit tolerance %.3g)", model,
+	        eng_device_name(cpu), eng_device_name(gpu), me->bf16 ? "bf16" : "f32/f16, rounded to bf16 on the GPU", tol);
 	const struct model_config *c = eng_config(gpu);
 	const int maxpos = c->max_position;
 	static const int lens[3] = { 1, 37, 300 };
@@ -835,7 +807,7 @@ test_model(const struct model_entry *me, int is_arith, int shared_prefix)
 		pr[n_pr].n = n;
 		snprintf(pr[n_pr].label, sizeof pr[n_pr].label, "random %d", n);
 		if (!(pr[n_pr].ids = random_ids(n, c->vocab_size, 1000u * (uint64_t)(i + 1) + (uint64_t)c->vocab_size))) {
-			check(0, "%s: out of memory", model);
+			gc_check(0, "%s: out of memory", model);
 			goto out;
 		}
 		n_pr++;
@@ -850,7 +822,7 @@ test_model(const struct model_entry *me, int is_arith, int shared_prefix)
 		if (rc == 0)
 			rc = tok_encode(t, text, strlen(text), 1, &ids, &n);
 		free(text);
-		if (check(rc == 0 && n > 0, "%-18s ChatML prompt tokenized: %zu ids (%s)", model, n, eng_strerror(rc))) {
+		if (gc_check(rc == 0 && n > 0, "%-18s ChatML prompt tokenized: %zu ids (%s)", model, n, eng_strerror(rc))) {
 			pr[n_pr].ids = ids;
 			pr[n_pr].n = (int)n;
 			snprintf(pr[n_pr].label, sizeof pr[n_pr].label, "chatml %zu", n);
@@ -1005,15 +977,8 @@ find_models(struct model_entry **out, int *arith_index)
 int
 main(void)
 {
-	if (cuda_device_count() <= 0) {
-		printf("no CUDA device: skipped\n");
-		return 77;
-	}
-	char name[256];
-	size_t total = 0, avail = 0;
-	if (cuda_device_info(0, name, sizeof name, &total, &avail) == 0)
-		printf("device 0: %s, %.1f GiB total, %.1f GiB free\n", name, total / 1073741824.0,
-		       avail / 1073741824.0);
+	if (!gc_start())
+		return GC_SKIP;
 	double t0 = now_s();
 	struct model_entry *models = NULL;
 	int arith = -1, n = find_models(&models, &arith);
@@ -1021,7 +986,7 @@ main(void)
 		printf("out of memory\n");
 		return 1;
 	}
-	check(is_model_dir(models[arith].dir), "braid-arith at %s", models[arith].dir);
+	gc_check(is_model_dir(models[arith].dir), "braid-arith at %s", models[arith].dir);
 
 	/* Check 5 runs on the model with the longest context: the qwen3-bf16
 	 * test model if it allows 2100 positions, else the longest one found
@@ -1052,6 +1017,6 @@ main(void)
 		check_errors(models[small].name, models[small].dir);
 
 	free(models);
-	printf("%d checks, %d failed (%.1f s)\n", n_checks, n_failed, now_s() - t0);
-	return n_failed ? 1 : 0;
+	printf("%d checks, %d failed (%.1f s)\n", gc_checks, gc_failed, now_s() - t0);
+	return gc_failed ? 1 : 0;
 }

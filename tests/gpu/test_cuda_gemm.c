@@ -12,7 +12,6 @@
  * + |beta y|); each line prints the largest difference, absolute and
  * relative to that scale.  Then, for information only, times per call. */
 #include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,86 +19,12 @@
 
 #include "cuda/cuda.h"
 #include "cuda/gemm_check.h"
-#include "safetensors.h"
+#include "gpucheck.h"
 #include "status.h"
 
 #define GEMM_TOL 2e-5   /* f32 accumulation of exact bf16 products, of sum |w x| */
 
-static int n_checks, n_failed;
 static char err[ENG_ERRLEN];
-
-/* ---- helpers ---------------------------------------------------------------- */
-
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-
-static uint64_t
-rnd(void)
-{
-	uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static float
-unif(float lo, float hi)
-{
-	return lo + (hi - lo) * (float)((double)(rnd() >> 11) / 9007199254740992.0);
-}
-
-static float
-bf(float x)
-{
-	return st_bf16_to_f32(st_f32_to_bf16(x));
-}
-
-static void *
-xmalloc(size_t n)
-{
-	void *p = malloc(n ? n : 1);
-	if (!p) {
-		fprintf(stderr, "out of memory (%zu bytes)\n", n);
-		exit(1);
-	}
-	return p;
-}
-
-/* n values in [lo, hi), rounded to bf16 when round is set. */
-static float *
-frand(size_t n, float lo, float hi, int round)
-{
-	float *p = xmalloc(n * sizeof *p);
-	for (size_t i = 0; i < n; i++)
-		p[i] = round ? bf(unif(lo, hi)) : unif(lo, hi);
-	return p;
-}
-
-/* Count one check and print its line. */
-static void expect(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void
-expect(int ok, const char *fmt, ...)
-{
-	va_list ap;
-	n_checks++;
-	n_failed += !ok;
-	printf("%-4s ", ok ? "ok" : "FAIL");
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	printf("\n");
-}
-
-/* A wrapper call that must succeed; a failure counts as a failed check. */
-static int
-called(int rc, const char *what)
-{
-	if (rc == 0)
-		return 1;
-	n_checks++;
-	n_failed++;
-	printf("FAIL %s: %s (%s)\n", what, eng_strerror(rc), err);
-	return 0;
-}
 
 /* ---- one shape ------------------------------------------------------------------ */
 
@@ -118,10 +43,10 @@ shape_init(struct shape *s, const char *name, int rows, int cols, int n_max)
 {
 	s->name = name;
 	s->rows = rows, s->cols = cols, s->n_max = n_max;
-	s->w = frand((size_t)rows * cols, -1.0f, 1.0f, 1);
-	s->x = frand((size_t)n_max * cols, -2.0f, 2.0f, 1);
-	s->dot = xmalloc((size_t)n_max * rows * sizeof *s->dot);
-	s->mag = xmalloc((size_t)n_max * rows * sizeof *s->mag);
+	s->w = gc_frand((size_t)rows * cols, -1.0f, 1.0f, 1);
+	s->x = gc_frand((size_t)n_max * cols, -2.0f, 2.0f, 1);
+	s->dot = gc_xmalloc((size_t)n_max * rows * sizeof *s->dot);
+	s->mag = gc_xmalloc((size_t)n_max * rows * sizeof *s->mag);
 	for (int r = 0; r < rows; r++) {
 		const float *wr = s->w + (size_t)r * cols;
 		for (int b = 0; b < n_max; b++) {
@@ -170,7 +95,7 @@ compare(const struct shape *s, int n, float beta, const float *y0, const float *
 	}
 	char shape[64];
 	snprintf(shape, sizeof shape, "%s %dx%d n %d beta %g", s->name, s->rows, s->cols, n, (double)beta);
-	expect(bad == SIZE_MAX, "%-38s %-9s max abs %-9.3g max rel %-9.3g %s", shape, path, max_abs, max_rel, note);
+	gc_check(bad == SIZE_MAX, "%-38s %-9s max abs %-9.3g max rel %-9.3g %s", shape, path, max_abs, max_rel, note);
 	if (bad != SIZE_MAX)
 		printf("     first bad element %zu (x row %zu, W row %zu): got %.9g, want %.9g\n", bad,
 		       bad / (size_t)s->rows, bad % (size_t)s->rows, (double)y[bad],
@@ -182,7 +107,7 @@ compare(const struct shape *s, int n, float beta, const float *y0, const float *
 static float *
 y_init(size_t count, float beta)
 {
-	float *y = beta != 0.0f ? frand(count, -50.0f, 50.0f, 0) : xmalloc(count * sizeof *y);
+	float *y = beta != 0.0f ? gc_frand(count, -50.0f, 50.0f, 0) : gc_xmalloc(count * sizeof *y);
 	if (beta == 0.0f)
 		for (size_t i = 0; i < count; i++)
 			y[i] = NAN;
@@ -195,21 +120,21 @@ static void
 check_auto(const struct shape *s, int n, float beta, int tune, int runs)
 {
 	const size_t count = (size_t)n * s->rows;
-	float *y0 = y_init(count, beta), *y = xmalloc(count * sizeof *y);
+	float *y0 = y_init(count, beta), *y = gc_xmalloc(count * sizeof *y);
 	memcpy(y, y0, count * sizeof *y);
 	char what[200] = "", note[240];
 	const char *path = tune ? "tuned" : "untuned";
 	if (runs > 1) {
 		int same = 0;
-		if (called(kc_gemm_repeat(s->w, s->rows, s->cols, s->x, n, beta, y, tune, runs, &same, err, sizeof err),
-			   "kc_gemm_repeat")) {
+		if (gc_called(kc_gemm_repeat(s->w, s->rows, s->cols, s->x, n, beta, y, tune, runs, &same, err, sizeof err),
+			      "kc_gemm_repeat", err)) {
 			snprintf(note, sizeof note, "(%d runs %s)", runs, same ? "bit-identical" : "DIFFER");
 			compare(s, n, beta, y0, y, path, note);
-			expect(same, "%-38s %-9s %d runs on one k_gemm are bit-identical", s->name, path, runs);
+			gc_check(same, "%-38s %-9s %d runs on one k_gemm are bit-identical", s->name, path, runs);
 		}
-	} else if (called(kc_gemm_run_what(s->w, s->rows, s->cols, s->x, n, beta, y, tune, what, sizeof what, err,
-				       sizeof err),
-			  "kc_gemm_run")) {
+	} else if (gc_called(kc_gemm_run_what(s->w, s->rows, s->cols, s->x, n, beta, y, tune, what, sizeof what, err,
+				          sizeof err),
+			     "kc_gemm_run", err)) {
 		snprintf(note, sizeof note, "[%s]", what);
 		compare(s, n, beta, y0, y, path, note);
 	}
@@ -222,11 +147,12 @@ static void
 check_gemv(const struct shape *s, int n, float beta, int ks, int unroll)
 {
 	const size_t count = (size_t)n * s->rows;
-	float *y0 = y_init(count, beta), *y = xmalloc(count * sizeof *y);
+	float *y0 = y_init(count, beta), *y = gc_xmalloc(count * sizeof *y);
 	memcpy(y, y0, count * sizeof *y);
 	char path[32];
 	snprintf(path, sizeof path, "gemv %d/%d", ks, unroll);
-	if (called(kc_gemm_gemv(s->w, s->rows, s->cols, s->x, n, beta, y, ks, unroll, err, sizeof err), "kc_gemm_gemv"))
+	if (gc_called(kc_gemm_gemv(s->w, s->rows, s->cols, s->x, n, beta, y, ks, unroll, err, sizeof err),
+		      "kc_gemm_gemv", err))
 		compare(s, n, beta, y0, y, path, "(ks/unroll)");
 	free(y0);
 	free(y);
@@ -266,15 +192,15 @@ check_errors(void)
 {
 	float w[20 * 4] = { 0 }, x[20 * 2] = { 0 }, y[4 * 2] = { 0 };
 	int rc = kc_gemm_run(w, 4, 20, x, 0, 0.0f, y, 0, err, sizeof err);
-	expect(rc == ENG_ERR_INVALID, "errors   n 0: %s (%s)", eng_strerror(rc), err);
+	gc_check(rc == ENG_ERR_INVALID, "errors   n 0: %s (%s)", eng_strerror(rc), err);
 	rc = kc_gemm_run(NULL, 4, 20, x, 2, 0.0f, y, 0, err, sizeof err);
-	expect(rc == ENG_ERR_INVALID, "errors   no W: %s (%s)", eng_strerror(rc), err);
+	gc_check(rc == ENG_ERR_INVALID, "errors   no W: %s (%s)", eng_strerror(rc), err);
 	rc = kc_gemm_gemv(w, 4, 20, x, 2, 0.0f, y, 1, 4, err, sizeof err);
-	expect(rc == ENG_ERR_UNSUPPORTED, "errors   GEMV with cols %% 8 != 0: %s (%s)", eng_strerror(rc), err);
+	gc_check(rc == ENG_ERR_UNSUPPORTED, "errors   GEMV with cols %% 8 != 0: %s (%s)", eng_strerror(rc), err);
 	rc = kc_gemm_gemv(w, 4, 16, x, 2, 0.0f, y, 3, 4, err, sizeof err);
-	expect(rc == ENG_ERR_INVALID, "errors   GEMV ks 3: %s (%s)", eng_strerror(rc), err);
+	gc_check(rc == ENG_ERR_INVALID, "errors   GEMV ks 3: %s (%s)", eng_strerror(rc), err);
 	rc = kc_gemm_gemv(w, 1, 16, x, 17, 0.0f, y, 1, 4, err, sizeof err);
-	expect(rc == ENG_ERR_UNSUPPORTED, "errors   GEMV n 17: %s (%s)", eng_strerror(rc), err);
+	gc_check(rc == ENG_ERR_UNSUPPORTED, "errors   GEMV n 17: %s (%s)", eng_strerror(rc), err);
 }
 
 /* ---- timings (information only) ------------------------------------------------- */
@@ -328,14 +254,8 @@ timings(void)
 int
 main(void)
 {
-	if (cuda_device_count() <= 0) {
-		printf("no CUDA device: skipped\n");
-		return 77;
-	}
-	char name[256] = "";
-	size_t total = 0, avail = 0;
-	if (cuda_device_info(0, name, sizeof name, &total, &avail) == 0)
-		printf("device 0: %s, %.1f GiB\n", name, total / 1073741824.0);
+	if (!gc_start())
+		return GC_SKIP;
 
 	static const int all[] = { 1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 33, 64, 100 };
 	static const int few[] = { 1, 2, 3, 4, 5, 6, 7, 8 };
@@ -357,6 +277,5 @@ main(void)
 	check_errors();
 
 	timings();
-	printf("%d checks, %d failed\n", n_checks, n_failed);
-	return n_failed ? 1 : 0;
+	return gc_finish();
 }

@@ -12,7 +12,6 @@
  * the element's row (for attention: of the query row, all heads). */
 #include <float.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +20,7 @@
 #include "cpu/ops.h"
 #include "cuda/check.h"
 #include "cuda/cuda.h"
+#include "gpucheck.h"
 #include "safetensors.h"
 #include "status.h"
 
@@ -29,55 +29,14 @@
 #define F32_TOL 1e-5              /* f32 element-wise math (norms, RoPE, exp)             */
 #define GEMM_TOL 1e-4             /* f32 accumulation of bf16 products, of max|row|        */
 
-static int n_checks, n_failed;
 static char err[ENG_ERRLEN];
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-
-static uint64_t
-rnd(void)
-{
-	uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static float
-unif(float lo, float hi)
-{
-	return lo + (hi - lo) * (float)((double)(rnd() >> 11) / 9007199254740992.0);
-}
-
-static int
-irand(int n)
-{
-	return (int)(rnd() % (uint64_t)n);
-}
-
-static float
-bf(float x)
-{
-	return st_bf16_to_f32(st_f32_to_bf16(x));
-}
-
-static void *
-xmalloc(size_t n)
-{
-	void *p = malloc(n ? n : 1);
-	if (!p) {
-		fprintf(stderr, "out of memory (%zu bytes)\n", n);
-		exit(1);
-	}
-	return p;
-}
-
 static float *
 fnan(size_t n)
 {
-	float *p = xmalloc(n * sizeof *p);
+	float *p = gc_xmalloc(n * sizeof *p);
 	for (size_t i = 0; i < n; i++)
 		p[i] = NAN;
 	return p;
@@ -86,19 +45,9 @@ fnan(size_t n)
 static double *
 dnan(size_t n)
 {
-	double *p = xmalloc(n * sizeof *p);
+	double *p = gc_xmalloc(n * sizeof *p);
 	for (size_t i = 0; i < n; i++)
 		p[i] = NAN;
-	return p;
-}
-
-/* n values in [lo, hi), rounded to bf16 when round is set. */
-static float *
-frand(size_t n, float lo, float hi, int round)
-{
-	float *p = xmalloc(n * sizeof *p);
-	for (size_t i = 0; i < n; i++)
-		p[i] = round ? bf(unif(lo, hi)) : unif(lo, hi);
 	return p;
 }
 
@@ -107,21 +56,6 @@ f32_weight(const float *data, int64_t n)
 {
 	struct weight w = { .data = data, .dtype = ST_F32, .rows = 1, .cols = n };
 	return w;
-}
-
-/* Count one check and print its line. */
-static void expect(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void
-expect(int ok, const char *fmt, ...)
-{
-	va_list ap;
-	n_checks++;
-	n_failed += !ok;
-	printf("%-4s ", ok ? "ok" : "FAIL");
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-	printf("\n");
 }
 
 /* got[n] against ref[n], in rows of width elements: each element within
@@ -158,26 +92,12 @@ compare(const char *kernel, const char *shape, const float *got, const double *r
 				max_rel = d / s;
 		}
 	}
-	const int ok = bad_i == SIZE_MAX;
-	n_checks++;
-	n_failed += !ok;
-	printf("%-4s %-12s %-58s max abs %-9.3g max rel %-9.3g tol %.3g|ref| + %.3g max|ref|\n", ok ? "ok" : "FAIL",
-	       kernel, shape, max_abs, max_rel, elem_rel, tol);
+	const int ok = gc_check(bad_i == SIZE_MAX,
+				"%-12s %-58s max abs %-9.3g max rel %-9.3g tol %.3g|ref| + %.3g max|ref|", kernel,
+				shape, max_abs, max_rel, elem_rel, tol);
 	if (!ok)
 		printf("     first bad element %zu (row %zu, col %zu): got %.9g, want %.9g\n", bad_i, bad_i / width,
 		       bad_i % width, (double)got[bad_i], ref[bad_i]);
-}
-
-/* A wrapper call that must succeed; a failure counts as a failed check. */
-static int
-called(int rc, const char *what)
-{
-	if (rc == 0)
-		return 1;
-	n_checks++;
-	n_failed++;
-	printf("FAIL %s: %s (%s)\n", what, eng_strerror(rc), err);
-	return 0;
 }
 
 /* ---- embedding -------------------------------------------------------------- */
@@ -185,19 +105,19 @@ called(int rc, const char *what)
 static void
 check_embed(int vocab, int d, int rows, int n_active)
 {
-	float *emb = frand((size_t)vocab * d, -2.0f, 2.0f, 0);
-	int32_t *tok = xmalloc((size_t)rows * sizeof *tok);
+	float *emb = gc_frand((size_t)vocab * d, -2.0f, 2.0f, 0);
+	int32_t *tok = gc_xmalloc((size_t)rows * sizeof *tok);
 	float *x = fnan((size_t)rows * d);
 	double *ref = dnan((size_t)rows * d);
 	for (int r = 0; r < rows; r++) {
-		tok[r] = r == 0 ? vocab - 1 : irand(vocab);
+		tok[r] = r == 0 ? vocab - 1 : gc_irand(vocab);
 		if (r < n_active)
 			for (int i = 0; i < d; i++)
-				ref[(size_t)r * d + i] = bf(emb[(size_t)tok[r] * d + i]);
+				ref[(size_t)r * d + i] = gc_bf(emb[(size_t)tok[r] * d + i]);
 	}
 	char shape[96];
 	snprintf(shape, sizeof shape, "vocab %d d %d rows %d (*n %d)", vocab, d, rows, n_active);
-	if (called(kc_embed(emb, vocab, d, tok, rows, n_active, x, err, sizeof err), "kc_embed"))
+	if (gc_called(kc_embed(emb, vocab, d, tok, rows, n_active, x, err, sizeof err), "kc_embed", err))
 		compare("embed", shape, x, ref, (size_t)rows * d, (size_t)d, 0.0, 0.0);
 	free(emb);
 	free(tok);
@@ -212,15 +132,15 @@ check_embed(int vocab, int d, int rows, int n_active)
 static void
 check_rmsnorm(int n_x, int d, int rows, int gather, int n_active)
 {
-	float *x = xmalloc((size_t)n_x * d * sizeof *x);
+	float *x = gc_xmalloc((size_t)n_x * d * sizeof *x);
 	for (int r = 0; r < n_x; r++) {
 		const float sc = r % 3 == 0 ? 40.0f : r % 3 == 1 ? 1.0f : 0.02f;   /* scales of the residual stream */
 		for (int i = 0; i < d; i++)
-			x[(size_t)r * d + i] = unif(-sc, sc);
+			x[(size_t)r * d + i] = gc_unif(-sc, sc);
 	}
-	float *w = frand((size_t)d, -1.5f, 1.5f, 0);
-	int32_t *idx = gather ? xmalloc((size_t)rows * sizeof *idx) : NULL;
-	float *out = fnan((size_t)rows * d), *tmp = xmalloc((size_t)d * sizeof *tmp);
+	float *w = gc_frand((size_t)d, -1.5f, 1.5f, 0);
+	int32_t *idx = gather ? gc_xmalloc((size_t)rows * sizeof *idx) : NULL;
+	float *out = fnan((size_t)rows * d), *tmp = gc_xmalloc((size_t)d * sizeof *tmp);
 	double *ref = dnan((size_t)rows * d);
 	const struct weight ww = f32_weight(w, d);
 	const int act = n_active < 0 ? rows : n_active;
@@ -236,7 +156,7 @@ check_rmsnorm(int n_x, int d, int rows, int gather, int n_active)
 	char shape[96];
 	snprintf(shape, sizeof shape, "d %d rows %d of %d%s (*n %d)", d, rows, n_x, gather ? " gathered" : "",
 		 n_active);
-	if (called(kc_rmsnorm(x, n_x, idx, rows, n_active, w, d, 1e-6f, out, err, sizeof err), "kc_rmsnorm"))
+	if (gc_called(kc_rmsnorm(x, n_x, idx, rows, n_active, w, d, 1e-6f, out, err, sizeof err), "kc_rmsnorm", err))
 		compare("rmsnorm", shape, out, ref, (size_t)rows * d, (size_t)d, BF16_REL, F32_TOL);
 	free(x);
 	free(w);
@@ -266,7 +186,7 @@ check_qkv_post(int nh, int nkv, int hd, int bias, int qk_norm, double theta, int
 	/* Table entries no row uses point at a junk block (id 0 before the
 	 * scramble) that must stay untouched; each used entry gets its own
 	 * block; then the ids are scrambled. */
-	int32_t *tables = xmalloc((size_t)n_tables * sizeof *tables);
+	int32_t *tables = gc_xmalloc((size_t)n_tables * sizeof *tables);
 	for (int i = 0; i < n_tables; i++)
 		tables[i] = 0;
 	int n_blocks = 1;
@@ -276,11 +196,11 @@ check_qkv_post(int nh, int nkv, int hd, int bias, int qk_norm, double theta, int
 			*e = n_blocks++;
 	}
 	n_blocks += 2;                /* spare blocks nothing points at */
-	int32_t *perm = xmalloc((size_t)n_blocks * sizeof *perm);
+	int32_t *perm = gc_xmalloc((size_t)n_blocks * sizeof *perm);
 	for (int i = 0; i < n_blocks; i++)
 		perm[i] = i;
 	for (int i = n_blocks - 1; i > 0; i--) {
-		int j = irand(i + 1);
+		int j = gc_irand(i + 1);
 		int32_t t = perm[i];
 		perm[i] = perm[j], perm[j] = t;
 	}
@@ -290,10 +210,10 @@ check_qkv_post(int nh, int nkv, int hd, int bias, int qk_norm, double theta, int
 	for (int r = 0; r < rows; r++)
 		pos[r] = row_pos[r], tab_off[r] = tab_start[row_seq[r]];
 
-	float *qkv = frand((size_t)rows * width, -3.0f, 3.0f, 0);
-	float *b = bias ? frand((size_t)width, -1.0f, 1.0f, 0) : NULL;
-	float *qn = qk_norm ? frand((size_t)hd, 0.5f, 1.5f, 0) : NULL;
-	float *kn = qk_norm ? frand((size_t)hd, 0.5f, 1.5f, 0) : NULL;
+	float *qkv = gc_frand((size_t)rows * width, -3.0f, 3.0f, 0);
+	float *b = bias ? gc_frand((size_t)width, -1.0f, 1.0f, 0) : NULL;
+	float *qn = qk_norm ? gc_frand((size_t)hd, 0.5f, 1.5f, 0) : NULL;
+	float *kn = qk_norm ? gc_frand((size_t)hd, 0.5f, 1.5f, 0) : NULL;
 	struct model_config cfg;
 	memset(&cfg, 0, sizeof cfg);
 	cfg.head_dim = hd;
@@ -303,20 +223,20 @@ check_qkv_post(int nh, int nkv, int hd, int bias, int qk_norm, double theta, int
 		cfg.rope_factor = 8.0f, cfg.rope_low_freq = 1.0f, cfg.rope_high_freq = 4.0f;
 		cfg.rope_orig_max_pos = 8192;
 	}
-	float *inv_freq = xmalloc((size_t)half * sizeof *inv_freq);
+	float *inv_freq = gc_xmalloc((size_t)half * sizeof *inv_freq);
 	ops_rope_inv_freq(&cfg, inv_freq);
 
 	const size_t n_kv = (size_t)n_blocks * kc_block_elems(&g);
-	float *kv = frand(n_kv, -1.0f, 1.0f, 1);   /* old cache contents, must survive */
-	double *kv_ref = xmalloc(n_kv * sizeof *kv_ref);
+	float *kv = gc_frand(n_kv, -1.0f, 1.0f, 1);   /* old cache contents, must survive */
+	double *kv_ref = gc_xmalloc(n_kv * sizeof *kv_ref);
 	for (size_t i = 0; i < n_kv; i++)
 		kv_ref[i] = kv[i];
 	float *q = fnan((size_t)rows * qd);
 	double *q_ref = dnan((size_t)rows * qd);
 
 	/* The CPU's qkv_rows, on one row at a time. */
-	float *v = xmalloc((size_t)width * sizeof *v), *cs = xmalloc((size_t)half * sizeof *cs),
-	      *sn = xmalloc((size_t)half * sizeof *sn);
+	float *v = gc_xmalloc((size_t)width * sizeof *v), *cs = gc_xmalloc((size_t)half * sizeof *cs),
+	      *sn = gc_xmalloc((size_t)half * sizeof *sn);
 	const struct weight wqn = f32_weight(qn, hd), wkn = f32_weight(kn, hd);
 	for (int r = 0; r < n_active; r++) {
 		memcpy(v, qkv + (size_t)r * width, (size_t)width * sizeof *v);
@@ -349,7 +269,7 @@ check_qkv_post(int nh, int nkv, int hd, int bias, int qk_norm, double theta, int
 	char shape[120];
 	snprintf(shape, sizeof shape, "%d/%d heads hd %d%s%s%s, %d rows (*n %d)", nh, nkv, hd, bias ? " bias" : "",
 		 qk_norm ? " qk-norm" : "", llama3 ? " llama3" : "", rows, n_active);
-	if (called(kc_qkv_post(&a, q, kv, err, sizeof err), "kc_qkv_post")) {
+	if (gc_called(kc_qkv_post(&a, q, kv, err, sizeof err), "kc_qkv_post", err)) {
 		compare("qkv_post q", shape, q, q_ref, (size_t)rows * qd, (size_t)hd, F32_TOL, F32_TOL);
 		compare("qkv_post kv", shape, kv, kv_ref, n_kv, (size_t)hd, BF16_REL, F32_TOL);
 	}
@@ -452,7 +372,7 @@ att_row(struct att *A, int s, int32_t p)
 	A->row_seq[r] = s;
 	const float sc = r % 4 == 3 ? 8.0f : 3.0f;
 	for (int i = 0; i < qd; i++)
-		A->q[(size_t)r * qd + i] = unif(-sc, sc);
+		A->q[(size_t)r * qd + i] = gc_unif(-sc, sc);
 	return r;
 }
 
@@ -462,11 +382,11 @@ att_row(struct att *A, int s, int32_t p)
 static void
 att_fill(struct att *A)
 {
-	int32_t *perm = xmalloc((size_t)A->n_blocks * sizeof *perm);
+	int32_t *perm = gc_xmalloc((size_t)A->n_blocks * sizeof *perm);
 	for (int i = 0; i < A->n_blocks; i++)
 		perm[i] = i;
 	for (int i = A->n_blocks - 1; i > 0; i--) {
-		int j = irand(i + 1);
+		int j = gc_irand(i + 1);
 		int32_t t = perm[i];
 		perm[i] = perm[j], perm[j] = t;
 	}
@@ -474,17 +394,17 @@ att_fill(struct att *A)
 		A->tables[i] = perm[A->tables[i]];
 	free(perm);
 	const size_t n_kv = (size_t)A->n_blocks * kc_block_elems(&A->g);
-	A->kv = frand(n_kv, -1.0f, 1.0f, 1);
+	A->kv = gc_frand(n_kv, -1.0f, 1.0f, 1);
 	A->n_active = A->rows;
 
 	const int nh = A->nh, hd = A->hd, group = nh / A->g.n_kv_heads, bt = A->g.block_tokens;
 	const int qd = nh * hd;
-	A->ref = xmalloc((size_t)A->rows * qd * sizeof *A->ref);
+	A->ref = gc_xmalloc((size_t)A->rows * qd * sizeof *A->ref);
 	int max_pos = 0;
 	for (int r = 0; r < A->rows; r++)
 		if (A->pos[r] > max_pos)
 			max_pos = A->pos[r];
-	double *sc = xmalloc((size_t)(max_pos + 1) * sizeof *sc);
+	double *sc = gc_xmalloc((size_t)(max_pos + 1) * sizeof *sc);
 	const double scale = 1.0 / sqrt((double)hd);
 	for (int r = 0; r < A->rows; r++) {
 		const int32_t *table = A->tables + A->seq_tab[A->row_seq[r]];
@@ -558,7 +478,7 @@ static void
 plan_chunks(struct att *A, const int *rows, int n, int s, int kv0, int kv1, int chunk)
 {
 	for (int a = kv0; a < kv1;) {
-		int len = chunk > 0 ? chunk : 1 + irand(200);
+		int len = chunk > 0 ? chunk : 1 + gc_irand(200);
 		int b = a + len < kv1 ? a + len : kv1;
 		plan_item(A, rows, n, s, a, b);
 		a = b;
@@ -588,7 +508,7 @@ static void
 plan_shuffle(struct att *A)
 {
 	for (int i = A->n_items - 1; i > 0; i--) {
-		int j = irand(i + 1);
+		int j = gc_irand(i + 1);
 		struct kc_attn_item t = A->items[i];
 		A->items[i] = A->items[j], A->items[j] = t;
 	}
@@ -602,7 +522,7 @@ att_run(struct att *A, const char *what, int ctas)
 	const int qd = A->nh * A->hd;
 	const size_t n = (size_t)A->rows * qd;
 	float *out = fnan(n);
-	double *ref = xmalloc(n * sizeof *ref);
+	double *ref = gc_xmalloc(n * sizeof *ref);
 	for (size_t i = 0; i < n; i++)
 		ref[i] = i < (size_t)A->n_active * qd ? A->ref[i] : 0.0;
 	const struct kc_attn_args a = {
@@ -614,7 +534,7 @@ att_run(struct att *A, const char *what, int ctas)
 	char shape[128];
 	snprintf(shape, sizeof shape, "%d/%d hd %2d %s: %d rows %d items %d ctas", A->nh, A->g.n_kv_heads, A->hd,
 		 what, A->rows, A->n_items, ctas);
-	if (called(kc_attention(&a, out, err, sizeof err), "kc_attention"))
+	if (gc_called(kc_attention(&a, out, err, sizeof err), "kc_attention", err))
 		compare("attention", shape, out, ref, n, (size_t)qd, BF16_REL, ATT_TOL);
 	free(out);
 	free(ref);
@@ -744,12 +664,12 @@ att_empty(int nh, int nkv, int hd)
 static void
 check_swiglu(int rows, int f)
 {
-	float *gu = xmalloc((size_t)rows * 2 * f * sizeof *gu);
+	float *gu = gc_xmalloc((size_t)rows * 2 * f * sizeof *gu);
 	for (int r = 0; r < rows; r++)
 		for (int i = 0; i < 2 * f; i++)
-			gu[(size_t)r * 2 * f + i] = i < f ? unif(-12.0f, 12.0f) : unif(-2.0f, 2.0f);
-	float *h = fnan((size_t)rows * f), *g = xmalloc((size_t)f * sizeof *g);
-	double *ref = xmalloc((size_t)rows * f * sizeof *ref);
+			gu[(size_t)r * 2 * f + i] = i < f ? gc_unif(-12.0f, 12.0f) : gc_unif(-2.0f, 2.0f);
+	float *h = fnan((size_t)rows * f), *g = gc_xmalloc((size_t)f * sizeof *g);
+	double *ref = gc_xmalloc((size_t)rows * f * sizeof *ref);
 	for (int r = 0; r < rows; r++) {
 		memcpy(g, gu + (size_t)r * 2 * f, (size_t)f * sizeof *g);
 		ops_swiglu(g, gu + (size_t)r * 2 * f + f, f);
@@ -758,7 +678,7 @@ check_swiglu(int rows, int f)
 	}
 	char shape[96];
 	snprintf(shape, sizeof shape, "rows %d f %d", rows, f);
-	if (called(kc_swiglu(gu, rows, f, h, err, sizeof err), "kc_swiglu"))
+	if (gc_called(kc_swiglu(gu, rows, f, h, err, sizeof err), "kc_swiglu", err))
 		compare("swiglu", shape, h, ref, (size_t)rows * f, (size_t)f, BF16_REL, F32_TOL);
 	free(gu);
 	free(h);
@@ -771,7 +691,7 @@ check_scatter(int width)
 {
 	static const int32_t slots[] = { 3, -1, 0, 7, 2, 5 };
 	const int rows = 6, n_active = 5, n_dst = 8;
-	float *src = frand((size_t)rows * width, -100.0f, 100.0f, 0);
+	float *src = gc_frand((size_t)rows * width, -100.0f, 100.0f, 0);
 	float *dst = fnan((size_t)n_dst * width);
 	double *ref = dnan((size_t)n_dst * width);
 	for (int r = 0; r < n_active; r++)
@@ -780,7 +700,8 @@ check_scatter(int width)
 				ref[(size_t)slots[r] * width + i] = src[(size_t)r * width + i];
 	char shape[96];
 	snprintf(shape, sizeof shape, "rows %d (*n %d) width %d into %d slots", rows, n_active, width, n_dst);
-	if (called(kc_scatter_rows(src, slots, rows, n_active, width, dst, n_dst, err, sizeof err), "kc_scatter_rows"))
+	if (gc_called(kc_scatter_rows(src, slots, rows, n_active, width, dst, n_dst, err, sizeof err),
+		      "kc_scatter_rows", err))
 		compare("scatter_rows", shape, dst, ref, (size_t)n_dst * width, (size_t)width, 0.0, 0.0);
 	free(src);
 	free(dst);
@@ -791,10 +712,10 @@ check_scatter(int width)
 static void
 check_gemm(int rows, int cols, int n, float beta)
 {
-	float *w = frand((size_t)rows * cols, -1.0f, 1.0f, 1);
-	float *x = frand((size_t)n * cols, -2.0f, 2.0f, 1);
-	float *y = beta != 0.0f ? frand((size_t)n * rows, -50.0f, 50.0f, 0) : fnan((size_t)n * rows);
-	double *ref = xmalloc((size_t)n * rows * sizeof *ref);
+	float *w = gc_frand((size_t)rows * cols, -1.0f, 1.0f, 1);
+	float *x = gc_frand((size_t)n * cols, -2.0f, 2.0f, 1);
+	float *y = beta != 0.0f ? gc_frand((size_t)n * rows, -50.0f, 50.0f, 0) : fnan((size_t)n * rows);
+	double *ref = gc_xmalloc((size_t)n * rows * sizeof *ref);
 	for (int b = 0; b < n; b++)
 		for (int r = 0; r < rows; r++) {
 			double s = beta != 0.0f ? (double)beta * y[(size_t)b * rows + r] : 0.0;
@@ -805,7 +726,7 @@ check_gemm(int rows, int cols, int n, float beta)
 		}
 	char shape[96];
 	snprintf(shape, sizeof shape, "W %dx%d, n %d, beta %g", rows, cols, n, (double)beta);
-	if (called(kc_gemm_bf16(w, rows, cols, x, n, beta, y, err, sizeof err), "kc_gemm_bf16"))
+	if (gc_called(kc_gemm_bf16(w, rows, cols, x, n, beta, y, err, sizeof err), "kc_gemm_bf16", err))
 		compare("gemm bf16", shape, y, ref, (size_t)n * rows, (size_t)rows, 0.0, GEMM_TOL);
 	free(w);
 	free(x);
@@ -822,8 +743,8 @@ check_errors(void)
 	int32_t tok[2] = { 1, 4 };
 	err[0] = 0;
 	int rc = kc_embed(emb, 4, 8, tok, 2, 2, x, err, sizeof err);
-	expect(rc == ENG_ERR_INVALID && err[0], "errors       embed token past the vocabulary: %s (%s)", eng_strerror(rc),
-	       err);
+	gc_check(rc == ENG_ERR_INVALID && err[0], "errors       embed token past the vocabulary: %s (%s)", eng_strerror(rc),
+	         err);
 
 	struct att A;
 	att_init(&A, 4, 2, 32);
@@ -842,16 +763,16 @@ check_errors(void)
 	};
 	err[0] = 0;
 	rc = kc_attention(&a, out, err, sizeof err);
-	expect(rc == ENG_ERR_INVALID && err[0], "errors       attention item with too many rows: %s (%s)",
-	       eng_strerror(rc), err);
+	gc_check(rc == ENG_ERR_INVALID && err[0], "errors       attention item with too many rows: %s (%s)",
+	         eng_strerror(rc), err);
 	plan_reset(&A);
 	plan_item(&A, rows, 1, s, 0, 64);           /* reads past the table */
 	struct kc_attn_args b = a;
 	b.items = A.items, b.item_rows = A.item_rows, b.n_items = A.n_items, b.n_item_rows = A.n_item_rows;
 	err[0] = 0;
 	rc = kc_attention(&b, out, err, sizeof err);
-	expect(rc == ENG_ERR_INVALID && err[0], "errors       attention range past the block table: %s (%s)",
-	       eng_strerror(rc), err);
+	gc_check(rc == ENG_ERR_INVALID && err[0], "errors       attention range past the block table: %s (%s)",
+	         eng_strerror(rc), err);
 	free(out);
 	att_free(&A);
 }
@@ -859,14 +780,8 @@ check_errors(void)
 int
 main(void)
 {
-	if (cuda_device_count() <= 0) {
-		printf("no CUDA device: skipped\n");
-		return 77;
-	}
-	char name[256] = "";
-	size_t total = 0, avail = 0;
-	if (cuda_device_info(0, name, sizeof name, &total, &avail) == 0)
-		printf("device 0: %s, %.1f GiB\n", name, total / 1073741824.0);
+	if (!gc_start())
+		return GC_SKIP;
 	printf("CPU kernels: %s\n", ops_simd() ? "AVX2" : "portable");
 
 	check_embed(1000, 896, 37, 33);
@@ -909,6 +824,5 @@ main(void)
 
 	check_errors();
 
-	printf("%d checks, %d failed\n", n_checks, n_failed);
-	return n_failed ? 1 : 0;
+	return gc_finish();
 }

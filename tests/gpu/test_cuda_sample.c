@@ -12,6 +12,7 @@
 
 #include "backend.h"
 #include "cuda/cuda.h"
+#include "gpucheck.h"
 #include "sampler.h"
 #include "status.h"
 
@@ -647,10 +648,8 @@ time_launches(void)
 int
 main(void)
 {
-	if (cuda_device_count() <= 0) {
-		printf("no CUDA device: skipped\n");
-		return 77;
-	}
+	if (!gc_start())
+		return GC_SKIP;
 	static const int vocabs[] = { 1, 3, 400, 4096, 151936 };
 	for (size_t v = 0; v < sizeof vocabs / sizeof vocabs[0]; v++)
 		test_all_rows(vocabs[v]);

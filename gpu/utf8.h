@@ -1,0 +1,24 @@
+/* utf8.h - strict UTF-8, the one check shared by the tokenizer, the chat
+ * template and the event JSON writer; pure functions, any thread. */
+#ifndef BRAID_UTF8_H
+#define BRAID_UTF8_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Decode one UTF-8 character at s[0..n) strictly: the well-formed sequences
+ * of Unicode (no overlong forms, no surrogates U+D800..U+DFFF, nothing past
+ * U+10FFFF, no sequence cut short by n) - what jansson accepts too.  Returns
+ * its length (1 to 4) and sets *cp, or 0 (n is 0 or the bytes there are not a
+ * valid character; *cp is then unchanged). */
+size_t utf8_next(const unsigned char *s, size_t n, uint32_t *cp);
+
+/* 1 if s[0..n) is a sequence of characters utf8_next accepts (NUL included),
+ * else 0. */
+int utf8_valid(const char *s, size_t n);
+
+/* Write cp (below 0x110000) as UTF-8 into out (4 bytes room); returns the
+ * length. */
+size_t utf8_put(uint32_t cp, char *out);
+
+#endif
