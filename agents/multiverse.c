@@ -21,11 +21,12 @@
  * writing path i itself (it "adopts" it: same context, no work lost).  Once
  * every path is in its context the carrier writes <Conclusion> ... and the
  * sequential tail to "Answer: N"; merge {method "reduce"} is emitted then.
- * Why not a fresh thread from the prompt with goal and paths injected:
- * strat_api.inject tokenizes without added tokens, so the injected tags
- * <Path>, </Path>, <Goal> ... would reach the model as bytes it never saw.
- * Here every tag in every context is a token the model sampled itself; only
- * tag-free path bodies are injected.
+ * Why not a fresh thread from the prompt with goal and paths injected: it
+ * would prefill the goal and every path again, where forking shares them
+ * (strat_api.inject matches the tags, non-special added tokens, as the
+ * model's own tokens, so injecting them would be possible).  Here every tag
+ * in every context is a token the model sampled itself; only tag-free path
+ * bodies are injected.
  *
  * A child that does not start with <Path>, or a carrier that does not close
  * an injected path, breaks the block: the other children stop (pruned

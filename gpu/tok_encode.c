@@ -638,11 +638,12 @@ encode_segment(struct enc *e, const char *s, size_t n, int parse_special)
 			goto fail;
 		s = norm;
 	}
-	if (!parse_special || t->trie_norm.n <= 1) {
+	const struct tok_trie *tr = parse_special ? &t->trie_norm : &t->trie_norm_ns;
+	if (tr->n <= 1) {
 		rc = encode_plain(e, s, n);
 		goto fail;
 	}
-	if ((rc = split_added(t, &t->trie_norm, s, n, &sp)))
+	if ((rc = split_added(t, tr, s, n, &sp)))
 		goto fail;
 	for (size_t i = 0; !rc && i < sp.n; i++)
 		rc = sp.v[i].added >= 0 ? push_id(e, t->added[sp.v[i].added].id)
@@ -674,14 +675,15 @@ tok_encode(const tok *t, const char *text, size_t len, int parse_special, int32_
 		goto fail;
 	}
 	pcre2_jit_stack_assign(e.mctx, NULL, e.jstack);
-	if (parse_special && t->trie_raw.n > 1) {
-		if ((rc = split_added(t, &t->trie_raw, text, len, &sp)))
+	const struct tok_trie *raw = parse_special ? &t->trie_raw : &t->trie_raw_ns;
+	if (raw->n > 1) {
+		if ((rc = split_added(t, raw, text, len, &sp)))
 			goto fail;
 		for (size_t i = 0; !rc && i < sp.n; i++)
 			rc = sp.v[i].added >= 0
 				     ? push_id(&e, t->added[sp.v[i].added].id)
 				     : encode_segment(&e, text + sp.v[i].start,
-						      sp.v[i].end - sp.v[i].start, 1);
+						      sp.v[i].end - sp.v[i].start, parse_special);
 	} else {
 		rc = encode_segment(&e, text, len, parse_special);
 	}

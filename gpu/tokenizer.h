@@ -26,8 +26,10 @@ tok *tok_load_dir(const char *dir, char *err, size_t errlen);
 /* NULL is fine. */
 void tok_free(tok *t);
 
-/* Encode UTF-8 text.  With parse_special, added tokens written in the text
- * (e.g. "<|im_start|>") become their ids; without, they are plain text.
+/* Encode UTF-8 text.  Added tokens written in the text become their ids:
+ * all of them with parse_special; without it, the special ones (e.g.
+ * "<|im_start|>") stay plain text while the non-special ones (Qwen3's
+ * "<think>", braid-arith's "<Path>") are still matched, as HF matches them.
  * No BOS/EOS is added (HF add_special_tokens=False).  Invalid UTF-8 is
  * ENG_ERR_INVALID.  *ids is malloc'd; the caller frees it. */
 int tok_encode(const tok *t, const char *text, size_t len, int parse_special,

@@ -13,7 +13,7 @@
 static const struct cli_opt opts[] = {
 	{ "model", "DIR", "model directory holding tokenizer.json (default: the embedded model)" },
 	{ "decode", NULL, "read a JSON array of ids on stdin and write the text" },
-	{ "plain", NULL, "treat special-token strings in the text as plain text" },
+	{ "plain", NULL, "treat special-token strings in the text as plain text (non-special added tokens such as <think> are still matched, as HF matches them)" },
 };
 #define N_OPTS ((int)(sizeof opts / sizeof opts[0]))
 static const char synopsis[] = "[--model DIR] [--decode] [--plain] < input";

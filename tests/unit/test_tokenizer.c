@@ -638,6 +638,44 @@ test_parse_special_off(void **state)
 	tok_free(t);
 }
 
+/* parse_special = 0 still matches the non-special added tokens, as HF does
+ * (Qwen3's "<think>" and "<tool_call>"), while the special ones stay text. */
+static void
+test_parse_special_off_keeps_added(void **state)
+{
+	(void)state;
+	tok *t = load_named("qwen3");
+	const char *s = "<think>\nhi</think><tool_call><|im_end|>";
+	int32_t think = tok_token_id(t, "<think>"), end_think = tok_token_id(t, "</think>"),
+		call = tok_token_id(t, "<tool_call>"), im_end = tok_token_id(t, "<|im_end|>");
+	assert_true(think > 0 && end_think > 0 && call > 0 && im_end > 0);
+	assert_false(tok_is_special(t, think));
+	assert_true(tok_is_special(t, im_end));
+	int32_t *ids = NULL;
+	size_t n = 0;
+	assert_int_equal(tok_encode(t, s, strlen(s), 0, &ids, &n), 0);
+	assert_true(n > 4);
+	assert_int_equal(ids[0], think);
+	int seen_end = 0, seen_call = 0;
+	for (size_t i = 0; i < n; i++) {
+		assert_false(tok_is_special(t, ids[i]));
+		seen_end += ids[i] == end_think;
+		seen_call += ids[i] == call;
+	}
+	assert_int_equal(seen_end, 1);
+	assert_int_equal(seen_call, 1);
+	char *d = NULL;
+	assert_int_equal(tok_decode(t, ids, n, &d, NULL), 0);
+	assert_string_equal(d, s);
+	free(d);
+	free(ids);
+	/* with parse_special the special one is matched too */
+	assert_int_equal(tok_encode(t, s, strlen(s), 1, &ids, &n), 0);
+	assert_int_equal(ids[n - 1], im_end);
+	free(ids);
+	tok_free(t);
+}
+
 /* Qwen3's NFC, on strings whose HF output was observed with tokenizers
  * 0.23.2: known marks are reordered and composed, marks newer than HF's
  * Unicode tables (U+08D2) are left where they are. */
@@ -863,6 +901,7 @@ main(void)
 		cmocka_unit_test(test_split_behaviors),
 		cmocka_unit_test(test_invalid_input),
 		cmocka_unit_test(test_parse_special_off),
+		cmocka_unit_test(test_parse_special_off_keeps_added),
 		cmocka_unit_test(test_nfc_as_hf),
 		cmocka_unit_test(test_stream_edges),
 		cmocka_unit_test(test_long_inputs),
