@@ -19,7 +19,7 @@ RTOL=0.0001
 # jq_q ARGS...: jq -e, its output dropped (the status is the test)
 jq_q() { jq -e "$@" >/dev/null 2>&1; }
 
-tap_plan 8
+tap_plan 9
 
 # ---- the shipped directory ------------------------------------------------------------
 check "model directory has config, tokenizer, chat template and safetensors" sh -c \
@@ -41,6 +41,13 @@ while [ $i -lt "$n" ]; do
 	i=$((i + 1))
 done
 check "tokenize: $n texts (ChatML prompt, Multiverse tags, Known block, Check task) equal HF ids" [ $bad -eq 0 ]
+# --plain keeps special tokens as text, but the Multiverse tags are non-special added
+# tokens, which HF always matches: the tag case gives HF's ids with --plain too
+case=$(jq '[.tokenizer_cases[] | .text | contains("<Path>") and (contains("<|") | not)] | index(true)' "$R")
+jq -j ".tokenizer_cases[$case].text" "$R" >"$T/text"
+"$B" tokenize --model "$M" --plain <"$T/text" >"$T/got" 2>"$T/err"
+check "tokenize --plain: the Multiverse tags are still one token each, as HF's ids" \
+	jq_q --argjson w "$(jq -c ".tokenizer_cases[$case].ids" "$R")" '. == $w' "$T/got"
 
 # ---- engine against HF float32 -----------------------------------------------------------
 prompt=$(jq -c '.prompt' "$R")

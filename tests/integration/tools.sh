@@ -1,0 +1,31 @@
+#!/bin/sh
+# tools.sh - the measurement scripts behind the model card and docs/strategies.md
+# (tools/arith_card.sh, tools/strategies_bench.sh) still run end to end, here on
+# a few problems on the CPU, and write what the docs are made from.  TAP.
+set -u
+. "$BRAID_SRCDIR/tests/integration/tap.sh"
+B=$BRAID_BIN
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+export BRAID_MODELS="$BRAID_SRCDIR/models"
+jq_q() { jq -e "$@" >/dev/null 2>&1; }
+
+tap_plan 5
+
+"$BRAID_SRCDIR/tools/arith_card.sh" --out "$T/card" --braid "$B" --device cpu --problems 3 -n 2 \
+	--sets "tier3 tier3-known" >"$T/card.log" 2>&1
+check "arith_card.sh: a row per set with greedy, pass@1 and majority in [0, 1]" jq_q \
+	'[.rows[].set] == ["tier3", "tier3-known"] and all(.rows[]; .problems == 3 and
+	 ([.greedy, .pass1, .maj] | all(. >= 0 and . <= 1)))' "$T/card/card.json"
+check "arith_card.sh: the Known-block comparison pairs the 3 problems by index" jq_q \
+	'.compare[0].name == "Known block vs none" and .compare[0].problems == 3 and
+	 .compare[0].lo <= .compare[0].diff and .compare[0].diff <= .compare[0].hi' "$T/card/card.json"
+check "arith_card.sh: a markdown table" grep -q '^| tier3-known | 3 |' "$T/card/card.md"
+
+"$BRAID_SRCDIR/tools/strategies_bench.sh" --braid "$B" --device cpu --problems 1 -n 2 --concurrency 1 \
+	--strategies "single multiverse" --out "$T/sb" >"$T/sb.log" 2>&1
+check "strategies_bench.sh: single and multiverse on the three sets, one problem at a time" jq_q \
+	'.concurrency == "1" and ([.rows[] | "\(.set) \(.strategy)"] == ["tier4 single", "tier4 multiverse",
+	 "mixed single", "mixed multiverse", "tier3-split-sequential single", "tier3-split-sequential multiverse"])
+	 and all(.rows[]; .problems == 1 and .tokens_total > 0)' "$T/sb/strategies.json"
+check "strategies_bench.sh: the table names the machine" grep -q 'in-process CPU engine' "$T/sb/strategies.md"
