@@ -137,9 +137,11 @@ push_span(struct spans *sp, size_t start, size_t end, int32_t added)
 
 /* Split s into plain spans and added-token spans: leftmost-longest matches
  * over the trie (HF's aho-corasick LeftmostLongest), then single_word,
- * lstrip and rstrip as HF's AddedVocabulary applies them. */
+ * lstrip and rstrip as HF's AddedVocabulary applies them.  With
+ * skip_special, a special token's match stays plain text (and nothing
+ * inside it is matched), as HF's split_special_tokens does. */
 static int
-split_added(const struct tok *t, const struct tok_trie *tr, const char *s, size_t n,
+split_added(const struct tok *t, const struct tok_trie *tr, const char *s, size_t n, int skip_special,
 	    struct spans *out)
 {
 	size_t pos = 0, plain = 0;
@@ -168,6 +170,8 @@ split_added(const struct tok *t, const struct tok_trie *tr, const char *s, size_
 		size_t start = pos, stop = best_end;
 		pos = best_end;
 		if (start < plain)   /* swallowed by the previous token's rstrip */
+			continue;
+		if (skip_special && a->special)
 			continue;
 		if (a->single_word) {
 			size_t k;
@@ -638,12 +642,11 @@ encode_segment(struct enc *e, const char *s, size_t n, int parse_special)
 			goto fail;
 		s = norm;
 	}
-	const struct tok_trie *tr = parse_special ? &t->trie_norm : &t->trie_norm_ns;
-	if (tr->n <= 1) {
+	if (t->trie_norm.n <= 1) {
 		rc = encode_plain(e, s, n);
 		goto fail;
 	}
-	if ((rc = split_added(t, tr, s, n, &sp)))
+	if ((rc = split_added(t, &t->trie_norm, s, n, !parse_special, &sp)))
 		goto fail;
 	for (size_t i = 0; !rc && i < sp.n; i++)
 		rc = sp.v[i].added >= 0 ? push_id(e, t->added[sp.v[i].added].id)
@@ -675,9 +678,8 @@ tok_encode(const tok *t, const char *text, size_t len, int parse_special, int32_
 		goto fail;
 	}
 	pcre2_jit_stack_assign(e.mctx, NULL, e.jstack);
-	const struct tok_trie *raw = parse_special ? &t->trie_raw : &t->trie_raw_ns;
-	if (raw->n > 1) {
-		if ((rc = split_added(t, raw, text, len, &sp)))
+	if (t->trie_raw.n > 1) {
+		if ((rc = split_added(t, &t->trie_raw, text, len, !parse_special, &sp)))
 			goto fail;
 		for (size_t i = 0; !rc && i < sp.n; i++)
 			rc = sp.v[i].added >= 0

@@ -92,8 +92,6 @@ struct tok {
 	struct tok_strmap added_map;    /* content -> index into added */
 	struct tok_trie trie_raw;       /* tokens with normalized = false */
 	struct tok_trie trie_norm;      /* tokens with normalized = true */
-	struct tok_trie trie_raw_ns;    /* the same, non-special tokens only */
-	struct tok_trie trie_norm_ns;   /* (what tok_encode matches without parse_special) */
 	unsigned char *is_special;      /* (n_pieces) */
 	int32_t *added_of_id;           /* (n_pieces) index into added, -1 */
 

@@ -511,8 +511,7 @@ load_added(struct loader *L, json_t *arr)
 {
 	struct tok *t = L->t;
 	int rc = 0;
-	if (trie_init(&t->trie_raw) || trie_init(&t->trie_norm) || trie_init(&t->trie_raw_ns) ||
-	    trie_init(&t->trie_norm_ns))
+	if (trie_init(&t->trie_raw) || trie_init(&t->trie_norm))
 		FAIL(L, ENG_ERR_NOMEM, "%s: out of memory", L->path);
 	if (arr && !json_is_null(arr) && !json_is_array(arr))
 		FAIL(L, ENG_ERR_FORMAT, "%s: added_tokens is not an array", L->path);
@@ -553,9 +552,7 @@ load_added(struct loader *L, json_t *arr)
 		if (ensure_pieces(t, (size_t)a->id + 1) ||
 		    strmap_put(&t->added_map, a->content, a->len, (int32_t)i) ||
 		    trie_add(a->normalized ? &t->trie_norm : &t->trie_raw, a->match, a->match_len,
-			     (int32_t)i) ||
-		    (!a->special && trie_add(a->normalized ? &t->trie_norm_ns : &t->trie_raw_ns, a->match,
-					     a->match_len, (int32_t)i)))
+			     (int32_t)i))
 			FAIL(L, ENG_ERR_NOMEM, "%s: out of memory", L->path);
 		t->pieces[a->id] = a->content;
 		t->piece_len[a->id] = (uint32_t)a->len;
@@ -841,8 +838,6 @@ tok_free(tok *t)
 	strmap_free(&t->added_map);
 	free(t->trie_raw.nodes);
 	free(t->trie_norm.nodes);
-	free(t->trie_raw_ns.nodes);
-	free(t->trie_norm_ns.nodes);
 	free(t->is_special);
 	free(t->added_of_id);
 	for (size_t i = 0; i < t->n_pretok; i++)

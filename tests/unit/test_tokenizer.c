@@ -638,6 +638,48 @@ test_parse_special_off(void **state)
 	tok_free(t);
 }
 
+/* Without parse_special a special token's text stays plain text as a whole:
+ * a non-special added token of the same (unnormalized) kind inside it is
+ * not matched, as HF's split_special_tokens skips the match and resumes
+ * after it, while the same token elsewhere is.  (A normalized token inside
+ * would be matched, by HF too: its pass runs on the text left over.) */
+static void
+test_parse_special_off_inside_special(void **state)
+{
+	(void)state;
+	char *dir = tu_tmpdir(), path[1024], err[ENG_ERRLEN] = "";
+	assert_non_null(dir);
+	char *j = tiny_json("null", tiny_pretok_ok, "", "", "",
+			    "{\"id\": 300, \"content\": \"<|x_end|>\", \"special\": true},"
+			    " {\"id\": 301, \"content\": \"x_end\", \"special\": false, \"normalized\": false}");
+	snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+	assert_int_equal(tu_write_file(path, j, strlen(j)), 0);
+	tok *t = tok_load(path, err, sizeof err);
+	if (!t)
+		fail_msg("tiny: %s", err);
+	const char *s = "a<|x_end|>b x_end";
+	int32_t *ids = NULL;
+	size_t n = 0, n300 = 0, n301 = 0;
+	assert_int_equal(tok_encode(t, s, strlen(s), 0, &ids, &n), 0);
+	for (size_t i = 0; i < n; i++)
+		n300 += ids[i] == 300, n301 += ids[i] == 301;
+	assert_int_equal(n300, 0);
+	assert_int_equal(n301, 1);          /* the free-standing one only */
+	assert_int_equal(ids[n - 1], 301);
+	free(ids);
+	assert_int_equal(tok_encode(t, s, strlen(s), 1, &ids, &n), 0);
+	n300 = n301 = 0;
+	for (size_t i = 0; i < n; i++)
+		n300 += ids[i] == 300, n301 += ids[i] == 301;
+	assert_int_equal(n300, 1);
+	assert_int_equal(n301, 1);
+	free(ids);
+	tok_free(t);
+	free(j);
+	tu_rmtree(dir);
+	free(dir);
+}
+
 /* parse_special = 0 still matches the non-special added tokens, as HF does
  * (Qwen3's "<think>" and "<tool_call>"), while the special ones stay text. */
 static void
@@ -902,6 +944,7 @@ main(void)
 		cmocka_unit_test(test_invalid_input),
 		cmocka_unit_test(test_parse_special_off),
 		cmocka_unit_test(test_parse_special_off_keeps_added),
+		cmocka_unit_test(test_parse_special_off_inside_special),
 		cmocka_unit_test(test_nfc_as_hf),
 		cmocka_unit_test(test_stream_edges),
 		cmocka_unit_test(test_long_inputs),
