@@ -151,8 +151,11 @@ void
 sched_job_fail(sched *s, struct sjob *j, const char *reason)
 {
 	job_stop_threads(s, j, "cancelled");
-	sched_count_end(s, 1);
 	sched_publish(s, j, EV_JOB_FAILED, -1, json_pack("{s:s}", "reason", reason));
+	/* the final event is on the bus before the job leaves the counts and
+	 * the run list (a reader that no longer finds it sees its end) */
+	sched_flush(s);
+	sched_count_end(s, 1);
 	if (j->state == JOB_RUNNING)
 		sched_retire(s, j);
 	else
@@ -172,12 +175,13 @@ job_complete(sched *s, struct sjob *j)
 							 "answer", t->answer, "tokens", t->tokens,
 							 "finish_reason", t->finish));
 	}
-	sched_count_end(s, 0);
 	json_t *votes = j->votes ? json_incref(j->votes) : json_object();
 	sched_publish(s, j, EV_JOB_DONE, -1,
 		json_pack("{s:s?, s:o, s:I, s:i, s:I, s:o}", "answer", j->answer, "votes", votes,
 			  "tokens", (json_int_t)tokens, "prompt_tokens", j->n_prompt, "ms",
 			  (json_int_t)(ev_now_ms() - j->t_submit_ms), "threads", threads));
+	sched_flush(s);     /* as in sched_job_fail */
+	sched_count_end(s, 0);
 	sched_retire(s, j);
 }
 
