@@ -170,14 +170,14 @@ gap_note(struct bus_sub *s, const struct ev *e)
 		s->gap_jobs_truncated = true;
 }
 
-/* The gap event for the current hole, and the hole reset; NULL if it cannot
- * be allocated (the hole is kept and reported later). */
+/* The gap event for the current hole; NULL if it cannot be allocated.  The
+ * hole is kept until gap_reset (once the event is queued), so a failure
+ * reports it later, whole. */
 static struct ev *
 gap_take(struct bus_sub *s)
 {
 	json_t *payload = json_object(), *jobs = json_array();
 	const char *job = s->job[0] ? s->job : s->gap_jobs[0];
-	struct ev *g;
 
 	if (!payload || !jobs)
 		goto fail;
@@ -192,17 +192,19 @@ gap_take(struct bus_sub *s)
 	jobs = NULL;
 	if (s->gap_jobs_truncated && json_object_set_new(payload, "jobs_truncated", json_true()))
 		goto fail;
-	g = ev_new(EV_GAP, job, -1, -1, payload);
-	if (!g)
-		return NULL;
-	s->dropped = 0;
-	s->n_gap_jobs = 0;
-	s->gap_jobs_truncated = false;
-	return g;
+	return ev_new(EV_GAP, job, -1, -1, payload);
 fail:
 	json_decref(jobs);
 	json_decref(payload);
 	return NULL;
+}
+
+static void
+gap_reset(struct bus_sub *s)
+{
+	s->dropped = 0;
+	s->n_gap_jobs = 0;
+	s->gap_jobs_truncated = false;
 }
 
 /* Queue e (a reference the caller gave) on s, or drop it.  true if queued. */
@@ -219,6 +221,7 @@ sub_offer(bus *b, struct bus_sub *s, struct ev *e)
 			ev_unref(g);
 			goto drop;
 		}
+		gap_reset(s);
 	}
 	if (ring_push(s, e))
 		goto drop;
@@ -427,8 +430,12 @@ pop_locked(struct bus_sub *s)
 		return e;
 	}
 	/* Queue drained while a hole is open: report it now. */
-	if (s->dropped)
-		return gap_take(s);
+	if (s->dropped) {
+		struct ev *g = gap_take(s);
+		if (g)
+			gap_reset(s);
+		return g;
+	}
 	return NULL;
 }
 

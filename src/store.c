@@ -342,6 +342,7 @@ fail:
 	werror(st, ev_type_name(e->type), e);
 }
 
+/* Commit the open batch; n real events more are applied. */
 static void
 commit(store *st, unsigned long long n)
 {
@@ -363,6 +364,8 @@ writer_main(void *p)
 {
 	store *st = p;
 	unsigned long long n = 0;     /* events in the open batch */
+	unsigned long long r = 0;     /* of which real (not gap notices: store_sync
+				       * counts what the bus queued, which they are not) */
 	int64_t deadline = 0;
 
 	for (;;) {
@@ -370,8 +373,8 @@ writer_main(void *p)
 		if (!e && n) {
 			int64_t left = deadline - mono_ms();
 			if (left <= 0 || atomic_load(&st->sync_waiters) || atomic_load(&st->stop)) {
-				commit(st, n);
-				n = 0;
+				commit(st, r);
+				n = r = 0;
 				continue;
 			}
 			struct timespec nap = { 0, (left < STORE_POLL_MS ? left : STORE_POLL_MS) * 1000000L };
@@ -393,11 +396,12 @@ writer_main(void *p)
 				werror(st, "begin", NULL);
 		}
 		apply(st, e);
+		r += e->type != EV_GAP;
 		ev_unref(e);
 		n++;
 		if (n >= STORE_BATCH_EVENTS || atomic_load(&st->sync_waiters)) {
-			commit(st, n);
-			n = 0;
+			commit(st, r);
+			n = r = 0;
 		}
 	}
 	return NULL;
