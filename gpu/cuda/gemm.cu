@@ -452,6 +452,7 @@ k_gemm_run(k_gemm *g, const bf16 *w, int w_rows, int w_cols, const bf16 *in, int
 {
 	if (!g || !w || !in || !out || w_rows <= 0 || w_cols <= 0 || n <= 0)
 		return cudaErrorInvalidValue;
+	g->msg[0] = '\0';   // k_gemm_error tells of this call only
 	auto it = g->cache.find(shape_key(w_rows, w_cols, n));
 	if (it != g->cache.end()) {
 		entry &e = it->second;
@@ -728,6 +729,7 @@ k_gemm_tune(k_gemm *g, int w_rows, int w_cols, const int *buckets, int nb, cudaS
 {
 	if (!g)
 		return cudaErrorInvalidValue;
+	g->msg[0] = '\0';
 	if (w_rows <= 0 || w_cols <= 0 || !buckets || nb <= 0) {
 		setmsg(g, "k_gemm_tune: bad arguments (w_rows %d, w_cols %d, nb %d)", w_rows, w_cols, nb);
 		return cudaErrorInvalidValue;
@@ -805,6 +807,8 @@ k_gemm_tune(k_gemm *g, int w_rows, int w_cols, const int *buckets, int nb, cudaS
 		}
 	}
 	bench_free(&b);
+	if (e == cudaSuccess)
+		g->msg[0] = '\0';   // candidates that failed and were skipped are no error of the call
 	return e;
 }
 
