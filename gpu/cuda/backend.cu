@@ -10,7 +10,6 @@
 #include <cstring>
 #include <vector>
 
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 extern "C" {
@@ -76,12 +75,7 @@ struct cuda_backend {
 	int max_rows, max_seqs, use_graphs, n_sm, ctas, warp_blocks;
 	cudaStream_t st, st2;        // st2: the decode attention beside st's
 	cudaEvent_t ev_fork, ev_join;
-	cublasHandle_t blas;
-	void *blas_ws;
-	// The projections: k_gemm (GEMV for few rows, tuned cuBLASLt) unless
-	// BRAID_GEMM=cublas asks for plain cublasGemmEx (for comparisons).
-	k_gemm *gm;
-	bool plain_blas;
+	k_gemm *gm;                  // the projections (gemm.cu)
 
 	bf16 *emb, *lm_head;
 	float *out_norm, *inv_freq;
@@ -125,15 +119,6 @@ fail(struct cuda_backend *cb, cudaError_t e, const char *what)
 		cudaError_t e_ = (call);                                \
 		if (e_ != cudaSuccess)                                  \
 			return fail(cb, e_, #call);                     \
-	} while (0)
-
-#define CB(call)                                                        \
-	do {                                                            \
-		cublasStatus_t s_ = (call);                             \
-		if (s_ != CUBLAS_STATUS_SUCCESS) {                      \
-			snprintf(cb->err, sizeof cb->err, "cuBLAS: %s: status %d", #call, (int)s_); \
-			return ENG_ERR_DEVICE;                          \
-		}                                                       \
 	} while (0)
 
 template <typename T>
@@ -484,19 +469,12 @@ static int
 gemm(struct cuda_backend *cb, const bf16 *w, int w_rows, int w_cols, const bf16 *in, int n, float *out,
      float beta)
 {
-	if (!cb->plain_blas) {
-		cudaError_t e = k_gemm_run(cb->gm, w, w_rows, w_cols, in, n, out, beta, cb->st);
-		if (e != cudaSuccess) {
-			snprintf(cb->err, sizeof cb->err, "CUDA: GEMM %dx%d, %d rows: %s", w_rows, w_cols, n,
-				 *k_gemm_error(cb->gm) ? k_gemm_error(cb->gm) : cudaGetErrorString(e));
-			return ENG_ERR_DEVICE;
-		}
-		return 0;
+	cudaError_t e = k_gemm_run(cb->gm, w, w_rows, w_cols, in, n, out, beta, cb->st);
+	if (e != cudaSuccess) {
+		snprintf(cb->err, sizeof cb->err, "CUDA: GEMM %dx%d, %d rows: %s", w_rows, w_cols, n,
+			 *k_gemm_error(cb->gm) ? k_gemm_error(cb->gm) : cudaGetErrorString(e));
+		return ENG_ERR_DEVICE;
 	}
-	const float alpha = 1.0f;
-	CB(cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, w_rows, n, w_cols, &alpha, w, CUDA_R_16BF, w_cols,
-			in, CUDA_R_16BF, w_cols, &beta, out, CUDA_R_32F, w_rows, CUBLAS_COMPUTE_32F,
-			CUBLAS_GEMM_DEFAULT));
 	return 0;
 }
 
@@ -746,15 +724,12 @@ cuda_destroy(void *self)
 	cudaFree(cb->inv_freq);
 	cudaFree(cb->kv);
 	void *bufs[] = { cb->x, cb->qkv, cb->q, cb->gu, cb->logits, cb->slots, cb->part_ml, cb->part_acc,
-			 cb->xb, cb->att, cb->h, cb->dmeta, cb->d_srows, cb->d_sout, cb->d_sscratch,
-			 cb->blas_ws };
+			 cb->xb, cb->att, cb->h, cb->dmeta, cb->d_srows, cb->d_sout, cb->d_sscratch };
 	for (void *p : bufs)
 		cudaFree(p);
 	cudaFreeHost(cb->hmeta);
 	cudaFreeHost(cb->h_srows);
 	cudaFreeHost(cb->h_sout);
-	if (cb->blas)
-		cublasDestroy(cb->blas);
 	k_gemm_destroy(cb->gm);
 	if (cb->ev_fork)
 		cudaEventDestroy(cb->ev_fork);
@@ -839,12 +814,6 @@ alloc_buffers(struct cuda_backend *cb)
 	cb->sscratch_bytes = cuda_sample_scratch_bytes(cb->max_seqs, c->vocab_size);
 	if (cb->sscratch_bytes)
 		DMALLOC(cb->d_sscratch, cb->sscratch_bytes);
-	const size_t ws = (size_t)32 << 20;
-	DMALLOC(cb->blas_ws, ws);
-	if (cublasSetWorkspace(cb->blas, cb->blas_ws, ws) != CUBLAS_STATUS_SUCCESS) {
-		snprintf(cb->err, sizeof cb->err, "cuBLAS: cannot set the workspace");
-		return ENG_ERR_DEVICE;
-	}
 	return 0;
 }
 
@@ -859,11 +828,8 @@ setup_gemm(struct cuda_backend *cb)
 {
 	const struct model_config *c = &cb->c;
 	const char *mode = getenv("BRAID_GEMM");
-	if (mode && !strcmp(mode, "cublas")) {
-		cb->plain_blas = true;
-		return 0;
-	}
-	if (mode && *mode && strcmp(mode, "tuned") && strcmp(mode, "untuned")) {
+	const bool plain = mode && !strcmp(mode, "cublas");
+	if (mode && *mode && !plain && strcmp(mode, "tuned") && strcmp(mode, "untuned")) {
 		snprintf(cb->err, sizeof cb->err, "BRAID_GEMM=%s: expected tuned, untuned or cublas", mode);
 		return ENG_ERR_INVALID;
 	}
@@ -872,7 +838,8 @@ setup_gemm(struct cuda_backend *cb)
 		snprintf(cb->err, sizeof cb->err, "%s", e);
 		return ENG_ERR_DEVICE;
 	}
-	if (mode && !strcmp(mode, "untuned"))
+	k_gemm_set_plain(cb->gm, plain);
+	if (plain || (mode && !strcmp(mode, "untuned")))
 		return 0;
 	const int shapes[][2] = { { cb->qkvd, c->hidden_size }, { c->hidden_size, cb->qd },
 				  { 2 * c->intermediate_size, c->hidden_size }, { c->hidden_size, c->intermediate_size },
@@ -916,11 +883,6 @@ create(struct cuda_backend *cb, const struct cuda_backend_params *p, size_t *wei
 	CK(cudaStreamCreateWithFlags(&cb->st2, cudaStreamNonBlocking));
 	CK(cudaEventCreateWithFlags(&cb->ev_fork, cudaEventDisableTiming));
 	CK(cudaEventCreateWithFlags(&cb->ev_join, cudaEventDisableTiming));
-	if (cublasCreate(&cb->blas) != CUBLAS_STATUS_SUCCESS || cublasSetStream(cb->blas, cb->st) != CUBLAS_STATUS_SUCCESS) {
-		snprintf(cb->err, sizeof cb->err, "cuBLAS: cannot create a handle");
-		return ENG_ERR_DEVICE;
-	}
-	cublasSetMathMode(cb->blas, CUBLAS_DEFAULT_MATH);
 	per_sm = (int)(prop.sharedMemPerMultiprocessor / (k_attention_smem(c->head_dim) + 1024));
 	cb->ctas = cb->n_sm * std::max(1, std::min(per_sm, 4));
 	cb->warp_blocks = cb->n_sm * 8;

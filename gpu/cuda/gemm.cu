@@ -246,6 +246,7 @@ struct k_gemm {
 	cublasHandle_t blas;
 	cudaStream_t blas_st;         // the stream blas is set to, when blas_set
 	bool blas_set;
+	bool plain;                   // k_gemm_set_plain: cublasGemmEx only
 	void *ws;                     // K_GEMM_WORKSPACE bytes
 	cudaStream_t ts;              // tuning stream
 	cudaEvent_t e0, e1;
@@ -385,6 +386,13 @@ k_gemm_destroy(k_gemm *g)
 	delete g;
 }
 
+void
+k_gemm_set_plain(k_gemm *g, int plain)
+{
+	if (g)
+		g->plain = plain != 0;
+}
+
 const char *
 k_gemm_error(const k_gemm *g)
 {
@@ -453,6 +461,8 @@ k_gemm_run(k_gemm *g, const bf16 *w, int w_rows, int w_cols, const bf16 *in, int
 	if (!g || !w || !in || !out || w_rows <= 0 || w_cols <= 0 || n <= 0)
 		return cudaErrorInvalidValue;
 	g->msg[0] = '\0';   // k_gemm_error tells of this call only
+	if (g->plain)
+		return blas_launch(g, w, w_rows, w_cols, in, n, out, beta, st);
 	auto it = g->cache.find(shape_key(w_rows, w_cols, n));
 	if (it != g->cache.end()) {
 		entry &e = it->second;

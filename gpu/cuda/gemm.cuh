@@ -54,6 +54,10 @@ cudaError_t k_gemm_tune(k_gemm *g, int w_rows, int w_cols, const int *buckets, i
 cudaError_t k_gemm_run(k_gemm *g, const bf16 *w, int w_rows, int w_cols, const bf16 *in, int n, float *out,
 		       float beta, cudaStream_t st);
 
+// With plain != 0 every k_gemm_run takes cublasGemmEx, tuned or not (for
+// comparisons with the GEMV and cuBLASLt paths).
+void k_gemm_set_plain(k_gemm *g, int plain);
+
 // What k_gemm_run does for this shape and n ("gemv ks 4 unroll 8", "lt algo
 // 21 tile 18 splitk 1", "cublasGemmEx"), into buf (len bytes); for logs.
 void k_gemm_describe(const k_gemm *g, int w_rows, int w_cols, int n, char *buf, size_t len);
