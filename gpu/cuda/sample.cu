@@ -120,6 +120,20 @@ static __device__ __forceinline__ float samp_weight(float x, float mx, float c)
 
 // ---- block primitives (blockDim.x == SAMP_NT) -----------------------------------
 
+// The warp's largest m and its index a (the smaller index on ties), in
+// every lane.
+static __device__ __forceinline__ void samp_warp_argmax(float &m, int &a)
+{
+	for (int o = 16; o > 0; o >>= 1) {
+		const float m2 = __shfl_xor_sync(SAMP_FULL, m, o);
+		const int a2 = __shfl_xor_sync(SAMP_FULL, a, o);
+		if (m2 > m || (m2 == m && a2 < a)) {
+			m = m2;
+			a = a2;
+		}
+	}
+}
+
 // Exclusive scan over threads in thread order; *incl the inclusive value,
 // *total the block total.  Exact for integers.
 template <typename T>
@@ -395,14 +409,7 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 		});
 	}
 	bad = __syncthreads_or(bad);
-	for (int o2 = 16; o2 > 0; o2 >>= 1) {
-		float m2 = __shfl_xor_sync(SAMP_FULL, mxl, o2);
-		int a2 = __shfl_xor_sync(SAMP_FULL, argl, o2);
-		if (m2 > mxl || (m2 == mxl && a2 < argl)) {
-			mxl = m2;
-			argl = a2;
-		}
-	}
+	samp_warp_argmax(mxl, argl);
 	if (lane == 0) {
 		S.red_f[warp] = mxl;
 		S.red_i[warp] = argl;
@@ -411,14 +418,7 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 	if (warp == 0) {
 		float m = S.red_f[lane];
 		int a = S.red_i[lane];
-		for (int o2 = 16; o2 > 0; o2 >>= 1) {
-			float m2 = __shfl_xor_sync(SAMP_FULL, m, o2);
-			int a2 = __shfl_xor_sync(SAMP_FULL, a, o2);
-			if (m2 > m || (m2 == m && a2 < a)) {
-				m = m2;
-				a = a2;
-			}
-		}
+		samp_warp_argmax(m, a);
 		if (lane == 0) {
 			S.mx = m;
 			S.arg = a;
