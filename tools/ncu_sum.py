@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """ncu_sum.py CSV: sum an `ncu --csv --metrics gpu__time_duration.sum` log by
 kernel name (time, launches, mean), largest first.  Used to see where a
-decode step's GPU time goes (run the step eagerly: BRAID_CUDA_GRAPHS=0)."""
+decode step's GPU time goes: `BRAID_PROFILE_PASS=K ncu --profile-from-start off
+--csv --metrics gpu__time_duration.sum braid bench ...` records pass K (one
+step with its sampling; the graph's kernels one by one)."""
 import collections
 import csv
 import sys

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <cuda_runtime.h>
+#include <cuda_profiler_api.h>
 
 extern "C" {
 #include "backend.h"
@@ -95,6 +96,9 @@ struct cuda_backend {
 	int32_t *d_counters;
 
 	std::vector<graph_entry> *graphs;
+	// BRAID_PROFILE_PASS=K: the profiler (ncu --profile-from-start off)
+	// records from pass K to pass K+1: one step with its sampling.
+	long pass, profile_pass;
 
 	struct cuda_samp_row *d_srows, *h_srows;
 	// One buffer for a sampling launch's results and, right behind the n
@@ -589,6 +593,13 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 		nlog = b->n_logits ? bucket_of(b->n_logits) : 0;
 		graph = true;
 	}
+	if (cb->profile_pass >= 0) {
+		if (cb->pass == cb->profile_pass)
+			cudaProfilerStart();
+		else if (cb->pass == cb->profile_pass + 1)
+			cudaProfilerStop();
+		cb->pass++;
+	}
 	struct plan pl;
 	if ((rc = make_plan(cb, b, slots, rows, nlog, cap, &pl)))
 		return rc;
@@ -953,6 +964,8 @@ cuda_backend_create(const struct model *m, const struct cuda_backend_params *p, 
 	cb->max_rows = p->max_rows;
 	cb->max_seqs = p->max_seqs;
 	cb->use_graphs = p->graphs;
+	const char *pp = getenv("BRAID_PROFILE_PASS");
+	cb->profile_pass = pp && *pp ? strtol(pp, NULL, 10) : -1;
 	cb->g = k_kv_geom{ c->n_layers, c->n_kv_heads, c->head_dim, p->block_tokens };
 	cb->block_elems = (size_t)c->n_layers * 2 * c->n_kv_heads * (size_t)p->block_tokens * c->head_dim;
 	cb->graphs = new std::vector<graph_entry>();
