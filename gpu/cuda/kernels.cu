@@ -1,9 +1,12 @@
 // kernels.cu - the forward pass's CUDA kernels: embedding, RMSNorm, the QKV
 // epilogue (bias, q/k norm, RoPE, paged cache write), paged attention with
-// split-K partials and their merge, SwiGLU and logits scatter.  Engine thread
-// (launchers); see kernels.cuh for the contracts.
+// split-K partials (many-query units on tensor cores) and their merge, SwiGLU
+// and logits scatter.  Engine thread (launchers); see kernels.cuh for the
+// contracts.
 #include <cfloat>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 
 #include "cuda/kernels.cuh"
 #include "cuda/pdl.cuh"
@@ -295,6 +298,49 @@ att_store(const uint4 *pre, float *Ks, float *Vs, int hd)
 	}
 }
 
+// f32 rounded to the nearest tf32 (10-bit mantissa), as a float.
+static __device__ __forceinline__ float
+to_tf32(float x)
+{
+	uint32_t r;
+	asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+	return __uint_as_float(r);
+}
+
+// A unit's prologue: its rows, their positions and the block ids of its
+// range into shared memory, the first tile's loads issued into pre, and the
+// queries, pre-scaled, in Qs (n_q, hd + 4).
+template <int PRE>
+static __device__ __forceinline__ void
+att_begin(uint4 *pre, const float *q, const bf16 *kv, const int32_t *table, const int32_t *pos,
+	  const int32_t *item_rows, const k_attn_item &it, int kvh, int n_heads, k_kv_geom g, int layer, float *Qs,
+	  int32_t *rows_s, int32_t *pos_s, int32_t *blk_s, int *blk0_out, int *nblk_s_out)
+{
+	const int tid = threadIdx.x, hd = g.head_dim, hs = hd + 4, group = n_heads / g.n_kv_heads;
+	const int n_q = it.n_rows * group;
+	const float scale = LOG2E / sqrtf((float)hd);
+	const int blk0 = it.kv0 / g.block_tokens;
+	const int nblk = (it.kv1 - 1) / g.block_tokens - blk0 + 1;
+	const int nblk_s = nblk < ATT_BLKS ? nblk : ATT_BLKS;
+	for (int i = tid; i < it.n_rows; i += K_ATT_THREADS) {
+		const int r = item_rows[it.row0 + i];
+		rows_s[i] = r;
+		pos_s[i] = pos[r];
+	}
+	for (int i = tid; i < nblk_s; i += K_ATT_THREADS)
+		blk_s[i] = table[blk0 + i];
+	__syncthreads();
+	att_fetch<PRE>(pre, kv, blk_s, table, blk0, nblk_s, it.kv0, it.kv1, kvh, g, layer);
+	for (int i = tid; i < n_q * (hd / 4); i += K_ATT_THREADS) {
+		const int qi = i / (hd / 4), d4 = i % (hd / 4), j = qi / group, gq = qi % group;
+		float4 v = *(const float4 *)(q + ((size_t)rows_s[j] * n_heads + kvh * group + gq) * hd + d4 * 4);
+		v.x *= scale, v.y *= scale, v.z *= scale, v.w *= scale;
+		*(float4 *)(Qs + (size_t)qi * hs + d4 * 4) = v;
+	}
+	*blk0_out = blk0;
+	*nblk_s_out = nblk_s;
+}
+
 static __device__ __forceinline__ float
 dot4(float4 a, float4 b, float acc)
 {
@@ -326,34 +372,17 @@ attention_unit(const float *q, const bf16 *kv, const int32_t *tables, const int3
 	float *L = M + qcap, *C = L + qcap;
 	int32_t *rows_s = (int32_t *)(C + qcap), *pos_s = rows_s + qcap, *blk_s = pos_s + qcap;
 	const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
-	const float scale = LOG2E / sqrtf((float)hd);
 	const int32_t *table = tables + it.tab;
 	const bool small = SMALL;
 
-	// Metadata first: rows, positions, block ids of the unit's range.
-	const int blk0 = it.kv0 / g.block_tokens;
-	const int nblk = (it.kv1 - 1) / g.block_tokens - blk0 + 1;
-	const int nblk_s = nblk < ATT_BLKS ? nblk : ATT_BLKS;
-	for (int i = tid; i < it.n_rows; i += K_ATT_THREADS) {
-		const int r = item_rows[it.row0 + i];
-		rows_s[i] = r;
-		pos_s[i] = pos[r];
-	}
-	for (int i = tid; i < nblk_s; i += K_ATT_THREADS)
-		blk_s[i] = table[blk0 + i];
 	for (int i = tid; i < n_q; i += K_ATT_THREADS) {
 		M[i] = -INFINITY;
 		L[i] = 0.0f;
 	}
-	__syncthreads();
 	uint4 pre[PRE];
-	att_fetch<PRE>(pre, kv, blk_s, table, blk0, nblk_s, it.kv0, it.kv1, kvh, g, layer);
-	for (int i = tid; i < n_q * (hd / 4); i += K_ATT_THREADS) {
-		const int qi = i / (hd / 4), d4 = i % (hd / 4), j = qi / group, gq = qi % group;
-		float4 v = *(const float4 *)(q + ((size_t)rows_s[j] * n_heads + kvh * group + gq) * hd + d4 * 4);
-		v.x *= scale, v.y *= scale, v.z *= scale, v.w *= scale;
-		*(float4 *)(Qs + (size_t)qi * hs + d4 * 4) = v;
-	}
+	int blk0, nblk_s;
+	att_begin<PRE>(pre, q, kv, table, pos, item_rows, it, kvh, n_heads, g, layer, Qs, rows_s, pos_s, blk_s,
+		       &blk0, &nblk_s);
 
 	// Accumulators: small - element tid + k * THREADS of the (n_q, hd)
 	// output; big - queries 4 qg .. 4 qg + 3, dims 8 dg .. 8 dg + 7.
@@ -511,6 +540,192 @@ attention_unit(const float *q, const bf16 *kv, const int32_t *tables, const int3
 	__syncthreads();                 // shared memory is reused by the next unit
 }
 
+// ---- the tensor-core unit: many queries against a range (prefill, shared prefixes) ----
+
+// d += a (16x8, row) . b (8x8, col), tf32 in, f32 accumulate.
+static __device__ __forceinline__ void
+mma_tf32(float *d, const uint32_t *a, const uint32_t *b)
+{
+	asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+		     "{%0,%1,%2,%3};"
+		     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// x0..x3 = hi + lo, each part a tf32 (A operand registers).
+static __device__ __forceinline__ void
+tf32_split(float x0, float x1, float x2, float x3, uint32_t *hi, uint32_t *lo)
+{
+	const float x[4] = { x0, x1, x2, x3 };
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		const float h = to_tf32(x[i]);
+		hi[i] = __float_as_uint(h);
+		lo[i] = __float_as_uint(to_tf32(x[i] - h));
+	}
+}
+
+// The same unit as attention_unit's big path, on tensor cores: tf32 mma with
+// f32 accumulation, the queries and the probabilities split into a tf32
+// high part and a tf32 low part (two products each), so that the result
+// keeps nearly f32 accuracy (K and V are bf16, exact in tf32).  Warp w owns queries 16 qb .. 16 qb +
+// 15 (qb = w / DS) and output dims DW ds .. DW ds + DW - 1 (ds = w % DS): it
+// computes its queries' scores over the whole tile itself (the DS warps of a
+// query block repeat that small product and its softmax, identically, so no
+// warp waits on another), then its slice of the output.  Fragment layouts
+// are mma.m16n8k8's: g = lane / 4 (row), t = lane % 4.  The probabilities go
+// from the score accumulators straight into the A operand of P.V by taking
+// the 8 positions of a k step in the order 0, 2, 4, 6, 1, 3, 5, 7 (the
+// order the accumulators hold them), with V's rows read in the same order.
+template <int HD, int PRE>
+static __device__ void
+attention_unit_mma(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
+		   const int32_t *item_rows, const k_attn_item &it, int kvh, int n_heads, k_kv_geom g, int layer,
+		   float *part_ml, float *part_acc, float *sm)
+{
+	constexpr int HS = HD + 4, QCAP = (K_ATT_QMAX_ELEMS / HD < K_ATT_QMAX ? K_ATT_QMAX_ELEMS / HD : K_ATT_QMAX);
+	constexpr int QB = QCAP / 16, DS = (K_ATT_THREADS / 32) / QB, DW = HD / DS, NT = K_ATT_TILE / 8;
+	static_assert(QB * DS == K_ATT_THREADS / 32 && DW % 8 == 0, "warp split");
+	const int group = n_heads / g.n_kv_heads, n_q = it.n_rows * group;
+	float *Qs = sm;
+	float *Ks = Qs + (size_t)QCAP * HS;
+	float *Vs = Ks + (size_t)K_ATT_TILE * HS;
+	int32_t *rows_s = (int32_t *)(Vs + (size_t)K_ATT_TILE * HS), *pos_s = rows_s + QCAP, *blk_s = pos_s + QCAP;
+	const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, gr = lane >> 2, t = lane & 3;
+	const int qb = w / DS, ds = w % DS;
+	const int32_t *table = tables + it.tab;
+
+	uint4 pre[PRE];
+	int blk0, nblk_s;
+	att_begin<PRE>(pre, q, kv, table, pos, item_rows, it, kvh, n_heads, g, layer, Qs, rows_s, pos_s, blk_s,
+			     &blk0, &nblk_s);
+	// This thread's two query rows (g and g + 8 of the block): their
+	// visible limit (-1: no such query, nothing visible).
+	const int qa = qb * 16 + gr, qc = qa + 8;
+	const int32_t lim_a = qa < n_q ? pos_s[qa / group] : -1;
+	const int32_t lim_c = qc < n_q ? pos_s[qc / group] : -1;
+	const bool active = qb * 16 < n_q;
+
+	float o[DW / 8][4];
+#pragma unroll
+	for (int n = 0; n < DW / 8; n++)
+		o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+	float m_a = -INFINITY, m_c = -INFINITY, l_a = 0.0f, l_c = 0.0f;   // l: this thread's share
+
+	for (int t0 = it.kv0; t0 < it.kv1; t0 += K_ATT_TILE) {
+		att_store<PRE>(pre, Ks, Vs, HD);
+		__syncthreads();
+		if (t0 + K_ATT_TILE < it.kv1)
+			att_fetch<PRE>(pre, kv, blk_s, table, blk0, nblk_s, t0 + K_ATT_TILE, it.kv1, kvh, g, layer);
+		if (active) {
+			float sc[NT][4];
+#pragma unroll
+			for (int n = 0; n < NT; n++)
+				sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
+			const float *qa_s = Qs + (size_t)qa * HS, *qc_s = Qs + (size_t)qc * HS;
+#pragma unroll 1
+			for (int k0 = 0; k0 < HD; k0 += 8) {
+				uint32_t hi[4], lo[4];
+				tf32_split(qa_s[k0 + t], qc_s[k0 + t], qa_s[k0 + t + 4], qc_s[k0 + t + 4], hi, lo);
+#pragma unroll
+				for (int n = 0; n < NT; n++) {
+					const float *kr = Ks + (size_t)(n * 8 + gr) * HS + k0;
+					const uint32_t b[2] = { __float_as_uint(kr[t]), __float_as_uint(kr[t + 4]) };
+					mma_tf32(sc[n], lo, b);
+					mma_tf32(sc[n], hi, b);
+				}
+			}
+			// Mask, then the online softmax of rows a and c; a quad of
+			// lanes holds a row.
+			float mx_a = -INFINITY, mx_c = -INFINITY;
+#pragma unroll
+			for (int n = 0; n < NT; n++)
+#pragma unroll
+				for (int e = 0; e < 2; e++) {
+					const int32_t p = t0 + n * 8 + 2 * t + e;
+					const bool in = p < it.kv1;
+					sc[n][e] = in && p <= lim_a ? sc[n][e] : -INFINITY;
+					sc[n][2 + e] = in && p <= lim_c ? sc[n][2 + e] : -INFINITY;
+					mx_a = fmaxf(mx_a, sc[n][e]);
+					mx_c = fmaxf(mx_c, sc[n][2 + e]);
+				}
+#pragma unroll
+			for (int off = 1; off <= 2; off <<= 1) {
+				mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, off));
+				mx_c = fmaxf(mx_c, __shfl_xor_sync(0xffffffffu, mx_c, off));
+			}
+			const float mn_a = fmaxf(m_a, mx_a), mn_c = fmaxf(m_c, mx_c);
+			const float cor_a = mn_a == -INFINITY ? 1.0f : exp2f(m_a - mn_a);
+			const float cor_c = mn_c == -INFINITY ? 1.0f : exp2f(m_c - mn_c);
+			m_a = mn_a;
+			m_c = mn_c;
+			float s_a = 0.0f, s_c = 0.0f;
+#pragma unroll
+			for (int n = 0; n < NT; n++)
+#pragma unroll
+				for (int e = 0; e < 2; e++) {
+					const float pa = mn_a == -INFINITY ? 0.0f : exp2f(sc[n][e] - mn_a);
+					const float pc = mn_c == -INFINITY ? 0.0f : exp2f(sc[n][2 + e] - mn_c);
+					sc[n][e] = pa;
+					sc[n][2 + e] = pc;
+					s_a += pa;
+					s_c += pc;
+				}
+			l_a = l_a * cor_a + s_a;
+			l_c = l_c * cor_c + s_c;
+#pragma unroll
+			for (int n = 0; n < DW / 8; n++) {
+				o[n][0] *= cor_a;
+				o[n][1] *= cor_a;
+				o[n][2] *= cor_c;
+				o[n][3] *= cor_c;
+			}
+			// O += P . V over the tile: k step n is positions 8n .. 8n + 7.
+#pragma unroll
+			for (int n = 0; n < NT; n++) {
+				uint32_t hi[4], lo[4];
+				tf32_split(sc[n][0], sc[n][2], sc[n][1], sc[n][3], hi, lo);
+				const float *v0 = Vs + (size_t)(n * 8 + 2 * t) * HS + ds * DW + gr;
+#pragma unroll
+				for (int d = 0; d < DW / 8; d++) {
+					const uint32_t b[2] = { __float_as_uint(v0[d * 8]), __float_as_uint(v0[HS + d * 8]) };
+					mma_tf32(o[d], lo, b);
+					mma_tf32(o[d], hi, b);
+				}
+			}
+		}
+		__syncthreads();
+	}
+
+	if (!active)
+		return;
+#pragma unroll
+	for (int off = 1; off <= 2; off <<= 1) {
+		l_a += __shfl_xor_sync(0xffffffffu, l_a, off);
+		l_c += __shfl_xor_sync(0xffffffffu, l_c, off);
+	}
+#pragma unroll
+	for (int hv = 0; hv < 2; hv++) {
+		const int qi = hv ? qc : qa;
+		if (qi >= n_q)
+			continue;
+		const int j = qi / group, gq = qi % group;
+		const size_t slot = (size_t)(it.part0 + j) * n_heads + kvh * group + gq;
+		float *dst = part_acc + slot * HD + ds * DW + 2 * t;
+#pragma unroll
+		for (int d = 0; d < DW / 8; d++)
+			*(float2 *)(dst + d * 8) = make_float2(o[d][2 * hv], o[d][2 * hv + 1]);
+		if (ds == 0 && t == 0) {
+			part_ml[slot * 2] = hv ? m_c : m_a;
+			part_ml[slot * 2 + 1] = hv ? l_c : l_a;
+		}
+	}
+}
+
+// 1: units of many queries (head_dim 64, 128) go to the tensor-core unit;
+// 0: all to attention_unit (k_init, BRAID_ATT_MMA).
+static __device__ int att_mma = 1;
+
 // Persistent: CTA b does work units b, b + gridDim.x, ... where unit u is
 // item u / n_kv_heads, kv head u % n_kv_heads.
 static __global__ void __launch_bounds__(K_ATT_THREADS, 2)
@@ -529,12 +744,20 @@ attention_kernel(const float *q, const bf16 *kv, const int32_t *tables, const in
 		const bool small = it.n_rows * group <= 8;
 #define ATT_UNIT(S, P) attention_unit<S, P>(q, kv, tables, pos, item_rows, it, kvh, n_heads, g, layer, \
 					    part_ml, part_acc, sm)
-		if (g.head_dim <= 64)
+#define ATT_MMA(D, P) attention_unit_mma<D, P>(q, kv, tables, pos, item_rows, it, kvh, n_heads, g, layer, \
+					       part_ml, part_acc, sm)
+		const bool mma = !small && att_mma;
+		if (mma && g.head_dim == 64)
+			ATT_MMA(64, 2);
+		else if (mma && g.head_dim == 128)
+			ATT_MMA(128, 4);
+		else if (g.head_dim <= 64)
 			small ? ATT_UNIT(true, 2) : ATT_UNIT(false, 2);
 		else if (g.head_dim <= 128)
 			small ? ATT_UNIT(true, 4) : ATT_UNIT(false, 4);
 		else
 			small ? ATT_UNIT(true, ATT_PRE) : ATT_UNIT(false, ATT_PRE);
+#undef ATT_MMA
 #undef ATT_UNIT
 	}
 }
@@ -810,6 +1033,9 @@ k_init(int hd)
 	// The attribute is per process: allow the largest head_dim's need, so
 	// that backends of different models can share the process.
 	size_t need = k_attention_smem(hd), most = k_attention_smem(K_MAX_HEAD_DIM);
-	return cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-				    (int)(need > most ? need : most));
+	cudaError_t e = cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+					     (int)(need > most ? need : most));
+	const char *v = getenv("BRAID_ATT_MMA");
+	const int on = !(v && !strcmp(v, "0"));
+	return e != cudaSuccess ? e : cudaMemcpyToSymbol(att_mma, &on, sizeof on);
 }

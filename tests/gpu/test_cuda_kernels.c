@@ -798,18 +798,27 @@ main(void)
 	check_qkv_post(8, 4, 256, 1, 1, 10000.0, 0);      /* widest head */
 	check_qkv_post(4, 2, 36, 1, 1, 10000.0, 0);       /* hd not a multiple of 32 */
 
+	/* Every attention scenario twice: units of many queries on the tensor
+	 * cores (the default), then on the CUDA cores (BRAID_ATT_MMA=0, read by
+	 * k_init at each launch). */
 	static const int geo[][3] = {
 		{ 16, 8, 128 }, { 32, 8, 128 }, { 4, 2, 32 }, { 4, 2, 64 },
+		{ 6, 2, 64 },                  /* braid-arith: 3 q heads per kv head */
 		{ 8, 4, 256 }, { 4, 2, 40 },   /* widest head; hd % 32 != 0 */
 	};
-	for (size_t i = 0; i < sizeof geo / sizeof geo[0]; i++) {
-		printf("attention: %d/%d heads, head_dim %d, %d rows per item\n", geo[i][0], geo[i][1], geo[i][2],
-		       kc_attention_max_rows(geo[i][0], geo[i][1], geo[i][2]));
-		att_decode(geo[i][0], geo[i][1], geo[i][2]);
-		att_prefix(geo[i][0], geo[i][1], geo[i][2]);
-		att_prefill(geo[i][0], geo[i][1], geo[i][2]);
-		att_empty(geo[i][0], geo[i][1], geo[i][2]);
+	for (int mma = 1; mma >= 0; mma--) {
+		setenv("BRAID_ATT_MMA", mma ? "1" : "0", 1);
+		for (size_t i = 0; i < sizeof geo / sizeof geo[0]; i++) {
+			printf("attention (%s): %d/%d heads, head_dim %d, %d rows per item\n",
+			       mma ? "tensor cores" : "CUDA cores", geo[i][0], geo[i][1], geo[i][2],
+			       kc_attention_max_rows(geo[i][0], geo[i][1], geo[i][2]));
+			att_decode(geo[i][0], geo[i][1], geo[i][2]);
+			att_prefix(geo[i][0], geo[i][1], geo[i][2]);
+			att_prefill(geo[i][0], geo[i][1], geo[i][2]);
+			att_empty(geo[i][0], geo[i][1], geo[i][2]);
+		}
 	}
+	unsetenv("BRAID_ATT_MMA");
 
 	check_swiglu(5, 4864);
 	check_swiglu(3, 100);
