@@ -1,7 +1,8 @@
 #!/bin/sh
 # tools.sh - the measurement scripts behind the model card and docs/strategies.md
 # (tools/arith_card.sh, tools/strategies_bench.sh) still run end to end, here on
-# a few problems on the CPU, and write what the docs are made from.  TAP.
+# a few problems on the CPU, and write what the docs are made from; the GPU
+# test runner (tools/gpu_check.sh) finds and runs the GPU programs.  TAP.
 set -u
 . "$BRAID_SRCDIR/tests/integration/tap.sh"
 B=$BRAID_BIN
@@ -10,7 +11,7 @@ trap 'rm -rf "$T"' EXIT
 export BRAID_MODELS="$BRAID_SRCDIR/models"
 jq_q() { jq -e "$@" >/dev/null 2>&1; }
 
-tap_plan 5
+tap_plan 7
 
 "$BRAID_SRCDIR/tools/arith_card.sh" --out "$T/card" --braid "$B" --device cpu --problems 3 -n 2 \
 	--sets "tier3 tier3-known" >"$T/card.log" 2>&1
@@ -29,3 +30,20 @@ check "strategies_bench.sh: single and multiverse on the three sets, one problem
 	 "mixed single", "mixed multiverse", "tier3-split-sequential single", "tier3-split-sequential multiverse"])
 	 and all(.rows[]; .problems == 1 and .tokens_total > 0)' "$T/sb/strategies.json"
 check "strategies_bench.sh: the table names the machine" grep -q 'in-process CPU engine' "$T/sb/strategies.md"
+
+# The GPU programs of this build (none in a build without CUDA); test_cuda is
+# the quick one, and it skips (77) without a GPU.
+G="$(dirname "$(dirname "$B")")/tests/gpu"
+"$BRAID_SRCDIR/tools/gpu_check.sh" --bogus >"$T/gc0.log" 2>&1
+check "gpu_check.sh: an unknown option is refused (exit 2) with a message" \
+	sh -c '[ $0 = 2 ] && grep -q "unknown option --bogus" "$1"' "$?" "$T/gc0.log"
+if [ -x "$G/test_cuda.gpu" ]; then
+	"$BRAID_SRCDIR/tools/gpu_check.sh" --bin "$G" --no-sanitizer --only test_cuda >"$T/gc.log" 2>&1
+	check "gpu_check.sh: runs test_cuda alone and sums up" \
+		sh -c '[ $0 = 0 ] && grep -Eq "^(ok|skip) +test_cuda " "$1" && grep -q "^1 runs, 0 failed" "$1"' \
+		"$?" "$T/gc.log"
+else
+	"$BRAID_SRCDIR/tools/gpu_check.sh" --bin "$G" --no-sanitizer >"$T/gc.log" 2>&1
+	check "gpu_check.sh: no GPU programs in a build without CUDA: exit 2 with a message" \
+		sh -c '[ $0 = 2 ] && grep -q "no test_cuda" "$1"' "$?" "$T/gc.log"
+fi
