@@ -55,8 +55,8 @@ struct cl_layer {
 // fixed offsets (graphs read it from there).
 struct meta_layout {
 	size_t counters;     // int[4]: n_rows, n_logits, CTA items, warp items
-	size_t tokens, pos, tab_off, logit_rows, slots;   // int[max_rows]
-	size_t rp_off;       // int[max_rows + 1]
+	size_t tokens, pos, tab_off, logit_rows, slots;   // int[rows_cap]
+	size_t rp_off;       // int[rows_cap + 1]
 	size_t items;        // k_attn_item[cap_items]
 	size_t item_rows;    // int[cap_parts]
 	size_t rp_idx;       // int[cap_parts]
@@ -74,6 +74,9 @@ struct cuda_backend {
 	struct model_config c;
 	int qd, kd, qkvd;            // nh*hd, nkv*hd, qd + 2*kd
 	int max_rows, max_seqs, use_graphs, n_sm, ctas, warp_blocks;
+	// Rows the buffers hold: max_rows, or the graph bucket above it (a pass
+	// of max_rows or fewer rows runs padded to its bucket).
+	int rows_cap;
 	cudaStream_t st, st2;        // st2: the decode attention beside st's
 	cudaEvent_t ev_fork, ev_join;
 	k_gemm *gm;                  // the projections (gemm.cu)
@@ -778,7 +781,7 @@ layout_meta(struct cuda_backend *cb)
 {
 	struct meta_layout &ml = cb->ml;
 	size_t at = 0;
-	const size_t ri = (size_t)cb->max_rows * sizeof(int32_t);
+	const size_t ri = (size_t)cb->rows_cap * sizeof(int32_t);
 	ml.counters = at, at += 4 * sizeof(int32_t);
 	ml.tokens = at, at += ri;
 	ml.pos = at, at += ri;
@@ -800,7 +803,7 @@ static int
 alloc_buffers(struct cuda_backend *cb)
 {
 	const struct model_config *c = &cb->c;
-	const size_t R = (size_t)cb->max_rows, v = (size_t)c->vocab_size;
+	const size_t R = (size_t)cb->rows_cap, v = (size_t)c->vocab_size;
 	DMALLOC(cb->x, R * c->hidden_size * sizeof(float));
 	DMALLOC(cb->xb, R * c->hidden_size * sizeof(bf16));
 	DMALLOC(cb->qkv, R * cb->qkvd * sizeof(float));
@@ -856,7 +859,7 @@ setup_gemm(struct cuda_backend *cb)
 				  { 2 * c->intermediate_size, c->hidden_size }, { c->hidden_size, c->intermediate_size },
 				  { c->vocab_size, c->hidden_size } };
 	int nb = 0;
-	while (nb < N_BUCKETS && buckets[nb] <= cb->max_rows)
+	while (nb < N_BUCKETS && buckets[nb] <= cb->rows_cap)
 		nb++;
 	for (const auto &sh : shapes) {
 		// Small matrices are latency-bound whatever the algorithm: the
@@ -905,8 +908,8 @@ create(struct cuda_backend *cb, const struct cuda_backend_params *p, size_t *wei
 		return rc;
 	const int max_pos = c->max_position > 0 ? c->max_position : (1 << 20);
 	const long blocks_per_seq = (max_pos + cb->g.block_tokens - 1) / cb->g.block_tokens;
-	cb->cap_items = 8 * cb->max_rows + 4 * cb->ctas;
-	cb->cap_parts = 16 * cb->max_rows + 1024;
+	cb->cap_items = 8 * cb->rows_cap + 4 * cb->ctas;
+	cb->cap_parts = 16 * cb->rows_cap + 1024;
 	cb->cap_table = (int)std::min<long>((long)cb->max_rows * blocks_per_seq, 1L << 24);
 	if ((rc = alloc_buffers(cb)))
 		return rc;
@@ -964,6 +967,7 @@ cuda_backend_create(const struct model *m, const struct cuda_backend_params *p, 
 	cb->max_rows = p->max_rows;
 	cb->max_seqs = p->max_seqs;
 	cb->use_graphs = p->graphs;
+	cb->rows_cap = cb->use_graphs && cb->max_rows <= buckets[N_BUCKETS - 1] ? bucket_of(cb->max_rows) : cb->max_rows;
 	const char *pp = getenv("BRAID_PROFILE_PASS");
 	cb->profile_pass = pp && *pp ? strtol(pp, NULL, 10) : -1;
 	cb->g = k_kv_geom{ c->n_layers, c->n_kv_heads, c->head_dim, p->block_tokens };

@@ -18,7 +18,7 @@
  *  6 sampling at temperature 1 through the engine: sane results, and the same
  *    seeds reproduce the same tokens;
  *  7 errors: impossible KV sizes fail with a message and leave the device
- *    usable. */
+ *    usable; a max_batch_rows that is no graph bucket works. */
 #include <dirent.h>
 #include <math.h>
 #include <stdint.h>
@@ -172,7 +172,7 @@ rcmsg(const eng *e, int rc)
 }
 
 static eng *
-open_engine(const char *dir, enum eng_device dev, size_t kv_bytes, char *err)
+open_engine_rows(const char *dir, enum eng_device dev, size_t kv_bytes, int rows, char *err)
 {
 	struct eng_params p = eng_default_params();
 	p.model_dir = dir;
@@ -180,9 +180,29 @@ open_engine(const char *dir, enum eng_device dev, size_t kv_bytes, char *err)
 	p.kv_bytes = kv_bytes;
 	p.n_threads = 0;
 	p.block_tokens = 16;
-	p.max_batch_rows = BATCH_ROWS;
+	p.max_batch_rows = rows;
 	err[0] = '\0';
 	return eng_create(&p, err, ENG_ERRLEN);
+}
+
+static eng *
+open_engine(const char *dir, enum eng_device dev, size_t kv_bytes, char *err)
+{
+	return open_engine_rows(dir, dev, kv_bytes, BATCH_ROWS, err);
+}
+
+/* Prefill of ids[n] on a fresh sequence of e; every position's logits to
+ * out (n x vocab).  0 or the engine's status. */
+static int
+prefill_logits(eng *e, const int32_t *ids, int n, float *out)
+{
+	struct samp_params sp = samp_default_params();
+	int s = eng_seq_new(e, ids, n, &sp);
+	if (s < 0)
+		return s;
+	int rc = eng_seq_prefill(e, s, out);
+	eng_seq_free(e, s);
+	return rc;
 }
 
 static struct samp_params
@@ -761,6 +781,28 @@ check_errors(const char *model, const char *dir)
 	gc_check(rc == 0 && isfinite(m), "%-18s and runs a prefill (rc %d, max|logit| %.3g)", model, rc, m);
 	if (s >= 0)
 		eng_seq_free(e, s);
+
+	/* max_batch_rows that is no graph bucket (100): a pass of 97 rows runs
+	 * padded to the bucket of 128, which the buffers must hold; its logits
+	 * match an engine of 128 rows, which runs the same padded pass (up to
+	 * the GEMM algorithms each engine's load-time tuning picked). */
+	const int vocab = eng_config(e)->vocab_size, n97 = 97;
+	int32_t *ids97 = random_ids(n97, vocab, 97);
+	float *a = malloc((size_t)n97 * vocab * sizeof *a), *b = malloc((size_t)n97 * vocab * sizeof *b);
+	eng *e100 = open_engine_rows(dir, ENG_DEVICE_CUDA, GPU_KV_BYTES, 100, err);
+	int ra = -1, rb = -1;
+	if (ids97 && a && b && e100) {
+		ra = prefill_logits(e100, ids97, n97, a);
+		rb = prefill_logits(e, ids97, n97, b);
+	}
+	double d = ra == 0 && rb == 0 ? rel_diff(b, a, (size_t)n97 * vocab) : INFINITY;
+	gc_check(d <= BATCH_TOL, "%-18s max_batch_rows 100: a 97-row prefill (run as 128) vs the 128-row engine's: "
+		 "diff/max|logit| %.3g (tol %.3g; rc %d, %d%s%s)", model, d, BATCH_TOL, ra, rb, e100 ? "" : "; ",
+		 e100 ? "" : err);
+	eng_destroy(e100);
+	free(ids97);
+	free(a);
+	free(b);
 	eng_destroy(e);
 	if (have_mem && cuda_device_info(0, name, sizeof name, &total, &free1) == 0) {
 		double lost = ((double)free0 - (double)free1) / (double)MIB;
