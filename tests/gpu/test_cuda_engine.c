@@ -51,6 +51,14 @@
 #define LOGIT_TOL_BF16 0.05
 #define LOGIT_TOL_ROUNDED 0.15
 #define BATCH_TOL 1e-3            /* checks 4, 5: same model, same device     */
+/* Check 5, children vs parent: the children read the prefix through
+ * shared-prefix units (tensor cores, other split points), the parent
+ * through one-warp units, so their f32 sums run in another order, and bf16
+ * rounding of the attention output and activations turns that into ~1e-3 of
+ * the largest logit (measured on braid-arith, H100: 0.98e-3 for the
+ * tensor-core units; 1.24e-3 for the f32 CUDA-core units at other split
+ * points; 2.4e-7 when both paths split and sum alike). */
+#define PREFIX_TOL 2e-3
 #define GREEDY_STEPS 24
 #define FORK_STEPS 16
 #define PREFIX_TOKENS 2048        /* check 5 wants this many, if the model allows */
@@ -615,9 +623,9 @@ check_shared_prefix(const char *model, eng *gpu)
 					worst_kid = d;
 			}
 			double s = scale > 0 ? scale : 1.0;
-			gc_check(worst_kid / s <= BATCH_TOL,
+			gc_check(worst_kid / s <= PREFIX_TOL,
 			        "%-18s %d children's step-1 distributions vs the parent's (top %d logprobs, entropy): worst diff/max|logit| %.3g (tol %.3g)",
-			        model, K, ntop, worst_kid / s, BATCH_TOL);
+			        model, K, ntop, worst_kid / s, PREFIX_TOL);
 			gc_check(d_parent / s <= BATCH_TOL,
 			        "%-18s parent's step-1 top logprobs vs float64 log-softmax of its logits: %.3g (tol %.3g)",
 			        model, d_parent / s, BATCH_TOL);
