@@ -568,15 +568,16 @@ tf32_split(float x0, float x1, float x2, float x3, uint32_t *hi, uint32_t *lo)
 // The same unit as attention_unit's big path, on tensor cores: tf32 mma with
 // f32 accumulation, the queries and the probabilities split into a tf32
 // high part and a tf32 low part (two products each), so that the result
-// keeps nearly f32 accuracy (K and V are bf16, exact in tf32).  Warp w owns queries 16 qb .. 16 qb +
-// 15 (qb = w / DS) and output dims DW ds .. DW ds + DW - 1 (ds = w % DS): it
-// computes its queries' scores over the whole tile itself (the DS warps of a
-// query block repeat that small product and its softmax, identically, so no
-// warp waits on another), then its slice of the output.  Fragment layouts
-// are mma.m16n8k8's: g = lane / 4 (row), t = lane % 4.  The probabilities go
-// from the score accumulators straight into the A operand of P.V by taking
-// the 8 positions of a k step in the order 0, 2, 4, 6, 1, 3, 5, 7 (the
-// order the accumulators hold them), with V's rows read in the same order.
+// keeps nearly f32 accuracy (K and V are bf16, exact in tf32).  Warp w owns
+// queries 16 qb .. 16 qb + 15 (qb = w / DS) and output dims DW ds .. DW ds +
+// DW - 1 (ds = w % DS): it computes its queries' scores over the whole tile
+// itself (the DS warps of a query block repeat that small product and its
+// softmax, identically, so no warp waits on another), then its slice of the
+// output.  Fragment layouts are mma.m16n8k8's: gr = lane / 4 (row), t =
+// lane % 4.  The probabilities go from the score accumulators straight into
+// the A operand of P.V by taking the 8 positions of a k step in the order
+// 0, 2, 4, 6, 1, 3, 5, 7 (the order the accumulators hold them), with V's
+// rows read in the same order.
 template <int HD, int PRE>
 static __device__ void
 attention_unit_mma(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
@@ -598,7 +599,7 @@ attention_unit_mma(const float *q, const bf16 *kv, const int32_t *tables, const 
 	uint4 pre[PRE];
 	int blk0, nblk_s;
 	att_begin<PRE>(pre, q, kv, table, pos, item_rows, it, kvh, n_heads, g, layer, Qs, rows_s, pos_s, blk_s,
-			     &blk0, &nblk_s);
+		       &blk0, &nblk_s);
 	// This thread's two query rows (g and g + 8 of the block): their
 	// visible limit (-1: no such query, nothing visible).
 	const int qa = qb * 16 + gr, qc = qa + 8;
