@@ -698,6 +698,9 @@ attention_unit_mma(const float *q, const bf16 *kv, const int32_t *tables, const 
 		__syncthreads();
 	}
 
+	// Shared memory is reused by the next unit (with no tile, an empty
+	// range, no barrier has followed the prologue's reads yet).
+	__syncthreads();
 	if (!active)
 		return;
 #pragma unroll
@@ -1038,5 +1041,9 @@ k_init(int hd)
 					     (int)(need > most ? need : most));
 	const char *v = getenv("BRAID_ATT_MMA");
 	const int on = !(v && !strcmp(v, "0"));
-	return e != cudaSuccess ? e : cudaMemcpyToSymbol(att_mma, &on, sizeof on);
+	if (e == cudaSuccess)
+		e = cudaMemcpyToSymbol(att_mma, &on, sizeof on);
+	// A copy from pageable memory may still be in flight when it returns,
+	// and launches on other streams are not ordered after it.
+	return e != cudaSuccess ? e : cudaDeviceSynchronize();
 }
