@@ -11,7 +11,8 @@
 # directory.  CUDA API errors are not reported by the sanitizer
 # (--report-api-errors no): test_cuda_engine provokes out-of-memory errors on
 # purpose and checks that they come back as error codes.  A program that
-# exits 77 (no GPU) counts as skipped.
+# exits 77 (no GPU) counts as skipped.  The logs are kept (and named) only
+# when something failed.
 
 set -u
 
@@ -72,12 +73,13 @@ run() {
 	[ "$what" = FAIL ] && echo "     log: $log"
 }
 
-progs=$(ls "$bin"/test_cuda*.gpu 2>/dev/null)
-if [ -z "$progs" ]; then
+set -- "$bin"/test_cuda*.gpu
+if [ ! -e "$1" ]; then
 	echo "gpu_check.sh: no test_cuda*.gpu in $bin" >&2
+	rm -rf "$logs"
 	exit 2
 fi
-for p in $progs; do
+for p in "$@"; do
 	name=$(basename "$p" .gpu)
 	if [ -n "$only" ] && ! echo ",$only," | grep -q ",$name,"; then
 		continue
@@ -87,5 +89,10 @@ for p in $progs; do
 	run "$name (memcheck)" "$logs/$name.memcheck.log" "$cs" --tool memcheck --leak-check full \
 		--report-api-errors no --error-exitcode 9 "$p"
 done
+if [ "$failed" = 0 ]; then
+	rm -rf "$logs"
+	echo "$ran runs, $failed failed"
+	exit 0
+fi
 echo "$ran runs, $failed failed (logs in $logs)"
-[ "$failed" = 0 ]
+exit 1

@@ -11,7 +11,7 @@ trap 'rm -rf "$T"' EXIT
 export BRAID_MODELS="$BRAID_SRCDIR/models"
 jq_q() { jq -e "$@" >/dev/null 2>&1; }
 
-tap_plan 7
+tap_plan 8
 
 "$BRAID_SRCDIR/tools/arith_card.sh" --out "$T/card" --braid "$B" --device cpu --problems 3 -n 2 \
 	--sets "tier3 tier3-known" >"$T/card.log" 2>&1
@@ -34,6 +34,7 @@ check "strategies_bench.sh: the table names the machine" grep -q 'in-process CPU
 # The GPU programs of this build (none in a build without CUDA); test_cuda is
 # the quick one, and it skips (77) without a GPU.
 G="$(dirname "$(dirname "$B")")/tests/gpu"
+export TMPDIR="$T"
 "$BRAID_SRCDIR/tools/gpu_check.sh" --bogus >"$T/gc0.log" 2>&1
 check "gpu_check.sh: an unknown option is refused (exit 2) with a message" \
 	sh -c '[ $0 = 2 ] && grep -q "unknown option --bogus" "$1"' "$?" "$T/gc0.log"
@@ -47,3 +48,10 @@ else
 	check "gpu_check.sh: no GPU programs in a build without CUDA: exit 2 with a message" \
 		sh -c '[ $0 = 2 ] && grep -q "no test_cuda" "$1"' "$?" "$T/gc.log"
 fi
+mkdir -p "$T/gbin"
+printf '#!/bin/sh\necho "stub: 1 check failed"\nexit 1\n' >"$T/gbin/test_cuda_stub.gpu"
+chmod +x "$T/gbin/test_cuda_stub.gpu"
+"$BRAID_SRCDIR/tools/gpu_check.sh" --bin "$T/gbin" --no-sanitizer >"$T/gc1.log" 2>&1
+check "gpu_check.sh: a failing program is reported FAIL with its kept log, and the run exits 1" \
+	sh -c '[ $0 = 1 ] && grep -q "^FAIL test_cuda_stub .*stub: 1 check failed" "$1" &&
+	       grep -q "1 runs, 1 failed (logs in" "$1" && [ -s "$(sed -n "s/^ *log: //p" "$1")" ]' "$?" "$T/gc1.log"
