@@ -727,15 +727,16 @@ attention_unit_mma(const float *q, const bf16 *kv, const int32_t *tables, const 
 }
 
 // 1: units of many queries (head_dim 64, 128) go to the tensor-core unit;
-// 0: all to attention_unit (k_init, BRAID_ATT_MMA).
-static __device__ int att_mma = 1;
+// 0: all to attention_unit.  Set by k_init from BRAID_ATT_MMA; passed to
+// attention_kernel by k_attention.
+static int att_mma = 1;
 
 // Persistent: CTA b does work units b, b + gridDim.x, ... where unit u is
-// item u / n_kv_heads, kv head u % n_kv_heads.
+// item u / n_kv_heads, kv head u % n_kv_heads; use_mma: att_mma.
 static __global__ void __launch_bounds__(K_ATT_THREADS, 2)
 attention_kernel(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
 		 const int32_t *item_rows, const k_attn_item *items, const int *n_items, int n_heads,
-		 k_kv_geom g, int layer, float *part_ml, float *part_acc)
+		 k_kv_geom g, int layer, float *part_ml, float *part_acc, int use_mma)
 {
 	k_pdl_start();
 	extern __shared__ float sm[];
@@ -750,7 +751,7 @@ attention_kernel(const float *q, const bf16 *kv, const int32_t *tables, const in
 					    part_ml, part_acc, sm)
 #define ATT_MMA(D, P) attention_unit_mma<D, P>(q, kv, tables, pos, item_rows, it, kvh, n_heads, g, layer, \
 					       part_ml, part_acc, sm)
-		const bool mma = !small && att_mma;
+		const bool mma = !small && use_mma;
 		if (mma && g.head_dim == 64)
 			ATT_MMA(64, 2);
 		else if (mma && g.head_dim == 128)
@@ -934,7 +935,7 @@ k_attention(const float *q, const bf16 *kv, const int32_t *tables, const int32_t
 	    int layer, float *part_ml, float *part_acc, cudaStream_t s, cudaStream_t s_warp)
 {
 	cudaError_t e = k_launch(attention_kernel, dim3(ctas), dim3(K_ATT_THREADS), k_attention_smem(g.head_dim), s,
-				 q, kv, tables, pos, item_rows, items, n_items, n_heads, g, layer, part_ml, part_acc);
+				 q, kv, tables, pos, item_rows, items, n_items, n_heads, g, layer, part_ml, part_acc, att_mma);
 	if (e != cudaSuccess || warp_blocks <= 0)
 		return e;
 #define ATTW(D) attention_warp_kernel<D><<<warp_blocks, ATTW_WARPS * 32, 0, s_warp>>>( \
@@ -1040,10 +1041,6 @@ k_init(int hd)
 	cudaError_t e = cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
 					     (int)(need > most ? need : most));
 	const char *v = getenv("BRAID_ATT_MMA");
-	const int on = !(v && !strcmp(v, "0"));
-	if (e == cudaSuccess)
-		e = cudaMemcpyToSymbol(att_mma, &on, sizeof on);
-	// A copy from pageable memory may still be in flight when it returns,
-	// and launches on other streams are not ordered after it.
-	return e != cudaSuccess ? e : cudaDeviceSynchronize();
+	att_mma = !(v && !strcmp(v, "0"));
+	return e;
 }
