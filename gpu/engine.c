@@ -59,11 +59,10 @@ struct eng {
 	/* eng_step's lists, kept between steps (no allocation per step) */
 	struct eng_seq **st_live, **st_run;   /* [max_seqs]                    */
 	int *st_ids, *st_rcs;                 /* [max_seqs]                    */
-	/* run_pending's batch arrays, grown to the largest pass so far */
-	int rp_cap;
-	int32_t *rp_tokens, *rp_pos, *rp_row_seq, *rp_lrows, *rp_slots;  /* [rp_cap] */
-	const int32_t **rp_tables;            /* [rp_cap]                      */
-	struct eng_seq **rp_lseq;             /* [rp_cap]                      */
+	/* run_pending's batch arrays, for passes of max_batch_rows rows */
+	int32_t *rp_tokens, *rp_pos, *rp_row_seq, *rp_lrows, *rp_slots;  /* [max_batch_rows] */
+	const int32_t **rp_tables;            /* [max_batch_rows]              */
+	struct eng_seq **rp_lseq;             /* [max_batch_rows]              */
 };
 
 struct eng_params
@@ -248,6 +247,17 @@ eng_create(const struct eng_params *p, char *err, size_t errlen)
 	e->st_ids = malloc((size_t)e->p.max_seqs * sizeof *e->st_ids);
 	e->st_rcs = malloc((size_t)e->p.max_seqs * sizeof *e->st_rcs);
 	if (!e->samp_scratch || !e->seqs || !e->st_live || !e->st_run || !e->st_ids || !e->st_rcs)
+		goto nomem;
+	const size_t rows = (size_t)e->p.max_batch_rows;
+	e->rp_tokens = malloc(rows * sizeof *e->rp_tokens);
+	e->rp_pos = malloc(rows * sizeof *e->rp_pos);
+	e->rp_row_seq = malloc(rows * sizeof *e->rp_row_seq);
+	e->rp_lrows = malloc(rows * sizeof *e->rp_lrows);
+	e->rp_slots = malloc(rows * sizeof *e->rp_slots);
+	e->rp_tables = malloc(rows * sizeof *e->rp_tables);
+	e->rp_lseq = malloc(rows * sizeof *e->rp_lseq);
+	if (!e->rp_tokens || !e->rp_pos || !e->rp_row_seq || !e->rp_lrows || !e->rp_slots || !e->rp_tables ||
+	    !e->rp_lseq)
 		goto nomem;
 	if (e->dev) {
 		e->srows = calloc((size_t)e->p.max_seqs, sizeof *e->srows);
@@ -591,31 +601,6 @@ ensure_logit_buf(eng *e, int rows)
 	return 0;
 }
 
-/* Room for passes of rows rows in run_pending's arrays. */
-static int
-ensure_rp(eng *e, int rows)
-{
-	if (rows <= e->rp_cap)
-		return 0;
-#define RP_GROW(f)                                                                  \
-	do {                                                                        \
-		void *np = realloc((void *)e->f, (size_t)rows * sizeof *e->f);      \
-		if (!np)                                                            \
-			return ENG_ERR_NOMEM;                                       \
-		e->f = np;                                                          \
-	} while (0)
-	RP_GROW(rp_tokens);
-	RP_GROW(rp_pos);
-	RP_GROW(rp_row_seq);
-	RP_GROW(rp_lrows);
-	RP_GROW(rp_slots);
-	RP_GROW(rp_tables);
-	RP_GROW(rp_lseq);
-#undef RP_GROW
-	e->rp_cap = rows;
-	return 0;
-}
-
 /* Run the pending tokens of seqs[n] (KV already reserved) through the model
  * in passes of at most max_batch_rows rows, then commit them and make each
  * sequence's last-position logits ready.  all_logits (one sequence only)
@@ -628,17 +613,14 @@ run_pending(eng *e, struct eng_seq **seqs, int n, float *all_logits)
 	for (int i = 0; i < n; i++)
 		total += seqs[i]->n_pending;
 	const int cap = total < e->p.max_batch_rows ? (int)total : e->p.max_batch_rows;
-	int rc = ensure_rp(e, cap);
-	if (rc)
-		return rc;
+	int rc;
 	int32_t *tokens = e->rp_tokens, *pos = e->rp_pos, *row_seq = e->rp_row_seq;
 	int32_t *lrows = e->rp_lrows, *slots = e->rp_slots;
 	const int32_t **tables = e->rp_tables;
 	struct eng_seq **lseq = e->rp_lseq;
-	rc = ENG_ERR_NOMEM;
 	for (int i = 0; i < n && !e->dev; i++)
 		if (!seqs[i]->logits && !(seqs[i]->logits = malloc(vocab * sizeof(float))))
-			goto out;
+			return ENG_ERR_NOMEM;
 
 	/* Walk (sequence si, pending index pi) across passes. */
 	int si = 0, pi = 0;
@@ -670,7 +652,7 @@ run_pending(eng *e, struct eng_seq **seqs, int n, float *all_logits)
 			lout = all_logits + (size_t)done_rows * vocab;
 		} else if (!e->dev) {
 			if ((rc = ensure_logit_buf(e, nlog)))
-				goto out;
+				return rc;
 			lout = e->logit_buf;
 		}
 		struct fwd_batch b = {
@@ -682,10 +664,10 @@ run_pending(eng *e, struct eng_seq **seqs, int n, float *all_logits)
 			for (int i = 0; i < nlog; i++)
 				slots[i] = lseq[i] ? lseq[i]->id : -1;
 			if ((rc = e->be.ops->forward_slots(e->be.self, &b, slots, lout)))
-				goto out;
+				return rc;
 		} else {
 			if ((rc = e->be.ops->forward(e->be.self, &b, lout)))
-				goto out;
+				return rc;
 			for (int i = 0; i < nlog; i++)
 				if (lseq[i])
 					memcpy(lseq[i]->logits, lout + (size_t)i * vocab, vocab * sizeof(float));
@@ -695,14 +677,12 @@ run_pending(eng *e, struct eng_seq **seqs, int n, float *all_logits)
 	for (int i = 0; i < n; i++) {
 		struct eng_seq *s = seqs[i];
 		if ((rc = kv_seq_commit(e->kv, s->kv_id, s->n_pending)))
-			goto out;
+			return rc;
 		s->n_pending = 0;
 		s->has_logits = 1;
 		s->host_logits = 0;
 	}
-	rc = 0;
-out:
-	return rc;
+	return 0;
 }
 
 int
@@ -775,8 +755,6 @@ sample_device(eng *e, struct eng_seq **live, const int *ids, int n, struct eng_t
 int
 eng_step(eng *e, struct eng_token *out, int cap, int *n_out)
 {
-	struct eng_seq **live = NULL, **run = NULL;
-	int *ids = NULL, *rcs = NULL;
 	int n_live = 0, n_run = 0, rc;
 
 	if (!e || !n_out || cap < 0 || (cap > 0 && !out))
@@ -788,17 +766,15 @@ eng_step(eng *e, struct eng_token *out, int cap, int *n_out)
 		return ENG_ERR_RANGE;
 	if (n_live == 0)
 		return 0;
-	live = e->st_live;
-	run = e->st_run;
-	ids = e->st_ids;
-	rcs = e->st_rcs;
+	struct eng_seq **live = e->st_live, **run = e->st_run;
+	int *ids = e->st_ids, *rcs = e->st_rcs;
 	n_live = 0;
 	for (int i = 0; i < e->p.max_seqs; i++) {
 		if (!e->seqs[i])
 			continue;
 		/* the sampled token will grow every live sequence by one */
 		if ((rc = check_room(e, kv_seq_len(e->kv, e->seqs[i]->kv_id) + (int64_t)e->seqs[i]->n_pending, 1)))
-			goto out;
+			return rc;
 		ids[n_live] = i;
 		live[n_live++] = e->seqs[i];
 		if (e->seqs[i]->n_pending > 0)
@@ -810,29 +786,27 @@ eng_step(eng *e, struct eng_token *out, int cap, int *n_out)
 	 * with them for their next step). */
 	for (int i = 0; i < n_run; i++)
 		if ((rc = kv_seq_reserve(e->kv, run[i]->kv_id, run[i]->n_pending)))
-			goto out;
+			return rc;
 	if (n_run && (rc = run_pending(e, run, n_run, NULL)))
-		goto out;
+		return rc;
 
 	/* Every live sequence now has ready logits. */
 	if (e->dev) {
 		if ((rc = sample_device(e, live, ids, n_live, out)))
-			goto out;
+			return rc;
 	} else {
 		struct samp_job j = { .e = e, .seqs = live, .ids = ids, .n = n_live, .out = out, .rcs = rcs };
 		pool_run(e->pool, sample_slots, &j, e->n_slots);
 		for (int i = 0; i < n_live; i++)
 			if ((rc = rcs[i]))
-				goto out;
+				return rc;
 	}
 	for (int i = 0; i < n_live; i++) {
 		struct eng_seq *s = live[i];
 		if ((rc = push_pending(s, &out[i].r.token, 1)))
-			goto out;
+			return rc;
 		s->has_logits = 0;
 	}
 	*n_out = n_live;
-	rc = 0;
-out:
-	return rc;
+	return 0;
 }
