@@ -532,7 +532,7 @@ cl_next(cl *c, int timeout_ms)
 			left = 0;
 		if (c->s) {
 			struct ev *e = bus_pop_wait(c->sub, left);
-			if (e && (c->p.deltas || e->type != EV_THREAD_DELTA))
+			if (e)   /* deltas arrive only if asked for (bus_sub_set_types) */
 				out = json_deep_copy(e->body);
 			ev_unref(e);
 			if (out || (!e && now_ms() >= deadline))

@@ -251,11 +251,10 @@ ev_alloc(enum ev_type t, const char *job, int64_t seq, int64_t ts, int thread, c
 		return NULL;
 	atomic_init(&e->refs, 1);
 	e->type = t;
-	/* Job ids are validated upstream (job_id_valid); truncate, never overrun. */
-	snprintf(e->job, sizeof e->job, "%s", job ? job : "");
+	snprintf(e->job, sizeof e->job, "%s", job);   /* fits: envelope truncated it */
 	e->seq = seq;
 	e->ts_ms = ts;
-	e->thread = thread >= 0 ? thread : -1;
+	e->thread = thread;
 	e->body = NULL;
 	e->json = (char *)(e + 1);
 	memcpy(e->json, json, len);
@@ -265,17 +264,24 @@ ev_alloc(enum ev_type t, const char *job, int64_t seq, int64_t ts, int thread, c
 }
 
 /* The envelope of an event: "type", "job", "seq", "ts", then "thread" when
- * thread >= 0 (jansson keeps insertion order, so these come first). */
+ * thread >= 0 (jansson keeps insertion order, so these come first).  The
+ * event's job id (job truncated; job ids are validated upstream by
+ * job_id_valid), time and thread (-1 when negative) go to jid, *ts and
+ * *thread for ev_finish. */
 static json_t *
-envelope(const char *name, const char *job, int64_t seq, int64_t ts, int thread)
+envelope(const char *name, const char *job, int64_t seq, char jid[EV_JOB_ID_MAX], int64_t *ts, int *thread)
 {
+	snprintf(jid, EV_JOB_ID_MAX, "%s", job ? job : "");
+	*ts = ev_now_ms();
+	if (*thread < 0)
+		*thread = -1;
 	json_t *body = json_object();
 	if (!body ||
 	    json_object_set_new_nocheck(body, "type", json_string_nocheck(name)) ||
-	    json_object_set_new(body, "job", json_string(job)) ||
+	    json_object_set_new(body, "job", json_string(jid)) ||
 	    json_object_set_new_nocheck(body, "seq", json_integer(seq)) ||
-	    json_object_set_new_nocheck(body, "ts", json_integer(ts)) ||
-	    (thread >= 0 && json_object_set_new_nocheck(body, "thread", json_integer(thread)))) {
+	    json_object_set_new_nocheck(body, "ts", json_integer(*ts)) ||
+	    (*thread >= 0 && json_object_set_new_nocheck(body, "thread", json_integer(*thread)))) {
 		json_decref(body);
 		return NULL;
 	}
@@ -316,16 +322,13 @@ ev_new(enum ev_type t, const char *job, int64_t seq, int thread, json_t *payload
 	json_t *body = NULL;
 	const char *name = ev_type_name(t);
 	char jid[EV_JOB_ID_MAX];
+	int64_t ts;
 
 	if (!name || (payload && !json_is_object(payload)))
 		goto fail;
-	snprintf(jid, sizeof jid, "%s", job ? job : "");
-	int64_t ts = ev_now_ms();
-	if (thread < 0)
-		thread = -1;
 	/* The envelope fields first, then the payload's; an envelope field
 	 * wins over a payload field of that name. */
-	body = envelope(name, jid, seq, ts, thread);
+	body = envelope(name, job, seq, jid, &ts, &thread);
 	if (!body || (payload && json_object_update_missing(body, payload)))
 		goto fail;
 	json_decref(payload);
@@ -344,11 +347,8 @@ ev_new_delta(const char *job, int64_t seq, int thread, const char *text, size_t 
 	if (!text || !utf8_valid(text, n) || !isfinite(logprob) || !isfinite(entropy))
 		return ev_new(EV_THREAD_DELTA, job, seq, thread, NULL);
 	char jid[EV_JOB_ID_MAX];
-	snprintf(jid, sizeof jid, "%s", job ? job : "");
-	int64_t ts = ev_now_ms();
-	if (thread < 0)
-		thread = -1;
-	json_t *body = envelope(ev_type_name(EV_THREAD_DELTA), jid, seq, ts, thread);
+	int64_t ts;
+	json_t *body = envelope(ev_type_name(EV_THREAD_DELTA), job, seq, jid, &ts, &thread);
 	if (!body ||
 	    json_object_set_new_nocheck(body, "text", json_stringn_nocheck(text, n)) ||
 	    json_object_set_new_nocheck(body, "tokens", json_integer(tokens)) ||

@@ -139,7 +139,6 @@ step_once(sched *s)
 	for (int i = 0; i < s->n_run;)
 		if (!sched_job_progress(s, s->run[i]))
 			i++;
-	sched_flush(s);
 	return dt;
 }
 
@@ -340,7 +339,7 @@ engine_main(void *arg)
 			stepped = s->run[i]->n_live > 0;
 		if (stepped)
 			step_ms = step_once(s);
-		sched_flush(s);   /* (step_once flushed, unless it failed early) */
+		sched_flush(s);   /* the commands' and the step's events, one batch */
 		double overhead = now_ms() - t0 - step_ms - prefill_ms;
 		update_stats(s, overhead < 0 ? 0 : overhead, stepped);
 	}
@@ -355,9 +354,8 @@ engine_main(void *arg)
 	pthread_mutex_unlock(&s->mu);
 	for (struct sjob *next; q; q = next) {
 		next = q->qnext;
-		sched_job_fail(s, q, "shutdown");
+		sched_job_fail(s, q, "shutdown");   /* each flushes its events */
 	}
-	sched_flush(s);
 	update_stats(s, 0, 0);
 	return NULL;
 }

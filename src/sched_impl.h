@@ -123,8 +123,6 @@ void sched_count_end(sched *s, int failed);
  * subscription would take (bus_wants) is not built; its seq is still used.
  * Out of memory loses the event, not the job. */
 void sched_publish(sched *s, struct sjob *j, enum ev_type type, int thread, json_t *payload);
-/* Queue a built event (its reference is taken) like sched_publish. */
-void sched_queue(sched *s, struct ev *e);
 /* Publish the queued events (engine thread). */
 void sched_flush(sched *s);
 /* A new job record for req (not yet owning req's contents: the caller

@@ -27,7 +27,8 @@ sched_flush(sched *s)
 	s->n_pend = 0;
 }
 
-void
+/* Queue a built event (its reference is taken) for sched_flush. */
+static void
 sched_queue(sched *s, struct ev *e)
 {
 	if (!e)
@@ -48,11 +49,20 @@ sched_queue(sched *s, struct ev *e)
 	s->pend[s->n_pend++] = e;
 }
 
+/* The job's next event seq in *seq; 1 if a subscription would take an
+ * event of this type (else it need not be built; the seq stays used). */
+static int
+next_wanted(sched *s, struct sjob *j, enum ev_type type, int64_t *seq)
+{
+	*seq = j->next_seq++;
+	return bus_wants(s->bus, j->req.id, type);
+}
+
 void
 sched_publish(sched *s, struct sjob *j, enum ev_type type, int thread, json_t *payload)
 {
-	int64_t seq = j->next_seq++;
-	if (!bus_wants(s->bus, j->req.id, type)) {
+	int64_t seq;
+	if (!next_wanted(s, j, type, &seq)) {
 		json_decref(payload);      /* nobody would get it */
 		return;
 	}
@@ -662,8 +672,8 @@ sched_job_token(sched *s, struct sjob *j, int i, const struct samp_result *r)
 		text_append(t, p + n, m);
 		n += m;
 	}
-	int64_t seq = j->next_seq++;
-	if (bus_wants(s->bus, j->req.id, EV_THREAD_DELTA))
+	int64_t seq;
+	if (next_wanted(s, j, EV_THREAD_DELTA, &seq))
 		sched_queue(s, ev_new_delta(j->req.id, seq, i, p, n, t->tokens, (double)r->logprob,
 					    (double)r->entropy));
 	free(big);
