@@ -46,8 +46,9 @@ for set in $sets; do
 	rows+=("$r")
 done
 cmp=()
-pair() {   # pair NAME A B: B's pass@1 minus A's on the same expressions
-	[ -f "$out/$2-sc.jsonl" ] && [ -f "$out/$3-sc.jsonl" ] || return 0
+pair() {   # pair NAME A B: B's pass@1 minus A's on the same expressions (both run now)
+	case " $sets " in *" $2 "*) ;; *) return 0 ;; esac
+	case " $sets " in *" $3 "*) ;; *) return 0 ;; esac
 	local c
 	c=$($py tools/eval_arith.py --compare "$out/$2-sc.jsonl" "$out/$3-sc.jsonl" --n "$n")
 	c=$(jq -c --arg name "$1" --arg a "$2" --arg b "$3" '{name: $name, a: $a, b: $b} + .' <<<"$c")
@@ -57,7 +58,7 @@ pair() {   # pair NAME A B: B's pass@1 minus A's on the same expressions
 pair "parallel vs sequential" tier3-split-sequential tier3-split-parallel
 pair "Known block vs none" tier3 tier3-known
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
-{ printf '%s\n' "${rows[@]}" | jq -s .; printf '%s\n' "${cmp[@]:-}" | jq -s 'map(select(. != null))'; } |
+{ printf '%s\n' "${rows[@]}" | jq -s .; printf '%s\n' "${cmp[@]:-}" | jq -s .; } |
 	jq -s --arg braid "$("$braid" --version)" --arg gpu "$gpu" --argjson s $(($(date +%s) - t0)) \
 		'{braid: $braid, gpu: $gpu, seconds: $s, rows: .[0], compare: .[1]}' >"$out/card.json"
 {

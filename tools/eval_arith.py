@@ -75,20 +75,28 @@ def eval_set(a, path):
     return out, per
 
 
+def load_results(path, key=lambda r: r["id"]):
+    """A braid solve result file (JSONL) as {key(result): result}."""
+    return {key(r): r for r in (json.loads(x) for x in open(path, encoding="utf-8") if x.strip())}
+
+
+def gold_votes(r):
+    """How many of a solve result's samples gave the gold answer."""
+    return r["votes"].get(str(r["gold"]), 0)
+
+
 def summarize_solve(greedy_path, sc_path, n):
     """One table row from braid solve result files (see the usage above)."""
-    def load(p):
-        return {r["id"]: r for r in (json.loads(x) for x in open(p, encoding="utf-8") if x.strip())}
-    g, s = load(greedy_path), load(sc_path)
+    g, s = load_results(greedy_path), load_results(sc_path)
     ids = sorted(set(g) & set(s))
     if not ids:
         raise ValueError(f"{greedy_path}, {sc_path}: no common problem ids")
     greedy = sum(bool(g[i]["correct"]) for i in ids) / len(ids)
-    pass1 = sum(s[i]["votes"].get(str(s[i]["gold"]), 0) / n for i in ids) / len(ids)
+    pass1 = sum(gold_votes(s[i]) / n for i in ids) / len(ids)
     maj = sum(bool(s[i]["correct"]) for i in ids) / len(ids)
     hist = [0] * (n + 1)
     for i in ids:
-        hist[min(n, s[i]["votes"].get(str(s[i]["gold"]), 0))] += 1
+        hist[min(n, gold_votes(s[i]))] += 1
     return {"problems": len(ids), "greedy": greedy, "pass1": pass1, "maj": maj,
             "tokens_greedy": sum(g[i]["tokens"] for i in ids) / len(ids),
             "tokens_sc": sum(s[i]["tokens"] for i in ids) / len(ids), "hist": hist}
@@ -98,17 +106,16 @@ def compare_solve(a_path, b_path, n):
     """Paired comparison of two `braid solve --strategy sc` result files over
     the same expressions (e.g. sequential vs parallel format; problems are
     paired by the index that ends their ids, as tools/arith_tasks.py numbers
-    the variants of one set): the mean of B's pass@1 minus A's per problem, with a 95% interval from the per-problem
-    differences (normal approximation), the majority difference and tokens."""
-    def load(p):
-        return {r["id"].rsplit("-", 1)[-1]: r for r in (json.loads(x) for x in open(p, encoding="utf-8")
-                                                         if x.strip())}
-    a, b = load(a_path), load(b_path)
+    the variants of one set): the mean of B's pass@1 minus A's per problem,
+    with a 95% interval from the per-problem differences (normal
+    approximation), the majority difference and tokens."""
+    index = lambda r: r["id"].rsplit("-", 1)[-1]
+    a, b = load_results(a_path, index), load_results(b_path, index)
     ids = sorted(set(a) & set(b))
     if len(ids) < 2:
         raise ValueError(f"{a_path}, {b_path}: fewer than 2 common problem ids")
     def p1(r):
-        return r["votes"].get(str(r["gold"]), 0) / n
+        return gold_votes(r) / n
     d = [p1(b[i]) - p1(a[i]) for i in ids]
     mean = sum(d) / len(d)
     se = (sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5

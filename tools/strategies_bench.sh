@@ -52,7 +52,8 @@ for set in $sets; do
 	src=$set
 	if [ "$k" -gt 0 ]; then head -n "$k" "$set" >"$tmp/$name.jsonl"; src=$tmp/$name.jsonl; fi
 	list=$strategies
-	[ "$set" = "$decomp" ] && list=$(tr ' ' '\n' <<<"$strategies" | grep -xE 'single|sc|multiverse' | tr '\n' ' ')
+	[ "$set" = "$decomp" ] && list=$(tr ' ' '\n' <<<"$strategies" | { grep -xE 'single|sc|multiverse' || true; } |
+		tr '\n' ' ')
 	for s in $list; do
 		in=$src
 		if [ "$s" = multiverse ]; then   # ask for the parallel format

@@ -319,13 +319,13 @@ ref_load(const char *name, struct ref *r)
 		for (size_t k = 0; k < json_array_size(a); k++)
 			r->ids[total++] = (int32_t)json_integer_value(json_array_get(a, k));
 	}
-	snprintf(rel, sizeof rel, "%s", json_string_value(json_object_get(r->j, "logits")));
-	r->logits = read_floats(rel, total * (size_t)r->vocab);
+	const char *lf = json_string_value(json_object_get(r->j, "logits"));
+	if (!lf)
+		fail_msg("%s: no \"logits\" file name", rel);
+	r->logits = read_floats(lf, total * (size_t)r->vocab);
 	json_t *nat = json_object_get(r->j, "native_logits");
-	if (json_is_string(nat)) {
-		snprintf(rel, sizeof rel, "%s", json_string_value(nat));
-		r->native = read_floats(rel, total * (size_t)r->vocab);
-	}
+	if (json_is_string(nat))
+		r->native = read_floats(json_string_value(nat), total * (size_t)r->vocab);
 }
 
 static void

@@ -611,8 +611,9 @@ test_invalid_input(void **state)
 	tok_free(t);
 }
 
-/* parse_special = 0: added tokens are plain text, so "<|im_start|>" is not
- * id 151644, and the ids decode back to the text. */
+/* parse_special = 0: special tokens are plain text, so "<|im_start|>" is not
+ * id 151644, and the ids decode back to the text (non-special added tokens
+ * are still matched: test_parse_special_off_keeps_added). */
 static void
 test_parse_special_off(void **state)
 {
