@@ -73,22 +73,8 @@ lossy(const unsigned char *in, size_t n, int final, struct buf *o, size_t *used)
 {
 	size_t i = 0;
 	while (i < n) {
-		unsigned c = in[i];
-		size_t len = 0;
-		unsigned lo = 0x80, hi = 0xbf;
-		if (c < 0x80)
-			len = 1;
-		else if (c >= 0xc2 && c <= 0xdf)
-			len = 2;
-		else if (c >= 0xe0 && c <= 0xef) {
-			len = 3;
-			lo = c == 0xe0 ? 0xa0 : 0x80;
-			hi = c == 0xed ? 0x9f : 0xbf;
-		} else if (c >= 0xf0 && c <= 0xf4) {
-			len = 4;
-			lo = c == 0xf0 ? 0x90 : 0x80;
-			hi = c == 0xf4 ? 0x8f : 0xbf;
-		}
+		unsigned lo, hi;
+		const size_t len = utf8_lead(in[i], &lo, &hi);
 		if (len == 0) {   /* not a lead byte */
 			if (put_fffd(o))
 				return ENG_ERR_NOMEM;

@@ -3,40 +3,46 @@
 #include "utf8.h"
 
 size_t
+utf8_lead(unsigned c, unsigned *lo, unsigned *hi)
+{
+	*lo = 0x80;
+	*hi = 0xbf;
+	if (c < 0x80)
+		return 1;
+	if (c >= 0xc2 && c <= 0xdf)
+		return 2;
+	if (c >= 0xe0 && c <= 0xef) {
+		if (c == 0xe0)
+			*lo = 0xa0;
+		else if (c == 0xed)
+			*hi = 0x9f;
+		return 3;
+	}
+	if (c >= 0xf0 && c <= 0xf4) {
+		if (c == 0xf0)
+			*lo = 0x90;
+		else if (c == 0xf4)
+			*hi = 0x8f;
+		return 4;
+	}
+	return 0;
+}
+
+size_t
 utf8_next(const unsigned char *s, size_t n, uint32_t *cp)
 {
 	if (n == 0)
 		return 0;
-	unsigned c = s[0];
-	if (c < 0x80) {
-		*cp = c;
+	unsigned lo, hi;
+	const size_t len = utf8_lead(s[0], &lo, &hi);
+	if (len == 1) {
+		*cp = s[0];
 		return 1;
 	}
-	size_t len;
-	uint32_t v, lo = 0x80, hi = 0xbf;
-	if (c >= 0xc2 && c <= 0xdf) {
-		len = 2;
-		v = c & 0x1f;
-	} else if (c >= 0xe0 && c <= 0xef) {
-		len = 3;
-		v = c & 0x0f;
-		if (c == 0xe0)
-			lo = 0xa0;
-		else if (c == 0xed)
-			hi = 0x9f;
-	} else if (c >= 0xf0 && c <= 0xf4) {
-		len = 4;
-		v = c & 0x07;
-		if (c == 0xf0)
-			lo = 0x90;
-		else if (c == 0xf4)
-			hi = 0x8f;
-	} else {
+	if (len == 0 || n < len || s[1] < lo || s[1] > hi)
 		return 0;
-	}
-	if (n < len || s[1] < lo || s[1] > hi)
-		return 0;
-	v = (v << 6) | (s[1] & 0x3f);
+	/* the lead byte's payload: 5, 4 or 3 bits for 2, 3 or 4 bytes */
+	uint32_t v = ((uint32_t)s[0] & (0x7fu >> len)) << 6 | (s[1] & 0x3f);
 	for (size_t i = 2; i < len; i++) {
 		if ((s[i] & 0xc0) != 0x80)
 			return 0;

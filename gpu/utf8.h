@@ -6,6 +6,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The length of the character a byte c starts (1 to 4; 0: c is no lead
+ * byte), and the range [*lo, *hi] its second byte must fall in (the strict
+ * forms: no overlong, no surrogate, nothing past U+10FFFF); the bytes after
+ * the second are 0x80..0xbf. */
+size_t utf8_lead(unsigned c, unsigned *lo, unsigned *hi);
+
 /* Decode one UTF-8 character at s[0..n) strictly: the well-formed sequences
  * of Unicode (no overlong forms, no surrogates U+D800..U+DFFF, nothing past
  * U+10FFFF, no sequence cut short by n) - what jansson accepts too.  Returns
