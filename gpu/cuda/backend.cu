@@ -547,6 +547,13 @@ bucket_of(int n)
 	return 0;
 }
 
+// A pass of n rows runs as a graph padded to bucket_of(n).
+static bool
+graphed(const struct cuda_backend *cb, int n)
+{
+	return cb->use_graphs && n <= buckets[N_BUCKETS - 1];
+}
+
 // The graph for (rows, nlog), captured on first use.  NULL exec on failure
 // to capture (then the pass runs eagerly; err says why).
 static int
@@ -590,11 +597,10 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 	// The host metadata may still be in flight from the previous pass.
 	CK(cudaStreamSynchronize(cb->st));
 	int rows = b->n_rows, nlog = b->n_logits, cap = cb->cap_items;
-	bool graph = false;
-	if (cb->use_graphs && rows <= buckets[N_BUCKETS - 1]) {
+	const bool graph = graphed(cb, rows);
+	if (graph) {
 		rows = bucket_of(b->n_rows);
 		nlog = b->n_logits ? bucket_of(b->n_logits) : 0;
-		graph = true;
 	}
 	if (cb->profile_pass >= 0) {
 		if (cb->pass == cb->profile_pass)
@@ -967,7 +973,7 @@ cuda_backend_create(const struct model *m, const struct cuda_backend_params *p, 
 	cb->max_rows = p->max_rows;
 	cb->max_seqs = p->max_seqs;
 	cb->use_graphs = p->graphs;
-	cb->rows_cap = cb->use_graphs && cb->max_rows <= buckets[N_BUCKETS - 1] ? bucket_of(cb->max_rows) : cb->max_rows;
+	cb->rows_cap = graphed(cb, cb->max_rows) ? bucket_of(cb->max_rows) : cb->max_rows;
 	const char *pp = getenv("BRAID_PROFILE_PASS");
 	cb->profile_pass = pp && *pp ? strtol(pp, NULL, 10) : -1;
 	cb->g = k_kv_geom{ c->n_layers, c->n_kv_heads, c->head_dim, p->block_tokens };

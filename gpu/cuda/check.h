@@ -120,9 +120,10 @@ int kc_swiglu(const float *gu, int rows, int f, float *h, char *err, int errlen)
 int kc_scatter_rows(const float *src, const int32_t *slots, int rows, int n_active, int width, float *dst,
 		    int n_dst, char *err, int errlen);
 
-/* y(n, rows) = x(n, cols) . W^T + beta * y with cublasGemmEx exactly as the
- * backend's gemm(): W (rows, cols) row-major and x rounded to bf16, f32
- * output and compute.  y is in/out. */
+/* y(n, rows) = x(n, cols) . W^T + beta * y with cublasGemmEx, as the
+ * backend runs it with BRAID_GEMM=cublas (its default path, k_gemm, is
+ * checked by test_cuda_gemm): W (rows, cols) row-major and x rounded to
+ * bf16, f32 output and compute.  y is in/out. */
 int kc_gemm_bf16(const float *w, int rows, int cols, const float *x, int n, float beta, float *y, char *err,
 		 int errlen);
 

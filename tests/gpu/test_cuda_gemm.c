@@ -192,9 +192,10 @@ check_errors(void)
 {
 	float w[20 * 4] = { 0 }, x[20 * 2] = { 0 }, y[4 * 2] = { 0 };
 	int rc = kc_gemm_run(w, 4, 20, x, 0, 0.0f, y, 0, err, sizeof err);
-	gc_check(rc == ENG_ERR_INVALID, "errors   n 0: %s (%s)", eng_strerror(rc), err);
+	/* these two are refused by the check wrapper itself, before k_gemm_run */
+	gc_check(rc == ENG_ERR_INVALID, "errors   wrapper refuses n 0: %s (%s)", eng_strerror(rc), err);
 	rc = kc_gemm_run(NULL, 4, 20, x, 2, 0.0f, y, 0, err, sizeof err);
-	gc_check(rc == ENG_ERR_INVALID, "errors   no W: %s (%s)", eng_strerror(rc), err);
+	gc_check(rc == ENG_ERR_INVALID, "errors   wrapper refuses no W: %s (%s)", eng_strerror(rc), err);
 	rc = kc_gemm_gemv(w, 4, 20, x, 2, 0.0f, y, 1, 4, err, sizeof err);
 	gc_check(rc == ENG_ERR_UNSUPPORTED, "errors   GEMV with cols %% 8 != 0: %s (%s)", eng_strerror(rc), err);
 	rc = kc_gemm_gemv(w, 4, 16, x, 2, 0.0f, y, 3, 4, err, sizeof err);
