@@ -88,9 +88,6 @@ struct mv {
 	struct mv_role *role;   /* (n) per thread                               */
 	struct mv_block *blk;   /* (n) blocks; each takes >= 2 threads          */
 	int n_blk;
-	size_t *seen;           /* (n) strlen of each thread's text at its last
-				   token hook: a thread's text only grows, so
-				   the next strlen starts there              */
 };
 
 int
@@ -106,8 +103,7 @@ multiverse_init(const struct job_req *req, void **state, char *err, size_t errle
 		return eng_seterr(err, errlen, ENG_ERR_INVALID, "n: must be at least 1");
 	struct mv *s = calloc(1, sizeof *s);
 	if (!s || !(s->role = calloc((size_t)req->n, sizeof *s->role)) ||
-	    !(s->blk = calloc((size_t)req->n, sizeof *s->blk)) ||
-	    !(s->seen = calloc((size_t)req->n, sizeof *s->seen))) {
+	    !(s->blk = calloc((size_t)req->n, sizeof *s->blk))) {
 		if (s) {
 			free(s->role);
 			free(s->blk);
@@ -137,7 +133,6 @@ multiverse_destroy(void *state)
 	}
 	free(s->blk);
 	free(s->role);
-	free(s->seen);
 	free(s);
 }
 
@@ -424,9 +419,7 @@ multiverse_token(void *state, const struct strat_api *api, int t, const struct s
 	if (me->kind == MV_NONE)
 		return 0;
 	const char *text = api->text(api->ctx, t);
-	/* (what strlen(text) gives, without rescanning what it scanned) */
-	size_t len = s->seen[t] + strlen(text + s->seen[t]);
-	s->seen[t] = len;
+	const size_t len = api->text_len(api->ctx, t);
 	int open = ends_with(text, len, "<Path>"), close = ends_with(text, len, "</Path>");
 
 	if (me->kind != MV_MAIN && me->phase == MV_WANT_OPEN) {

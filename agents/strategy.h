@@ -39,6 +39,7 @@ struct strat_api {
 	int (*emit)(void *ctx, enum ev_type type, int thread, json_t *payload);
 	/* Read-only views of a thread. */
 	const char *(*text)(void *ctx, int thread);    /* generated text so far */
+	size_t (*text_len)(void *ctx, int thread);     /* strlen of that text   */
 	int (*tokens)(void *ctx, int thread);           /* generated tokens      */
 	int (*live)(void *ctx, int thread);             /* 1 while decoding      */
 	int (*n_threads)(void *ctx);                    /* spawned so far        */

@@ -460,6 +460,13 @@ api_text(void *ctx, int thread)
 	return j->t[thread].text ? j->t[thread].text : "";
 }
 
+static size_t
+api_text_len(void *ctx, int thread)
+{
+	struct sjob *j = ctx;
+	return thread >= 0 && thread < j->n_threads && j->t[thread].text ? j->t[thread].len : 0;
+}
+
 static int
 api_tokens(void *ctx, int thread)
 {
@@ -488,6 +495,7 @@ static const struct strat_api api_base = {
 	.finish = api_finish,
 	.emit = api_emit,
 	.text = api_text,
+	.text_len = api_text_len,
 	.tokens = api_tokens,
 	.live = api_live,
 	.n_threads = api_n_threads,
