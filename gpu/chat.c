@@ -155,10 +155,8 @@ py_strip(struct str s)
 	while (i < end && (k = utf8_next(u + i, end - i, &cp)) && py_space(cp))
 		i += k;
 	while (end > i) {
-		size_t j = end - 1;
-		while (j > i && (u[j] & 0xc0) == 0x80)
-			j--;
-		if (!utf8_next(u + j, end - j, &cp) || !py_space(cp))
+		size_t j;
+		if (!utf8_prev(u, i, end, &j, &cp) || !py_space(cp))
 			break;
 		end = j;
 	}

@@ -117,12 +117,8 @@ is_word(uint32_t c)
 static uint32_t
 cp_before(const char *s, size_t end, size_t *start)
 {
-	size_t i = end - 1;
-	while (i > 0 && ((unsigned char)s[i] & 0xc0) == 0x80)
-		i--;
 	uint32_t cp = 0;
-	utf8_next((const unsigned char *)s + i, end - i, &cp);
-	*start = i;
+	utf8_prev((const unsigned char *)s, 0, end, start, &cp);
 	return cp;
 }
 

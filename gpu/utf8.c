@@ -52,6 +52,16 @@ utf8_next(const unsigned char *s, size_t n, uint32_t *cp)
 	return len;
 }
 
+size_t
+utf8_prev(const unsigned char *s, size_t lo, size_t end, size_t *start, uint32_t *cp)
+{
+	size_t i = end - 1;
+	while (i > lo && (s[i] & 0xc0) == 0x80)
+		i--;
+	*start = i;
+	return utf8_next(s + i, end - i, cp);
+}
+
 int
 utf8_valid(const char *s, size_t n)
 {

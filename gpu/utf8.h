@@ -19,6 +19,12 @@ size_t utf8_lead(unsigned c, unsigned *lo, unsigned *hi);
  * valid character; *cp is then unchanged). */
 size_t utf8_next(const unsigned char *s, size_t n, uint32_t *cp);
 
+/* The character that ends at s[end), not starting before s[lo] (lo < end):
+ * its start (found by stepping back over continuation bytes) and, through
+ * utf8_next, *cp and its length, which is 0 when the bytes there are not one
+ * whole valid character (*cp then unchanged). */
+size_t utf8_prev(const unsigned char *s, size_t lo, size_t end, size_t *start, uint32_t *cp);
+
 /* 1 if s[0..n) is a sequence of characters utf8_next accepts (NUL included),
  * else 0. */
 int utf8_valid(const char *s, size_t n);
