@@ -2,6 +2,7 @@
  * only. */
 #include "gpucheck.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -112,5 +113,14 @@ gc_frand(size_t n, float lo, float hi, int round)
 	float *p = gc_xmalloc(n * sizeof *p);
 	for (size_t i = 0; i < n; i++)
 		p[i] = round ? gc_bf(gc_unif(lo, hi)) : gc_unif(lo, hi);
+	return p;
+}
+
+float *
+gc_fnan(size_t n)
+{
+	float *p = gc_xmalloc(n * sizeof *p);
+	for (size_t i = 0; i < n; i++)
+		p[i] = NAN;
 	return p;
 }

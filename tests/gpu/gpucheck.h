@@ -47,4 +47,7 @@ void *gc_xmalloc(size_t n);
  * (gc_xmalloc'd). */
 float *gc_frand(size_t n, float lo, float hi, int round);
 
+/* n NaNs (gc_xmalloc'd): outputs that must all be written. */
+float *gc_fnan(size_t n);
+
 #endif

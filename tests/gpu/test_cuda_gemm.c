@@ -107,11 +107,7 @@ compare(const struct shape *s, int n, float beta, const float *y0, const float *
 static float *
 y_init(size_t count, float beta)
 {
-	float *y = beta != 0.0f ? gc_frand(count, -50.0f, 50.0f, 0) : gc_xmalloc(count * sizeof *y);
-	if (beta == 0.0f)
-		for (size_t i = 0; i < count; i++)
-			y[i] = NAN;
-	return y;
+	return beta != 0.0f ? gc_frand(count, -50.0f, 50.0f, 0) : gc_fnan(count);
 }
 
 /* k_gemm_run untuned or tuned; through kc_gemm_repeat (runs > 1) also the

@@ -33,15 +33,6 @@ static char err[ENG_ERRLEN];
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-static float *
-fnan(size_t n)
-{
-	float *p = gc_xmalloc(n * sizeof *p);
-	for (size_t i = 0; i < n; i++)
-		p[i] = NAN;
-	return p;
-}
-
 static double *
 dnan(size_t n)
 {
@@ -107,7 +98,7 @@ check_embed(int vocab, int d, int rows, int n_active)
 {
 	float *emb = gc_frand((size_t)vocab * d, -2.0f, 2.0f, 0);
 	int32_t *tok = gc_xmalloc((size_t)rows * sizeof *tok);
-	float *x = fnan((size_t)rows * d);
+	float *x = gc_fnan((size_t)rows * d);
 	double *ref = dnan((size_t)rows * d);
 	for (int r = 0; r < rows; r++) {
 		tok[r] = r == 0 ? vocab - 1 : gc_irand(vocab);
@@ -140,7 +131,7 @@ check_rmsnorm(int n_x, int d, int rows, int gather, int n_active)
 	}
 	float *w = gc_frand((size_t)d, -1.5f, 1.5f, 0);
 	int32_t *idx = gather ? gc_xmalloc((size_t)rows * sizeof *idx) : NULL;
-	float *out = fnan((size_t)rows * d), *tmp = gc_xmalloc((size_t)d * sizeof *tmp);
+	float *out = gc_fnan((size_t)rows * d), *tmp = gc_xmalloc((size_t)d * sizeof *tmp);
 	double *ref = dnan((size_t)rows * d);
 	const struct weight ww = f32_weight(w, d);
 	const int act = n_active < 0 ? rows : n_active;
@@ -231,7 +222,7 @@ check_qkv_post(int nh, int nkv, int hd, int bias, int qk_norm, double theta, int
 	double *kv_ref = gc_xmalloc(n_kv * sizeof *kv_ref);
 	for (size_t i = 0; i < n_kv; i++)
 		kv_ref[i] = kv[i];
-	float *q = fnan((size_t)rows * qd);
+	float *q = gc_fnan((size_t)rows * qd);
 	double *q_ref = dnan((size_t)rows * qd);
 
 	/* The CPU's qkv_rows, on one row at a time. */
@@ -521,7 +512,7 @@ att_run(struct att *A, const char *what, int ctas)
 {
 	const int qd = A->nh * A->hd;
 	const size_t n = (size_t)A->rows * qd;
-	float *out = fnan(n);
+	float *out = gc_fnan(n);
 	double *ref = gc_xmalloc(n * sizeof *ref);
 	for (size_t i = 0; i < n; i++)
 		ref[i] = i < (size_t)A->n_active * qd ? A->ref[i] : 0.0;
@@ -668,7 +659,7 @@ check_swiglu(int rows, int f)
 	for (int r = 0; r < rows; r++)
 		for (int i = 0; i < 2 * f; i++)
 			gu[(size_t)r * 2 * f + i] = i < f ? gc_unif(-12.0f, 12.0f) : gc_unif(-2.0f, 2.0f);
-	float *h = fnan((size_t)rows * f), *g = gc_xmalloc((size_t)f * sizeof *g);
+	float *h = gc_fnan((size_t)rows * f), *g = gc_xmalloc((size_t)f * sizeof *g);
 	double *ref = gc_xmalloc((size_t)rows * f * sizeof *ref);
 	for (int r = 0; r < rows; r++) {
 		memcpy(g, gu + (size_t)r * 2 * f, (size_t)f * sizeof *g);
@@ -692,7 +683,7 @@ check_scatter(int width)
 	static const int32_t slots[] = { 3, -1, 0, 7, 2, 5 };
 	const int rows = 6, n_active = 5, n_dst = 8;
 	float *src = gc_frand((size_t)rows * width, -100.0f, 100.0f, 0);
-	float *dst = fnan((size_t)n_dst * width);
+	float *dst = gc_fnan((size_t)n_dst * width);
 	double *ref = dnan((size_t)n_dst * width);
 	for (int r = 0; r < n_active; r++)
 		if (slots[r] >= 0)
@@ -714,7 +705,7 @@ check_gemm(int rows, int cols, int n, float beta)
 {
 	float *w = gc_frand((size_t)rows * cols, -1.0f, 1.0f, 1);
 	float *x = gc_frand((size_t)n * cols, -2.0f, 2.0f, 1);
-	float *y = beta != 0.0f ? gc_frand((size_t)n * rows, -50.0f, 50.0f, 0) : fnan((size_t)n * rows);
+	float *y = beta != 0.0f ? gc_frand((size_t)n * rows, -50.0f, 50.0f, 0) : gc_fnan((size_t)n * rows);
 	double *ref = gc_xmalloc((size_t)n * rows * sizeof *ref);
 	for (int b = 0; b < n; b++)
 		for (int r = 0; r < rows; r++) {
@@ -755,7 +746,7 @@ check_errors(void)
 	att_fill(&A);
 	plan_reset(&A);
 	plan_item(&A, rows, A.max_rows + 1 <= 40 ? A.max_rows + 1 : 40, s, 0, 40);
-	float *out = fnan((size_t)A.rows * A.nh * A.hd);
+	float *out = gc_fnan((size_t)A.rows * A.nh * A.hd);
 	const struct kc_attn_args a = {
 		.n_heads = A.nh, .g = A.g, .layer = A.layer, .n_blocks = A.n_blocks, .kv = A.kv, .tables = A.tables,
 		.n_tables = A.n_tables, .rows = A.rows, .n_active = A.rows, .q = A.q, .pos = A.pos,
