@@ -454,6 +454,27 @@ lt_aligned(const bf16 *w, const bf16 *in, const float *out)
 	return aligned(w, 256) && aligned(in, 256) && aligned(out, 256);
 }
 
+// Whether k_gemm_run takes the GEMV for (w_rows, w_cols, n) (pointers
+// aside), and in which configuration.
+static bool
+gemv_choice(const k_gemm *g, int w_rows, int w_cols, int n, int *ks, int *unroll)
+{
+	if (g->plain || n < 1 || n > 16 || w_cols <= 0 || w_cols % 8 != 0)
+		return false;
+	auto it = g->cache.find(shape_key(w_rows, w_cols, n));
+	if (it != g->cache.end()) {
+		if (it->second.ch.path != PATH_GEMV)
+			return false;
+		*ks = it->second.ch.ks;
+		*unroll = it->second.ch.unroll;
+		return true;
+	}
+	if (n > K_GEMM_GEMV_MAX_N)
+		return false;
+	gemv_default(g->sms, w_rows, w_cols, ks, unroll);
+	return true;
+}
+
 cudaError_t
 k_gemm_run(k_gemm *g, const bf16 *w, int w_rows, int w_cols, const bf16 *in, int n, float *out, float beta,
 	   cudaStream_t st)
@@ -463,19 +484,12 @@ k_gemm_run(k_gemm *g, const bf16 *w, int w_rows, int w_cols, const bf16 *in, int
 	g->msg[0] = '\0';   // k_gemm_error tells of this call only
 	if (g->plain)
 		return blas_launch(g, w, w_rows, w_cols, in, n, out, beta, st);
-	auto it = g->cache.find(shape_key(w_rows, w_cols, n));
-	if (it != g->cache.end()) {
-		entry &e = it->second;
-		if (e.ch.path == PATH_GEMV && gemv_fits(w_cols, n, w, in))
-			return cuda_fail(g, gemv_launch(w, w_rows, w_cols, in, n, out, beta, e.ch.ks, e.ch.unroll, st),
-					 "gemv");
-		if (e.ch.path == PATH_LT && lt_aligned(w, in, out))
-			return lt_launch(g, &e.lay, &e.ch.algo, w, in, out, beta, st);
-	} else if (n <= K_GEMM_GEMV_MAX_N && gemv_fits(w_cols, n, w, in)) {
-		int ks, unroll;
-		gemv_default(g->sms, w_rows, w_cols, &ks, &unroll);
+	int ks, unroll;
+	if (gemv_choice(g, w_rows, w_cols, n, &ks, &unroll) && gemv_fits(w_cols, n, w, in))
 		return cuda_fail(g, gemv_launch(w, w_rows, w_cols, in, n, out, beta, ks, unroll, st), "gemv");
-	}
+	auto it = g->cache.find(shape_key(w_rows, w_cols, n));
+	if (it != g->cache.end() && it->second.ch.path == PATH_LT && lt_aligned(w, in, out))
+		return lt_launch(g, &it->second.lay, &it->second.ch.algo, w, in, out, beta, st);
 	return blas_launch(g, w, w_rows, w_cols, in, n, out, beta, st);
 }
 
@@ -528,6 +542,10 @@ k_gemm_describe(const k_gemm *g, int w_rows, int w_cols, int n, char *buf, size_
 	buf[0] = 0;
 	if (!g)
 		return;
+	if (g->plain) {
+		snprintf(buf, len, "cublasGemmEx (plain)");
+		return;
+	}
 	char what[160];
 	auto it = g->cache.find(shape_key(w_rows, w_cols, n));
 	if (it != g->cache.end()) {
@@ -536,11 +554,7 @@ k_gemm_describe(const k_gemm *g, int w_rows, int w_cols, int n, char *buf, size_
 		return;
 	}
 	choice c = {};
-	c.path = PATH_CUBLAS;
-	if (n >= 1 && n <= K_GEMM_GEMV_MAX_N && w_cols > 0 && w_cols % 8 == 0) {
-		c.path = PATH_GEMV;
-		gemv_default(g->sms, w_rows, w_cols, &c.ks, &c.unroll);
-	}
+	c.path = gemv_choice(g, w_rows, w_cols, n, &c.ks, &c.unroll) ? PATH_GEMV : PATH_CUBLAS;
 	describe_choice(&c, what, sizeof what);
 	snprintf(buf, len, "%s (untuned)", what);
 }

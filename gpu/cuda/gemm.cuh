@@ -59,7 +59,7 @@ cudaError_t k_gemm_run(k_gemm *g, const bf16 *w, int w_rows, int w_cols, const b
 void k_gemm_set_plain(k_gemm *g, int plain);
 
 // What k_gemm_run does for this shape and n ("gemv ks 4 unroll 8", "lt algo
-// 21 tile 18 splitk 1", "cublasGemmEx"), into buf (len bytes); for logs.
+// 21 tile 18 splitk 1", "cublasGemmEx", "cublasGemmEx (plain)"), into buf (len bytes); for logs.
 void k_gemm_describe(const k_gemm *g, int w_rows, int w_cols, int n, char *buf, size_t len);
 
 // The message of the last failure of g (empty when none); lives as long as g.

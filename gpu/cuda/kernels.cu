@@ -465,6 +465,7 @@ attention_unit(const float *q, const bf16 *kv, const int32_t *tables, const int3
 			const float corr = m_new == -INFINITY ? 1.0f : exp2f(m_old - m_new);
 			const float ps = warp_sum(pr);
 			PT[(size_t)lane * qs + qi] = pr;
+			__syncwarp();            // every lane has read M[qi] before lane 0 writes it
 			if (lane == 0) {
 				M[qi] = m_new;
 				L[qi] = L[qi] * corr + ps;
