@@ -686,6 +686,7 @@ bsrv_run(const struct bsrv_params *p)
 	struct eng_params ep = eng_default_params();
 	ep.model_dir = p->model_dir;
 	ep.device = p->device;
+	ep.kv_bytes = p->kv_bytes;
 	ep.n_threads = p->n_threads;
 	if (!(e = eng_create(&ep, err, sizeof err))) {
 		fprintf(stderr, "braid bench: %s\n", err);

@@ -12,6 +12,7 @@
 struct bsrv_params {
 	const char *model_dir;          /* model to load (needs tokenizer.json)   */
 	enum eng_device device;
+	size_t kv_bytes;                /* KV cache size; 0 = the engine's default */
 	int n_threads;                  /* CPU threads; 0 = every core            */
 	int jobs[BSRV_MAX_LIST];        /* N values: concurrent sc jobs           */
 	int n_jobs;

@@ -35,6 +35,7 @@ static const struct cli_opt opts[] = {
 	{ "gen", "T", "tokens generated per sequence (default 16)" },
 	{ "threads", "N", "CPU threads (default: all cores)" },
 	{ "device", "D", "auto, cpu or cuda (default auto)" },
+	{ "kv-mb", "MB", "KV cache size in MiB (default: GPU 90% of the memory left free; CPU 1 GiB, at most a quarter of RAM)" },
 	{ "json", "FILE", "also write the results as JSON to FILE" },
 	{ "server-path", NULL, "benchmark the server path instead: the engine alone, N sc jobs through the "
 			       "scheduler, then through the server with websocket clients (default model: the "
@@ -324,6 +325,17 @@ step_all(eng *e, struct eng_token *out, int n)
 	return 0;
 }
 
+/* KV blocks a row of n threads needs at most: the prompt's, shared by the
+ * forks, and each thread's own from the prompt's last full block to its
+ * last position. */
+static long
+blocks_needed(long prompt_len, int n, long gen, int bt)
+{
+	const long shared = prompt_len / bt;
+	const long own = (prompt_len + gen + 1 + bt - 1) / bt - shared;
+	return (prompt_len + bt - 1) / bt + (long)n * own;
+}
+
 /* Prefill one random prompt, fork n children, sample gen tokens per child
  * plus one more step: the first step samples from the shared prompt logits
  * (no forward); the gen timed steps each run every child's newest token
@@ -511,7 +523,7 @@ resolve_model(const struct cli_args *args, int with_tokenizer, char *dir, size_t
 }
 
 static int
-bench_server_path(const struct cli_args *args, long gen, long threads, enum eng_device device)
+bench_server_path(const struct cli_args *args, long gen, long threads, enum eng_device device, size_t kv_bytes)
 {
 	const struct cli_args a = *args;
 	struct bsrv_params bp = { 0 };
@@ -533,6 +545,7 @@ bench_server_path(const struct cli_args *args, long gen, long threads, enum eng_
 		return rc;
 	bp.model_dir = dir;
 	bp.device = device;
+	bp.kv_bytes = kv_bytes;
 	bp.n_threads = (int)threads;
 	bp.steps = OPT("gen") ? (int)gen : 64;
 	bp.clients = (int)clients;
@@ -592,10 +605,10 @@ cmd_bench(int argc, char **argv)
 	if ((OPT("prompt-len") && cli_int("prompt-len", OPT("prompt-len"), 1, 1 << 20, &prompt_len)) ||
 	    (OPT("gen") && cli_int("gen", OPT("gen"), 1, 1 << 20, &gen)) ||
 	    (OPT("threads") && cli_int("threads", OPT("threads"), 0, 1024, &threads)) ||
-	    cli_parse_device("bench", OPT("device"), &ep.device))
+	    cli_parse_device("bench", OPT("device"), &ep.device) || cli_parse_kv("bench", OPT("kv-mb"), &ep.kv_bytes))
 		return 2;
 	if (OPT("server-path"))
-		return bench_server_path(&a, gen, threads, ep.device);
+		return bench_server_path(&a, gen, threads, ep.device, ep.kv_bytes);
 	if (OPT("jobs") || OPT("clients")) {
 		fprintf(stderr, "braid bench: --jobs and --clients go with --server-path\n");
 		return 2;
@@ -620,6 +633,14 @@ cmd_bench(int argc, char **argv)
 		return 1;
 	}
 	const struct model_config *c = eng_config(e);
+	/* Every sampled token takes a position, the last one's included. */
+	if (c->max_position > 0 && prompt_len + gen + 1 > c->max_position) {
+		fprintf(stderr, "braid bench: --prompt-len %ld and --gen %ld (%ld positions with the token the last step "
+			"samples) go past the model's context of %d positions\n", prompt_len, gen, prompt_len + gen + 1,
+			c->max_position);
+		eng_destroy(e);
+		return 2;
+	}
 	int on_gpu = !strcmp(eng_device_name(e), "cuda");
 	struct bench_env be = { .e = e, .prompt_len = (int)prompt_len, .block_tokens = ep.block_tokens };
 	if (be.block_tokens <= 0)
@@ -670,6 +691,14 @@ cmd_bench(int argc, char **argv)
 	int rc = 0;
 	for (int i = 0; i < n_ns; i++) {
 		struct bench_row r = { 0 };
+		const long need = blocks_needed(prompt_len, ns[i], gen, be.block_tokens);
+		if (need > eng_kv_blocks_total(e)) {
+			fprintf(stderr, "braid bench: N=%d needs up to %ld KV blocks of %d positions (the %ld-token prompt "
+				"once, %ld more positions per thread); the pool holds %d: give a larger --kv-mb\n", ns[i],
+				need, be.block_tokens, prompt_len, gen + 1, eng_kv_blocks_total(e));
+			rc = 1;
+			break;
+		}
 		/* the GPU's first pass of a batch size captures graphs, tunes
 		 * cuBLAS: warm it up with a short untimed run */
 		if ((on_gpu && run_one(&be, ns[i], 2, &r) != 0) || run_one(&be, ns[i], (int)gen, &r) != 0) {

@@ -19,7 +19,7 @@ fails_clearly() {
 	else not_ok "$d (rc=$rc, stderr: $(head -c 300 "$T/err"))"; fi
 }
 
-tap_plan 38
+tap_plan 42
 
 # ---- the reference data is what tools/make_refs.py wrote (tests/data/ref/README.md) ----
 check "reference data matches ref/SHA256SUMS" sh -c "cd '$D' && sha256sum --quiet -c ref/SHA256SUMS"
@@ -114,6 +114,12 @@ fails_clearly "generate: a missing model directory is named" 1 "$T/none" "$B" ge
 # ---- bench (a smoke run of the command, not a timing) ---------------------------------
 run "$B" bench --model "$M" --n 1,4 --prompt-len 8 --gen 2 --json "$T/bench.json"
 check "bench runs and writes its JSON" sh -c "[ $rc -eq 0 ] && jq -e '.rows|length==2 and (.[1].n==4) and (.[1].decode_tok_s > 0)' '$T/bench.json' >/dev/null"
+
+run "$B" bench --model "$M" --n 1,4 --prompt-len 8 --gen 2 --kv-mb 1 --json "$T/bench.json"
+check "bench --kv-mb 1: the pool is at most 1 MiB and the run fits" sh -c "[ $rc -eq 0 ] && jq -e '.kv_blocks_total >= 1 and .kv_blocks_total * .kv_block_bytes <= 1048576 and (.rows|length==2)' '$T/bench.json' >/dev/null"
+fails_clearly "bench: a KV pool too small for the run names --kv-mb" 1 "give a larger --kv-mb" "$B" bench --model "$M" --n 1,64 --prompt-len 100 --gen 100 --kv-mb 1
+fails_clearly "bench: a prompt past the model's context is a clear error" 2 "context of 256 positions" "$B" bench --model "$M" --prompt-len 400
+fails_clearly "bench: a KV size of 0 MiB" 2 "kv-mb" "$B" bench --model "$M" --kv-mb 0
 
 # ---- bench --server-path (a smoke run: fields and bookkeeping, not timings) -----------------
 run "$B" bench --server-path --model "$M" --jobs 1,2 --n 2 --gen 4 --clients 3 --json "$T/sbench.json"
