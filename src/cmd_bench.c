@@ -627,11 +627,13 @@ cmd_bench(int argc, char **argv)
 	struct gpu_report g;
 	gpu_probe_before(ep.device, &g);
 	char err[ENG_ERRLEN];
+	const double t_create = now_s();
 	eng *e = eng_create(&ep, err, sizeof err);
 	if (!e) {
 		fprintf(stderr, "braid bench: %s\n", err);
 		return 1;
 	}
+	const double start_s = now_s() - t_create;
 	const struct model_config *c = eng_config(e);
 	/* Every sampled token takes a position, the last one's included. */
 	if (c->max_position > 0 && prompt_len + gen + 1 > c->max_position) {
@@ -674,6 +676,8 @@ cmd_bench(int argc, char **argv)
 	printf("model %s (%s, hidden %d, %d layers, vocab %d, %.1f MB of weights read per step), device %s, %d threads\n",
 	       dir, c->arch_name, c->hidden_size, c->n_layers, c->vocab_size, eng_weight_bytes(e) / 1e6,
 	       eng_device_name(e), eng_threads(e));
+	printf("engine start: %.2f s (loading the weights%s)\n", start_s,
+	       on_gpu ? ", the KV pool, tuning the GEMMs" : " and the KV pool");
 	if (on_gpu)
 		printf("GPU %s: %.2f GB, %.2f GB free before the engine, %.2f GB after (weights, KV pool, buffers: %.2f GB)\n",
 		       g.name, g.total / 1e9, g.free_before / 1e9, g.free_after / 1e9,
@@ -721,7 +725,7 @@ cmd_bench(int argc, char **argv)
 			rc = 1;
 	}
 	if (OPT("json")) {
-		json_t *doc = json_pack("{s:s,s:s,s:s,s:i,s:f,s:f,s:s,s:f,s:f,s:f,s:f,s:f,s:i,s:i,s:i,s:i,s:s,s:o}",
+		json_t *doc = json_pack("{s:s,s:s,s:s,s:i,s:f,s:f,s:s,s:f,s:f,s:f,s:f,s:f,s:i,s:i,s:i,s:i,s:s,s:f,s:o}",
 					"model", dir, "shape", OPT("shape") ? OPT("shape") : "",
 					"device", eng_device_name(e), "threads", eng_threads(e),
 					"bandwidth_gb_s", be.bw / 1e9, "read_bandwidth_gb_s", be.bw / 1e9,
@@ -730,7 +734,8 @@ cmd_bench(int argc, char **argv)
 					"weights_read_per_step_bytes", be.weights_read,
 					"kv_bytes_per_position", be.kv_pos_bytes, "kv_block_bytes", be.block_bytes,
 					"kv_block_tokens", be.block_tokens, "kv_blocks_total", eng_kv_blocks_total(e),
-					"prompt_len", (int)prompt_len, "gen", (int)gen, "bound_rule", rule, "rows", rows);
+					"prompt_len", (int)prompt_len, "gen", (int)gen, "bound_rule", rule,
+					"engine_start_s", start_s, "rows", rows);
 		if (doc && on_gpu) {
 			json_t *gj = json_pack("{s:s,s:f,s:f,s:f,s:f}", "name", g.name, "total_bytes", (double)g.total,
 					       "free_before_bytes", (double)g.free_before,

@@ -170,6 +170,8 @@ for s in shapes:
         head += (f": {b['weights_read_per_step_bytes'] / 1e9:.2f} GB of bf16 weights read per step, "
                  f"prompt {b['prompt_len']}, {b['gen']} new tokens per sequence, "
                  f"bandwidth {b['bandwidth_gb_s']:,.0f} GB/s")
+        if b.get("engine_start_s") is not None:
+            head += f", engine start {b['engine_start_s']:.1f} s"
     md += [head, ""]
     md.append("| N | braid decode tok/s | braid end-to-end tok/s | ms/step | bound tok/s | % of bound "
               "| HF tok/s | HF static tok/s | braid/HF | braid/HF static | targets |")

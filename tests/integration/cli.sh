@@ -113,7 +113,7 @@ fails_clearly "generate: a missing model directory is named" 1 "$T/none" "$B" ge
 
 # ---- bench (a smoke run of the command, not a timing) ---------------------------------
 run "$B" bench --model "$M" --n 1,4 --prompt-len 8 --gen 2 --json "$T/bench.json"
-check "bench runs and writes its JSON" sh -c "[ $rc -eq 0 ] && jq -e '.rows|length==2 and (.[1].n==4) and (.[1].decode_tok_s > 0)' '$T/bench.json' >/dev/null"
+check "bench runs and writes its JSON" sh -c "[ $rc -eq 0 ] && jq -e '(.rows|length==2 and (.[1].n==4) and (.[1].decode_tok_s > 0)) and .engine_start_s > 0' '$T/bench.json' >/dev/null && grep -q '^engine start: ' '$T/out'"
 
 run "$B" bench --model "$M" --n 1,4 --prompt-len 8 --gen 2 --kv-mb 1 --json "$T/bench.json"
 check "bench --kv-mb 1: the pool is at most 1 MiB and the run fits" sh -c "[ $rc -eq 0 ] && jq -e '.kv_blocks_total >= 1 and .kv_blocks_total * .kv_block_bytes <= 1048576 and (.rows|length==2)' '$T/bench.json' >/dev/null"
