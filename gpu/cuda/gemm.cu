@@ -454,19 +454,26 @@ lt_aligned(const bf16 *w, const bf16 *in, const float *out)
 	return aligned(w, 256) && aligned(in, 256) && aligned(out, 256);
 }
 
-// Whether k_gemm_run takes the GEMV for (w_rows, w_cols, n) (pointers
-// aside), and in which configuration.
+// The tuned entry of (w_rows, w_cols, n), or NULL.
+static entry *
+tuned(k_gemm *g, int w_rows, int w_cols, int n)
+{
+	auto it = g->cache.find(shape_key(w_rows, w_cols, n));
+	return it != g->cache.end() ? &it->second : NULL;
+}
+
+// Whether k_gemm_run takes the GEMV for (w_rows, w_cols, n) whose tuned
+// entry is en (NULL: untuned), pointers aside, and in which configuration.
 static bool
-gemv_choice(const k_gemm *g, int w_rows, int w_cols, int n, int *ks, int *unroll)
+gemv_choice(const k_gemm *g, const entry *en, int w_rows, int w_cols, int n, int *ks, int *unroll)
 {
 	if (g->plain || n < 1 || n > 16 || w_cols <= 0 || w_cols % 8 != 0)
 		return false;
-	auto it = g->cache.find(shape_key(w_rows, w_cols, n));
-	if (it != g->cache.end()) {
-		if (it->second.ch.path != PATH_GEMV)
+	if (en) {
+		if (en->ch.path != PATH_GEMV)
 			return false;
-		*ks = it->second.ch.ks;
-		*unroll = it->second.ch.unroll;
+		*ks = en->ch.ks;
+		*unroll = en->ch.unroll;
 		return true;
 	}
 	if (n > K_GEMM_GEMV_MAX_N)
@@ -484,12 +491,12 @@ k_gemm_run(k_gemm *g, const bf16 *w, int w_rows, int w_cols, const bf16 *in, int
 	g->msg[0] = '\0';   // k_gemm_error tells of this call only
 	if (g->plain)
 		return blas_launch(g, w, w_rows, w_cols, in, n, out, beta, st);
+	entry *en = tuned(g, w_rows, w_cols, n);
 	int ks, unroll;
-	if (gemv_choice(g, w_rows, w_cols, n, &ks, &unroll) && gemv_fits(w_cols, n, w, in))
+	if (gemv_choice(g, en, w_rows, w_cols, n, &ks, &unroll) && gemv_fits(w_cols, n, w, in))
 		return cuda_fail(g, gemv_launch(w, w_rows, w_cols, in, n, out, beta, ks, unroll, st), "gemv");
-	auto it = g->cache.find(shape_key(w_rows, w_cols, n));
-	if (it != g->cache.end() && it->second.ch.path == PATH_LT && lt_aligned(w, in, out))
-		return lt_launch(g, &it->second.lay, &it->second.ch.algo, w, in, out, beta, st);
+	if (en && en->ch.path == PATH_LT && lt_aligned(w, in, out))
+		return lt_launch(g, &en->lay, &en->ch.algo, w, in, out, beta, st);
 	return blas_launch(g, w, w_rows, w_cols, in, n, out, beta, st);
 }
 
@@ -554,7 +561,7 @@ k_gemm_describe(const k_gemm *g, int w_rows, int w_cols, int n, char *buf, size_
 		return;
 	}
 	choice c = {};
-	c.path = gemv_choice(g, w_rows, w_cols, n, &c.ks, &c.unroll) ? PATH_GEMV : PATH_CUBLAS;
+	c.path = gemv_choice(g, NULL, w_rows, w_cols, n, &c.ks, &c.unroll) ? PATH_GEMV : PATH_CUBLAS;
 	describe_choice(&c, what, sizeof what);
 	snprintf(buf, len, "%s (untuned)", what);
 }
