@@ -70,6 +70,13 @@ int cli_parse_device(const char *cmd, const char *s, enum eng_device *out);
  * Prints the error and returns -1 when bad. */
 int cli_parse_kv(const char *cmd, const char *mb, size_t *kv_bytes);
 
+/* The option-table entries of those two, for every command that takes them. */
+#define CLI_OPT_DEVICE { "device", "D", "auto, cpu or cuda (default auto)" }
+#define CLI_OPT_KV_MB                                                                                \
+	{ "kv-mb", "MB",                                                                            \
+	  "KV cache size in MiB (default: GPU 90% of the memory left free; CPU 1 GiB, at most a quarter " \
+	  "of RAM)" }
+
 /* The job options the job-running subcommands share, those of opts that
  * are given: --strategy (default "sc", must name a strategy), -n,
  * --max-tokens, --temperature, --top-p, --seed into req (initialised by

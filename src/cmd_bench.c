@@ -34,8 +34,8 @@ static const struct cli_opt opts[] = {
 	{ "prompt-len", "T", "prompt tokens (default 128)" },
 	{ "gen", "T", "tokens generated per sequence (default 16)" },
 	{ "threads", "N", "CPU threads (default: all cores)" },
-	{ "device", "D", "auto, cpu or cuda (default auto)" },
-	{ "kv-mb", "MB", "KV cache size in MiB (default: GPU 90% of the memory left free; CPU 1 GiB, at most a quarter of RAM)" },
+	CLI_OPT_DEVICE,
+	CLI_OPT_KV_MB,
 	{ "json", "FILE", "also write the results as JSON to FILE" },
 	{ "server-path", NULL, "benchmark the server path instead: the engine alone, N sc jobs through the "
 			       "scheduler, then through the server with websocket clients (default model: the "

@@ -23,8 +23,8 @@ static const struct cli_opt opts[] = {
 	{ "top-logits", "K", "report the K largest logits at the last prompt position (default 0)" },
 	{ "n", "N", "N samples forked from the prompt, one JSON line each (default 1)" },
 	{ "ignore-eos", NULL, "keep generating after an end-of-sequence token" },
-	{ "device", "D", "auto, cpu or cuda (default auto)" },
-	{ "kv-mb", "MB", "KV cache size in MiB (default: GPU 90% of the memory left free; CPU 1 GiB, at most a quarter of RAM)" },
+	CLI_OPT_DEVICE,
+	CLI_OPT_KV_MB,
 	{ "threads", "N", "CPU threads (default: all cores)" },
 };
 #define N_OPTS ((int)(sizeof opts / sizeof opts[0]))

@@ -18,8 +18,8 @@
 
 static const struct cli_opt opts[] = {
 	{ "model", "DIR", "model directory (default: the embedded model)" },
-	{ "device", "D", "auto, cpu or cuda (default auto)" },
-	{ "kv-mb", "MB", "KV cache size in MiB (default: GPU 90% of the memory left free; CPU 1 GiB, at most a quarter of RAM)" },
+	CLI_OPT_DEVICE,
+	CLI_OPT_KV_MB,
 	{ "host", "H", "address to bind (default 127.0.0.1; others need --api-key)" },
 	{ "port", "P", "port (default 8080; 0 = any free port)" },
 	{ "db", "FILE", "SQLite job store (default braid.db)" },

@@ -53,8 +53,8 @@ static const struct cli_opt opts[] = {
 	{ "top-p", "P", "nucleus sampling mass in (0, 1] (default 0.95)" },
 	{ "seed", "S", "random seed of every problem's first thread (default 0)" },
 	{ "concurrency", "C", "problems in flight (default: the scheduler's max running jobs)" },
-	{ "device", "D", "auto, cpu or cuda (default auto)" },
-	{ "kv-mb", "MB", "KV cache size in MiB (default: GPU 90% of the memory left free; CPU 1 GiB, at most a quarter of RAM)" },
+	CLI_OPT_DEVICE,
+	CLI_OPT_KV_MB,
 	{ "threads", "N", "CPU threads for the engine (default: all cores)" },
 };
 #define N_OPTS ((int)(sizeof opts / sizeof opts[0]))
