@@ -609,10 +609,7 @@ static int
 run_pending(eng *e, struct eng_seq **seqs, int n, float *all_logits)
 {
 	const size_t vocab = (size_t)e->m->cfg.vocab_size;
-	int64_t total = 0;
-	for (int i = 0; i < n; i++)
-		total += seqs[i]->n_pending;
-	const int cap = total < e->p.max_batch_rows ? (int)total : e->p.max_batch_rows;
+	const int cap = e->p.max_batch_rows;   /* rows per pass (the arrays' size) */
 	int rc;
 	int32_t *tokens = e->rp_tokens, *pos = e->rp_pos, *row_seq = e->rp_row_seq;
 	int32_t *lrows = e->rp_lrows, *slots = e->rp_slots;
