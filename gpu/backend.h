@@ -48,6 +48,18 @@ struct fwd_batch {
 	const int32_t *logit_rows;           /* [n_logits] ascending rows    */
 };
 
+/* Totals over the timed calls; GPU times from device events, host times
+ * from the host's clock. */
+struct backend_timing {
+	long passes, samples;        /* forward_slots and sample calls        */
+	double pass_gpu_ms;          /* device time of the passes: plan upload
+					to the last kernel                     */
+	double sample_gpu_ms;        /* device time of sampling and its copies */
+	double pass_host_ms;         /* host time in forward_slots past its
+					wait for the previous pass: plan,
+					upload, launch                         */
+};
+
 struct backend_ops {
 	const char *name;                    /* "cpu", "cuda"                */
 	/* logits: (n_logits, vocab) floats on the host. */
@@ -70,6 +82,11 @@ struct backend_ops {
 		      int32_t *status);
 	/* The last device error, for messages ("" when none). */
 	const char *(*last_error)(void *self);
+	/* Optional: where the time of passes and sampling goes (braid bench).
+	 * on = 1 zeroes the totals and starts timing, 0 stops it; out, when not
+	 * NULL, receives the totals so far (after the device has finished
+	 * what was timed). */
+	int (*timing)(void *self, int on, struct backend_timing *out);
 };
 
 struct backend {

@@ -345,6 +345,14 @@ eng_is_eos(const eng *e, int32_t id)
 int eng_kv_blocks_total(const eng *e) { return kv_blocks_total(e->kv); }
 int eng_kv_blocks_free(const eng *e) { return kv_blocks_free(e->kv); }
 
+int
+eng_backend_timing(eng *e, int on, struct backend_timing *out)
+{
+	if (!e->be.ops->timing)
+		return ENG_ERR_UNSUPPORTED;
+	return e->be.ops->timing(e->be.self, on, out);
+}
+
 /* ---- sequences ---------------------------------------------------------------- */
 
 static struct eng_seq *

@@ -17,6 +17,7 @@
 
 #include <jansson.h>
 
+#include "backend.h"
 #include "bench_server.h"
 #include "build_config.h"
 #include "cli.h"
@@ -299,6 +300,11 @@ struct bench_row {
 	double prefill_tps, decode_tps, e2e_tps, step_ms;
 	double kv_read, bytes_per_step, bound_tps, frac_bound;
 	double kv_used, kv_private, kv_end;   /* bytes */
+	/* per timed step, where the backend times itself (the GPU): device
+	 * time of the passes and of sampling, host time spent planning,
+	 * uploading and launching a pass */
+	int timed;
+	double pass_gpu_ms, sample_gpu_ms, pass_host_ms;
 };
 
 static int
@@ -384,6 +390,7 @@ run_one(const struct bench_env *be, int n, int gen, struct bench_row *row)
 	row->kv_used = (double)(kv_blocks_used(e) - base_blocks) * be->block_bytes;
 	if (step_all(e, out, n))
 		goto done;
+	row->timed = eng_backend_timing(e, 1, NULL) == 0;
 	double t0 = now_s(), t_e2e = t0;
 	for (int i = 0; i < gen; i++) {
 		if (step_all(e, out, n))
@@ -392,6 +399,14 @@ run_one(const struct bench_env *be, int n, int gen, struct bench_row *row)
 			t_e2e = now_s();   /* every child has gen tokens now */
 	}
 	double dt = now_s() - t0;
+	struct backend_timing tm;
+	if (row->timed && eng_backend_timing(e, 0, &tm) == 0 && gen > 0) {
+		row->pass_gpu_ms = tm.pass_gpu_ms / gen;
+		row->sample_gpu_ms = tm.sample_gpu_ms / gen;
+		row->pass_host_ms = tm.pass_host_ms / gen;
+	} else {
+		row->timed = 0;
+	}
 	row->kv_end = (double)(kv_blocks_used(e) - base_blocks) * be->block_bytes;
 	row->kv_private = (double)n * ((prompt_len + be->block_tokens - 1) / be->block_tokens) * be->block_bytes;
 	row->n = n;
@@ -692,8 +707,13 @@ cmd_bench(int argc, char **argv)
 	printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
 	fflush(stdout);
 	json_t *rows = json_array();
-	int rc = 0;
-	for (int i = 0; i < n_ns; i++) {
+	struct bench_row *done = calloc(n_ns, sizeof *done);
+	int rc = 0, n_done = 0;
+	if (!done) {
+		fprintf(stderr, "braid bench: out of memory\n");
+		rc = 1;
+	}
+	for (int i = 0; done && i < n_ns; i++) {
 		struct bench_row r = { 0 };
 		const long need = blocks_needed(prompt_len, ns[i], gen, be.block_tokens);
 		if (need > eng_kv_blocks_total(e)) {
@@ -721,9 +741,24 @@ cmd_bench(int argc, char **argv)
 					"bound_tok_s", r.bound_tps, "fraction_of_bound", r.frac_bound,
 					"fraction_of_bandwidth", r.frac_bound, "kv_bytes_used", r.kv_used,
 					"kv_bytes_private", r.kv_private, "kv_bytes_end", r.kv_end);
+		if (row && r.timed)
+			json_object_update_new(row, json_pack("{s:f,s:f,s:f,s:f}", "pass_gpu_ms_per_step", r.pass_gpu_ms,
+							      "sample_gpu_ms_per_step", r.sample_gpu_ms,
+							      "pass_host_ms_per_step", r.pass_host_ms,
+							      "gpu_idle_ms_per_step",
+							      r.step_ms - r.pass_gpu_ms - r.sample_gpu_ms));
 		if (!row || json_array_append_new(rows, row) != 0)
 			rc = 1;
+		if (r.timed)
+			done[n_done++] = r;
 	}
+	/* Below the table: a decode step's time by where it went. */
+	for (int i = 0; i < n_done; i++)
+		printf("%sN=%d: %.3f ms/step = passes %.3f ms on the GPU + sampling %.3f ms on the GPU + %.3f ms "
+		       "the GPU waits (the host's plan, upload and launch of a pass: %.3f ms)\n", i ? "" : "\n",
+		       done[i].n, done[i].step_ms, done[i].pass_gpu_ms, done[i].sample_gpu_ms,
+		       done[i].step_ms - done[i].pass_gpu_ms - done[i].sample_gpu_ms, done[i].pass_host_ms);
+	free(done);
 	if (OPT("json")) {
 		json_t *doc = json_pack("{s:s,s:s,s:s,s:i,s:f,s:f,s:s,s:f,s:f,s:f,s:f,s:f,s:i,s:i,s:i,s:i,s:s,s:f,s:o}",
 					"model", dir, "shape", OPT("shape") ? OPT("shape") : "",

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <vector>
 
 #include <cuda_runtime.h>
@@ -110,6 +111,13 @@ struct cuda_backend {
 	void *d_sout, *h_sout;
 	void *d_sscratch;
 	size_t sscratch_bytes;
+
+	// cuda_timing: events at a pass's start and end and a sampling
+	// launch's (created when timing first starts), whether a pair is
+	// recorded and not yet added to tm.
+	int timing, t_pass, t_samp;
+	cudaEvent_t ev_t[4];
+	struct backend_timing tm;
 
 	char err[ENG_ERRLEN];
 };
@@ -468,6 +476,45 @@ upload_plan(struct cuda_backend *cb, int pad_rows, const struct plan *pl)
 	return 0;
 }
 
+// ---- timing (braid bench) -----------------------------------------------------------------
+
+static double
+host_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+// Adds the recorded event pairs to the totals; st has finished them.
+static void
+timing_collect(struct cuda_backend *cb)
+{
+	float ms;
+	if (cb->t_pass && cudaEventElapsedTime(&ms, cb->ev_t[0], cb->ev_t[1]) == cudaSuccess)
+		cb->tm.pass_gpu_ms += ms;
+	if (cb->t_samp && cudaEventElapsedTime(&ms, cb->ev_t[2], cb->ev_t[3]) == cudaSuccess)
+		cb->tm.sample_gpu_ms += ms;
+	cb->t_pass = cb->t_samp = 0;
+}
+
+static int
+cuda_timing(void *self, int on, struct backend_timing *out)
+{
+	struct cuda_backend *cb = (struct cuda_backend *)self;
+	CK(cudaStreamSynchronize(cb->st));
+	timing_collect(cb);
+	if (out)
+		*out = cb->tm;
+	if (on && !cb->ev_t[0])
+		for (cudaEvent_t &ev : cb->ev_t)
+			CK(cudaEventCreate(&ev));
+	if (on)
+		memset(&cb->tm, 0, sizeof cb->tm);
+	cb->timing = on;
+	return 0;
+}
+
 // ---- the pass ---------------------------------------------------------------------------
 
 // out(n, w_rows) = in(n, w_cols) . W^T, W bf16 row-major (w_rows, w_cols);
@@ -596,6 +643,11 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 				return ENG_ERR_INVALID;
 	// The host metadata may still be in flight from the previous pass.
 	CK(cudaStreamSynchronize(cb->st));
+	double h0 = 0;
+	if (cb->timing) {
+		timing_collect(cb);
+		h0 = host_ms();
+	}
 	int rows = b->n_rows, nlog = b->n_logits, cap = cb->cap_items;
 	const bool graph = graphed(cb, rows);
 	if (graph) {
@@ -612,6 +664,8 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 	struct plan pl;
 	if ((rc = make_plan(cb, b, slots, rows, nlog, cap, &pl)))
 		return rc;
+	if (cb->timing)
+		CK(cudaEventRecord(cb->ev_t[0], cb->st));
 	if ((rc = upload_plan(cb, rows, &pl)))
 		return rc;
 	if (graph) {
@@ -621,6 +675,12 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 		CK(cudaGraphLaunch(exec, cb->st));
 	} else if ((rc = enqueue_pass(cb, rows, nlog))) {
 		return rc;
+	}
+	if (cb->timing) {
+		CK(cudaEventRecord(cb->ev_t[1], cb->st));
+		cb->t_pass = 1;
+		cb->tm.passes++;
+		cb->tm.pass_host_ms += host_ms() - h0;
 	}
 	if (host && b->n_logits > 0) {
 		CK(cudaMemcpyAsync(host, cb->logits, (size_t)b->n_logits * cb->c.vocab_size * sizeof(float),
@@ -686,6 +746,8 @@ cuda_sample(void *self, const struct cuda_samp_row *rows, int n, struct samp_res
 			return ENG_ERR_INVALID;
 	CK(cudaStreamSynchronize(cb->st));           // h_srows may be in flight
 	memcpy(cb->h_srows, rows, (size_t)n * sizeof *rows);
+	if (cb->timing)
+		CK(cudaEventRecord(cb->ev_t[2], cb->st));
 	CK(cudaMemcpyAsync(cb->d_srows, cb->h_srows, (size_t)n * sizeof *rows, cudaMemcpyHostToDevice, cb->st));
 	const size_t res_bytes = (size_t)n * sizeof *out, stat_bytes = (size_t)n * sizeof *status;
 	int rc = cuda_sample_launch(cb->slots, cb->c.vocab_size, cb->d_srows, n, (struct samp_result *)cb->d_sout,
@@ -697,7 +759,14 @@ cuda_sample(void *self, const struct cuda_samp_row *rows, int n, struct samp_res
 		return rc;
 	}
 	CK(cudaMemcpyAsync(cb->h_sout, cb->d_sout, res_bytes + stat_bytes, cudaMemcpyDeviceToHost, cb->st));
+	if (cb->timing) {
+		CK(cudaEventRecord(cb->ev_t[3], cb->st));
+		cb->t_samp = 1;
+		cb->tm.samples++;
+	}
 	CK(cudaStreamSynchronize(cb->st));
+	if (cb->timing)
+		timing_collect(cb);
 	memcpy(out, cb->h_sout, res_bytes);
 	memcpy(status, (char *)cb->h_sout + res_bytes, stat_bytes);
 	return 0;
@@ -755,6 +824,9 @@ cuda_destroy(void *self)
 		cudaEventDestroy(cb->ev_fork);
 	if (cb->ev_join)
 		cudaEventDestroy(cb->ev_join);
+	for (cudaEvent_t ev : cb->ev_t)
+		if (ev)
+			cudaEventDestroy(ev);
 	if (cb->st2)
 		cudaStreamDestroy(cb->st2);
 	if (cb->st)
@@ -772,6 +844,7 @@ static const struct backend_ops cuda_ops = {
 	cuda_read_slot,
 	cuda_sample,
 	cuda_last_error,
+	cuda_timing,
 };
 
 // ---- creation ---------------------------------------------------------------------------
