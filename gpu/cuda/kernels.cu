@@ -775,13 +775,42 @@ k_attn_warp_item(int n_rows, int n_heads, int n_kv_heads, int hd)
 	return n_rows == 1 && group <= 8 && (hd == 16 || hd == 32 || hd == 64 || hd == 128 || hd == 256);
 }
 
-#define ATTW_WARPS 4
+// Warps a block of the one-warp kernel: 2 (72 KB of shared memory for
+// head_dim 128) fits beside two CTAs of attention_kernel on an SM, which 4
+// does not; 1, 2 and 4 measured within 1-2% of each other at N = 8..128.
+#define ATTW_WARPS 2
 
 // A decode unit: one query row (its group of q heads) against positions
 // [kv0, min(kv1, pos + 1)) for one kv head, on one warp with no block
 // barrier, so that many run side by side on an SM.  Scores: lane = position
 // (a tile of 32), the whole head_dim dot per lane; output: lane = DPL
 // consecutive dims.
+// 16 bytes from global to shared memory without a register (cp.async.cg:
+// L2 only), and the wait for all of a thread's copies.
+static __device__ __forceinline__ void
+cp_async16(void *smem, const void *gmem)
+{
+	const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(a), "l"(gmem) : "memory");
+}
+
+static __device__ __forceinline__ void
+cp_async_wait_all(void)
+{
+	asm volatile("cp.async.wait_all;" ::: "memory");
+}
+
+// Shared memory of one warp of the one-warp kernel, in bytes: its queries
+// (group x hd f32), then a tile's K rows (32 x (hd + 8) bf16: the padding
+// keeps a lane's 16-byte reads of its own row free of bank conflicts) and
+// V rows (32 x hd bf16).
+static __host__ __device__ size_t
+attw_warp_smem(int hd, int group)
+{
+	return (size_t)group * hd * sizeof(float) + (size_t)32 * (hd + 8) * sizeof(bf16) +
+	       (size_t)32 * hd * sizeof(bf16);
+}
+
 template <int DPL>
 static __device__ void
 attention_warp_unit(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
@@ -789,6 +818,8 @@ attention_warp_unit(const float *q, const bf16 *kv, const int32_t *tables, const
 		    float *part_ml, float *part_acc, float *qs)
 {
 	const int lane = threadIdx.x & 31, hd = g.head_dim, group = n_heads / g.n_kv_heads;
+	const int ks_row = hd + 8, cpr = hd / 8;      // bf16 per ks row; 16-byte chunks per row
+	bf16 *ks = (bf16 *)(qs + group * hd), *vs = ks + 32 * ks_row;
 	const float scale = LOG2E / sqrtf((float)hd);
 	const int r = item_rows[it.row0];
 	const int32_t end = min(it.kv1, pos[r] + 1);
@@ -810,13 +841,28 @@ attention_warp_unit(const float *q, const bf16 *kv, const int32_t *tables, const
 		const int32_t p = t0 + lane;
 		const bool ok = p < end;
 		const int32_t blk = ok ? table[p / g.block_tokens] : 0;
+		const int n = min(32, end - t0);
+		// The tile's K and V rows into shared memory, all in flight at
+		// once, each copy instruction 32 consecutive 16-byte chunks (whole
+		// rows: coalesced).  Every lane takes part in the shuffle.
+		for (int i0 = 0; i0 < n * cpr; i0 += 32) {
+			const int i = i0 + lane, j = min(i / cpr, 31), c = i % cpr;
+			const int32_t bj = __shfl_sync(0xffffffffu, blk, j);
+			if (i < n * cpr) {
+				const int off = (t0 + j) % g.block_tokens;
+				cp_async16(ks + j * ks_row + c * 8, kv + k_kv_offset(g, bj, layer, 0, kvh, off) + c * 8);
+				cp_async16(vs + j * hd + c * 8, kv + k_kv_offset(g, bj, layer, 1, kvh, off) + c * 8);
+			}
+		}
+		cp_async_wait_all();
+		__syncwarp();
 		float sc[8];
 #pragma unroll
 		for (int gq = 0; gq < 8; gq++)
 			sc[gq] = 0.0f;
 		if (ok) {
-			const uint4 *kr = (const uint4 *)(kv + k_kv_offset(g, blk, layer, 0, kvh, p % g.block_tokens));
-			// Eight 16-byte loads in flight at a time, then their math.
+			const uint4 *kr = (const uint4 *)(ks + lane * ks_row);
+			// Eight 16-byte reads at a time, then their math.
 			for (int c0 = 0; c0 < hd / 8; c0 += 8) {
 				uint4 raw[8];
 #pragma unroll
@@ -867,15 +913,13 @@ attention_warp_unit(const float *q, const bf16 *kv, const int32_t *tables, const
 			for (int k = 0; k < DPL; k++)
 				acc[gq][k] *= corr;
 		}
-		const int n = min(32, end - t0);
-		// V rows eight at a time: their loads are issued together.
+		// V rows eight at a time.
 		for (int j0 = 0; j0 < n; j0 += 8) {
 			float vf[8][DPL];
 #pragma unroll
 			for (int u = 0; u < 8; u++) {
 				const int j = j0 + u;
-				const int32_t bj = __shfl_sync(0xffffffffu, blk, j & 31);
-				const bf16 *vr = kv + k_kv_offset(g, bj, layer, 1, kvh, (t0 + j) % g.block_tokens) + lane * DPL;
+				const bf16 *vr = vs + j * hd + lane * DPL;
 #pragma unroll
 				for (int k = 0; k < DPL; k++)
 					vf[u][k] = dims && j < n ? __bfloat162float(vr[k]) : 0.0f;
@@ -893,6 +937,7 @@ attention_warp_unit(const float *q, const bf16 *kv, const int32_t *tables, const
 				}
 			}
 		}
+		__syncwarp();            // every lane is done with the tile's rows
 	}
 #pragma unroll
 	for (int gq = 0; gq < 8; gq++) {
@@ -920,24 +965,27 @@ attention_warp_kernel(const float *q, const bf16 *kv, const int32_t *tables, con
 		      const int32_t *item_rows, const k_attn_item *items, const int *n_items, int n_heads,
 		      k_kv_geom g, int layer, float *part_ml, float *part_acc)
 {
-	__shared__ __align__(16) float qs[ATTW_WARPS][8 * K_MAX_HEAD_DIM];
+	extern __shared__ __align__(16) float attw_sm[];
 	const int w = threadIdx.x >> 5;
 	const int first = n_items[0], units = n_items[1] * g.n_kv_heads;
+	float *qs = (float *)((char *)attw_sm + w * attw_warp_smem(g.head_dim, n_heads / g.n_kv_heads));
 	for (int u = blockIdx.x * ATTW_WARPS + w; u < units; u += gridDim.x * ATTW_WARPS)
 		attention_warp_unit<DPL>(q, kv, tables, pos, item_rows, items[first + u / g.n_kv_heads],
-					 u % g.n_kv_heads, n_heads, g, layer, part_ml, part_acc, qs[w]);
+					 u % g.n_kv_heads, n_heads, g, layer, part_ml, part_acc, qs);
 }
 
 cudaError_t
 k_attention(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos, const int32_t *item_rows,
-	    const k_attn_item *items, const int *n_items, int ctas, int warp_blocks, int n_heads, k_kv_geom g,
+	    const k_attn_item *items, const int *n_items, int ctas, int warps, int n_heads, k_kv_geom g,
 	    int layer, float *part_ml, float *part_acc, cudaStream_t s, cudaStream_t s_warp)
 {
 	cudaError_t e = k_launch(attention_kernel, dim3(ctas), dim3(K_ATT_THREADS), k_attention_smem(g.head_dim), s,
 				 q, kv, tables, pos, item_rows, items, n_items, n_heads, g, layer, part_ml, part_acc, att_mma);
-	if (e != cudaSuccess || warp_blocks <= 0)
+	if (e != cudaSuccess || warps <= 0)
 		return e;
-#define ATTW(D) attention_warp_kernel<D><<<warp_blocks, ATTW_WARPS * 32, 0, s_warp>>>( \
+	const int blocks = (warps + ATTW_WARPS - 1) / ATTW_WARPS;
+	const size_t smem = ATTW_WARPS * attw_warp_smem(g.head_dim, n_heads / g.n_kv_heads);
+#define ATTW(D) attention_warp_kernel<D><<<blocks, ATTW_WARPS * 32, smem, s_warp>>>( \
 		q, kv, tables, pos, item_rows, items, n_items, n_heads, g, layer, part_ml, part_acc)
 	switch (g.head_dim) {
 	case 16:
@@ -1039,6 +1087,13 @@ k_init(int hd)
 	size_t need = k_attention_smem(hd), most = k_attention_smem(K_MAX_HEAD_DIM);
 	cudaError_t e = cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
 					     (int)(need > most ? need : most));
+	// The one-warp kernels: a warp's queries (up to 8 heads) and tile.
+	const int wmost = (int)(ATTW_WARPS * attw_warp_smem(K_MAX_HEAD_DIM, 8));
+	const void *attw[] = { (const void *)attention_warp_kernel<1>, (const void *)attention_warp_kernel<2>,
+			       (const void *)attention_warp_kernel<4>, (const void *)attention_warp_kernel<8> };
+	for (const void *f : attw)
+		if (e == cudaSuccess)
+			e = cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, wmost);
 	const char *v = getenv("BRAID_ATT_MMA");
 	att_mma = !(v && !strcmp(v, "0"));
 	return e;

@@ -72,7 +72,8 @@ cudaError_t k_qkv_post(const float *qkv, const float *b, const float *qn, const 
 // Attention partials (head_dim a multiple of 8) for items[n_items[0] +
 // n_items[1]]: the first n_items[0] on a persistent grid of ctas blocks of
 // K_ATT_THREADS, the other n_items[1] (decode items: k_attn_warp_item() is
-// true for them) one warp each on warp_blocks blocks (0: none) launched on
+// true for them) one warp each on a persistent grid of warps warps (0: none;
+// ATTW_WARPS a block) launched on
 // s_warp (s, or a stream the caller joins back: the two kernels write
 // disjoint partials and may run side by side).  For each
 // item, kv head and query row j, the running max m, sum l (base-2 exponent
@@ -80,7 +81,7 @@ cudaError_t k_qkv_post(const float *qkv, const float *b, const float *qn, const 
 // go to part_ml(slot, nh, 2) and part_acc(slot, nh, hd).
 cudaError_t k_attention(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
 			const int32_t *item_rows, const k_attn_item *items, const int *n_items,
-			int ctas, int warp_blocks, int n_heads, k_kv_geom g, int layer, float *part_ml,
+			int ctas, int warps, int n_heads, k_kv_geom g, int layer, float *part_ml,
 			float *part_acc, cudaStream_t s, cudaStream_t s_warp);
 
 // 1 if an item of n_rows rows goes to the one-warp decode kernel: a single
