@@ -29,6 +29,7 @@
 #include <time.h>
 
 #include "chat.h"
+#include "backend.h"
 #include "engine.h"
 #include "model.h"
 #include "tokenizer.h"
@@ -901,6 +902,8 @@ test_model(const struct model_entry *me, int is_arith, int shared_prefix)
 	for (int i = 0; i < n_pr; i++)
 		if (maxpos <= 0 || pr[i].n + GREEDY_STEPS <= maxpos)
 			check_greedy(model, cpu, gpu, &pr[i], tie);
+	gc_check(eng_backend_timing(cpu, 1, NULL) == ENG_ERR_UNSUPPORTED, "%-18s the cpu backend has no timing",
+		 model);
 	eng_destroy(cpu);
 	cpu = NULL;
 	/* 4, 6 on the 37-id prompt (shortened to fit the steps) */
@@ -908,7 +911,17 @@ test_model(const struct model_entry *me, int is_arith, int shared_prefix)
 	if (maxpos > 0 && mid.n + SAMPLE_STEPS + 1 > maxpos)
 		mid.n = maxpos - SAMPLE_STEPS - 1;
 	if (mid.n >= 1) {
+		/* the backend's timing (braid bench) over the fork checks' passes */
+		int trc = eng_backend_timing(gpu, 1, NULL);
 		check_forks(model, gpu, &mid);
+		struct backend_timing tm = { 0 };
+		if (trc == 0)
+			trc = eng_backend_timing(gpu, 0, &tm);
+		gc_check(trc == 0 && tm.passes > 0 && tm.samples > 0 && tm.pass_gpu_ms > 0 && tm.sample_gpu_ms > 0 &&
+				 tm.pass_host_ms > 0,
+			 "%-18s backend timing: %ld passes %.3f ms on the GPU (%.3f ms on the host), %ld samplings "
+			 "%.3f ms (%s)", model, tm.passes, tm.pass_gpu_ms, tm.pass_host_ms, tm.samples, tm.sample_gpu_ms,
+			 eng_strerror(trc));
 		check_batch_invariance(model, gpu, &mid);
 		check_sampling(model, gpu, &mid);
 	}
