@@ -775,9 +775,10 @@ k_attn_warp_item(int n_rows, int n_heads, int n_kv_heads, int hd)
 	return n_rows == 1 && group <= 8 && (hd == 16 || hd == 32 || hd == 64 || hd == 128 || hd == 256);
 }
 
-// Warps a block of the one-warp kernel: 2 (72 KB of shared memory for
-// head_dim 128) fits beside two CTAs of attention_kernel on an SM, which 4
-// does not; 1, 2 and 4 measured within 1-2% of each other at N = 8..128.
+// Warps a block of the one-warp kernel: 2 (36 KB of shared memory for
+// head_dim 128, 2 q heads per kv head) fits beside two CTAs of
+// attention_kernel (79 KB each) on an SM, which 4 (72 KB) does not; 1, 2
+// and 4 measured within 1-2% of each other at N = 8..128.
 #define ATTW_WARPS 2
 
 // A decode unit: one query row (its group of q heads) against positions
