@@ -1,7 +1,8 @@
 /* cmd_bench.c - braid bench: CPU/GPU decode throughput for N sequences
  * forked from one prompt, against the bound the memory bandwidth sets (host
  * read bandwidth on the CPU, device copy bandwidth on a GPU), and the KV
- * memory the forks share (main thread = engine thread).  With --shape it
+ * memory the forks share (main thread = engine thread); on a GPU also where
+ * a step's time goes (the backend's timing op).  With --shape it
  * writes a random-weight bf16 model of a real architecture's shape to a
  * scratch directory and loads it through the normal loader.  --server-path
  * hands over to bench_server.c: the scheduler and server path against the
