@@ -43,8 +43,9 @@ static const int buckets[] = { 1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 80, 96, 128, 
 #define ATT_MIN_CHUNK K_ATT_TILE
 // Decode rows (the one-warp kernel) split into chunks this many times
 // smaller than the CTA kernel's: its units are short (one warp, no
-// prologue to amortise) and more of them keep more loads in flight; 3
-// measured best of 1, 2, 3 at N = 64 and 128 (H100, 0.6b and 1.7b shapes).
+// prologue to amortise) and more of them keep more loads in flight.  Of 1,
+// 2 and 3 (H100, 0.6b and 1.7b shapes), 3 was best at N = 128 and within 1%
+// of the best at N = 64.
 #define ATT_WARP_SPLIT 3
 
 struct cl_layer {

@@ -778,7 +778,7 @@ k_attn_warp_item(int n_rows, int n_heads, int n_kv_heads, int hd)
 // Warps a block of the one-warp kernel: 2 (36 KB of shared memory for
 // head_dim 128, 2 q heads per kv head) fits beside two CTAs of
 // attention_kernel (79 KB each) on an SM, which 4 (72 KB) does not; 1, 2
-// and 4 measured within 1-2% of each other at N = 8..128.
+// and 4 measured within 3% of each other at N = 8..128.
 #define ATTW_WARPS 2
 
 // A decode unit: one query row (its group of q heads) against positions
