@@ -708,13 +708,8 @@ cmd_bench(int argc, char **argv)
 	printf("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
 	fflush(stdout);
 	json_t *rows = json_array();
-	struct bench_row *done = calloc(n_ns, sizeof *done);
-	int rc = 0, n_done = 0;
-	if (!done) {
-		fprintf(stderr, "braid bench: out of memory\n");
-		rc = 1;
-	}
-	for (int i = 0; done && i < n_ns; i++) {
+	int rc = 0;
+	for (int i = 0; i < n_ns; i++) {
 		struct bench_row r = { 0 };
 		const long need = blocks_needed(prompt_len, ns[i], gen, be.block_tokens);
 		if (need > eng_kv_blocks_total(e)) {
@@ -750,16 +745,23 @@ cmd_bench(int argc, char **argv)
 							      r.step_ms - r.pass_gpu_ms - r.sample_gpu_ms));
 		if (!row || json_array_append_new(rows, row) != 0)
 			rc = 1;
-		if (r.timed)
-			done[n_done++] = r;
 	}
-	/* Below the table: a decode step's time by where it went. */
-	for (int i = 0; i < n_done; i++)
+	/* Below the table: a decode step's time by where it went (the timed
+	 * rows' fields). */
+	size_t ri;
+	json_t *jr;
+	int first = 1;
+	json_array_foreach(rows, ri, jr) {
+		if (!json_object_get(jr, "pass_gpu_ms_per_step"))
+			continue;
+#define F(k) json_real_value(json_object_get(jr, k))
 		printf("%sN=%d: %.3f ms/step = passes %.3f ms on the GPU + sampling %.3f ms on the GPU + %.3f ms "
-		       "the GPU waits (the host's plan, upload and launch of a pass: %.3f ms)\n", i ? "" : "\n",
-		       done[i].n, done[i].step_ms, done[i].pass_gpu_ms, done[i].sample_gpu_ms,
-		       done[i].step_ms - done[i].pass_gpu_ms - done[i].sample_gpu_ms, done[i].pass_host_ms);
-	free(done);
+		       "the GPU waits (the host's plan, upload and launch of a pass: %.3f ms)\n", first ? "\n" : "",
+		       (int)json_integer_value(json_object_get(jr, "n")), F("ms_per_step"), F("pass_gpu_ms_per_step"),
+		       F("sample_gpu_ms_per_step"), F("gpu_idle_ms_per_step"), F("pass_host_ms_per_step"));
+#undef F
+		first = 0;
+	}
 	if (OPT("json")) {
 		json_t *doc = json_pack("{s:s,s:s,s:s,s:i,s:f,s:f,s:s,s:f,s:f,s:f,s:f,s:f,s:i,s:i,s:i,s:i,s:s,s:f,s:o}",
 					"model", dir, "shape", OPT("shape") ? OPT("shape") : "",
