@@ -80,7 +80,7 @@ struct cuda_backend {
 	const struct model *m;
 	struct model_config c;
 	int qd, kd, qkvd;            // nh*hd, nkv*hd, qd + 2*kd
-	int max_rows, max_seqs, use_graphs, n_sm, ctas, warps;
+	int max_rows, max_seqs, use_graphs, n_sm, ctas, warps, one_stream, one_warps;
 	// Rows the buffers hold: max_rows, or the graph bucket above it (a pass
 	// of max_rows or fewer rows runs padded to its bucket).
 	int rows_cap;
@@ -571,13 +571,27 @@ enqueue_pass(struct cuda_backend *cb, int rows, int nlog)
 			return rc;
 		CK(k_qkv_post(cb->qkv, L->bqkv, L->qn, L->kn, cb->inv_freq, pos, tab_off, tables, n_rows, rows,
 			      c->n_heads, c->rms_eps, cb->g, l, cb->kv, cb->q, cb->st));
-		// The decode units run on a second stream beside the CTA units.
-		CK(cudaEventRecord(cb->ev_fork, cb->st));
-		CK(cudaStreamWaitEvent(cb->st2, cb->ev_fork, 0));
-		CK(k_attention(cb->q, cb->kv, tables, pos, item_rows, items, n_items, cb->ctas, cb->warps,
-			       c->n_heads, cb->g, l, cb->part_ml, cb->part_acc, cb->st, cb->st2));
-		CK(cudaEventRecord(cb->ev_join, cb->st2));
-		CK(cudaStreamWaitEvent(cb->st, cb->ev_join, 0));
+		// A one-row pass has only decode items: the one-warp kernel alone,
+		// on st with programmatic dependent launch, so it is scheduled
+		// while qkv_post runs and fetches the older K/V rows before it
+		// waits (k_attention_decode).  Otherwise the decode units run on a
+		// second stream beside the CTA units.  Either way the merge is
+		// launched plainly: that ends the chain of early-scheduled kernels
+		// at each layer (with the merge launched early too, the later
+		// kernels' early starts cost 8b N=1 13%).
+		const bool one = rows == 1 && cb->one_stream &&
+				 k_attn_warp_item(1, c->n_heads, c->n_kv_heads, c->head_dim);
+		if (one) {
+			CK(k_attention_decode(cb->q, cb->kv, tables, pos, item_rows, items, n_items, cb->one_warps, c->n_heads,
+					      cb->g, l, cb->part_ml, cb->part_acc, cb->st));
+		} else {
+			CK(cudaEventRecord(cb->ev_fork, cb->st));
+			CK(cudaStreamWaitEvent(cb->st2, cb->ev_fork, 0));
+			CK(k_attention(cb->q, cb->kv, tables, pos, item_rows, items, n_items, cb->ctas, cb->warps,
+				       c->n_heads, cb->g, l, cb->part_ml, cb->part_acc, cb->st, cb->st2));
+			CK(cudaEventRecord(cb->ev_join, cb->st2));
+			CK(cudaStreamWaitEvent(cb->st, cb->ev_join, 0));
+		}
 		CK(k_attn_merge(cb->part_ml, cb->part_acc, rp_off, rp_idx, n_rows, rows, c->n_heads, c->head_dim,
 				cb->att, cb->st));
 		if ((rc = gemm(cb, L->wo, d, cb->qd, cb->att, rows, cb->x, 1.0f)))
@@ -992,6 +1006,11 @@ create(struct cuda_backend *cb, const struct cuda_backend_params *p, size_t *wei
 	per_sm = (int)(prop.sharedMemPerMultiprocessor / (k_attention_smem(c->head_dim) + 1024));
 	cb->ctas = cb->n_sm * std::max(1, std::min(per_sm, 4));
 	cb->warps = cb->n_sm * 32;
+	// The one-row path (enqueue_pass): 4 warps an SM measured best of 2, 4
+	// and 8 (0.6b N=1); BRAID_ATT_ONE_STREAM=0 turns the path off.
+	const char *os = getenv("BRAID_ATT_ONE_STREAM");
+	cb->one_stream = !os || strcmp(os, "0");
+	cb->one_warps = cb->n_sm * 4;
 
 	cb->L = (struct cl_layer *)calloc((size_t)c->n_layers, sizeof *cb->L);
 	if (!cb->L)

@@ -227,6 +227,12 @@ kc_kv_offset(const struct kc_geom *g, int32_t blk, int l, int kv, int h, int off
 }
 
 extern "C" int
+kc_attn_warp_item(int n_rows, int n_heads, int n_kv_heads, int head_dim)
+{
+	return k_attn_warp_item(n_rows, n_heads, n_kv_heads, head_dim);
+}
+
+int
 kc_attention_max_rows(int n_heads, int n_kv_heads, int head_dim)
 {
 	return k_attention_max_rows(n_heads, n_kv_heads, head_dim);
@@ -549,8 +555,17 @@ kc_attention(const struct kc_attn_args *a, float *out, char *err, int errlen)
 	CK(&R, cudaMemsetAsync(d_acc, 0xff, (size_t)n_parts * nh * hd * sizeof(float), R.s));
 
 	CK(&R, k_init(hd));
-	CK(&R, k_attention(d_q, d_kv, d_tab, d_pos, d_irows, d_items, d_nitems, a->ctas, a->ctas, nh, to_geom(a->g), a->layer,
-			   d_ml, d_acc, R.s, R.s));
+	if (a->decode_path) {
+		if (n_cta) {
+			rc = bad(err, errlen, "kc_attention: decode_path with %d items that are not one-warp items", n_cta);
+			goto done;
+		}
+		CK(&R, k_attention_decode(d_q, d_kv, d_tab, d_pos, d_irows, d_items, d_nitems, a->ctas, nh, to_geom(a->g),
+					  a->layer, d_ml, d_acc, R.s));
+	} else {
+		CK(&R, k_attention(d_q, d_kv, d_tab, d_pos, d_irows, d_items, d_nitems, a->ctas, a->ctas, nh,
+				   to_geom(a->g), a->layer, d_ml, d_acc, R.s, R.s));
+	}
 	CK(&R, k_attn_merge(d_ml, d_acc, d_rpoff, d_rpidx, d_n, a->rows, nh, hd, d_out, R.s));
 	TRY(d_download_bf16(&R, out, d_out, n_out));
 done:

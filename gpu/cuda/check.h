@@ -103,7 +103,13 @@ struct kc_attn_args {
 	const struct kc_attn_item *items;   /* (n_items)                          */
 	int n_items;
 	int ctas;                    /* persistent grid of k_attention (>= 1)     */
+	int decode_path;             /* 1: k_attention_decode on ctas warps (the
+				      * one-row passes' launch); every item must be
+				      * a one-warp item (kc_attn_warp_item)        */
 };
+
+/* 1 if an item of n_rows rows goes to the one-warp decode kernel. */
+int kc_attn_warp_item(int n_rows, int n_heads, int n_kv_heads, int head_dim);
 
 /* out (rows, n_heads*head_dim), in/out, gets the merged attention (rounded
  * to bf16).  The wrapper builds the merge's CSR lists from the items: row

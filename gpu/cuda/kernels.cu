@@ -49,7 +49,7 @@ block_sum(float v, float *red)
 static __global__ void
 embed_kernel(const bf16 *emb, const int32_t *tokens, const int *n, int d, float *x)
 {
-	k_pdl_start();   // launched plainly (after the metadata upload): as merge_kernel
+	k_pdl_start();   // launched plainly (after the metadata upload): only lets the next kernel be scheduled
 	const int r = blockIdx.x;
 	if (r >= *n)
 		return;
@@ -148,16 +148,21 @@ qkv_post_kernel(const float *qkv, const float *b, const float *qn, const float *
 		const int32_t *pos, const int32_t *tab_off, const int32_t *tables, const int *n,
 		int n_heads, float eps, k_kv_geom g, int layer, bf16 *kv, float *q)
 {
-	k_pdl_start();
+	k_pdl_trigger();
 	__shared__ float buf[4][K_MAX_HEAD_DIM];
 	const int r = blockIdx.x;
 	const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
 	const int hd = g.head_dim, half = hd / 2, nkv = g.n_kv_heads;
 	const int head = blockIdx.y * 4 + w;
-	if (r >= *n || head >= n_heads + 2 * nkv)
+	// The row's position and KV block (metadata, uploaded before the pass)
+	// before the wait.
+	const bool live = r < *n && head < n_heads + 2 * nkv;
+	const int32_t p = live ? pos[r] : 0;
+	const int32_t blk = live && head >= n_heads ? tables[tab_off[r] + p / g.block_tokens] : 0;
+	k_pdl_wait();
+	if (!live)
 		return;
 	const int width = (n_heads + 2 * nkv) * hd;
-	const int32_t p = pos[r];
 	float *v = buf[w];
 	const float *src = qkv + (size_t)r * width + (size_t)head * hd;
 	const float *bias = b ? b + (size_t)head * hd : nullptr;
@@ -191,7 +196,6 @@ qkv_post_kernel(const float *qkv, const float *b, const float *qn, const float *
 		for (int i = lane; i < hd; i += 32)
 			dst[i] = v[i];
 	} else {
-		const int32_t blk = tables[tab_off[r] + p / g.block_tokens];
 		const int kvsel = is_k ? 0 : 1;
 		const int h = head - n_heads - (is_k ? 0 : nkv);
 		bf16 *dst = kv + k_kv_offset(g, blk, layer, kvsel, h, p % g.block_tokens);
@@ -812,14 +816,34 @@ attw_warp_smem(int hd, int group)
 	       (size_t)32 * hd * sizeof(bf16);
 }
 
+// Rows [j0, j1) of the tile at position t0 (lane j's block blk) of kv head
+// kvh into the warp's shared K and V rows, all in flight at once, each copy
+// instruction 32 consecutive 16-byte chunks (whole rows: coalesced).  Every
+// lane takes part in the shuffle.
+static __device__ __forceinline__ void
+attw_copy_rows(bf16 *ks, bf16 *vs, const bf16 *kv, const k_kv_geom &g, int layer, int kvh, int32_t t0, int32_t blk,
+	       int j0, int j1)
+{
+	const int lane = threadIdx.x & 31, hd = g.head_dim, ks_row = hd + 8, cpr = hd / 8;
+	for (int i0 = j0 * cpr; i0 < j1 * cpr; i0 += 32) {
+		const int i = i0 + lane, j = min(i / cpr, 31), c = i % cpr;
+		const int32_t bj = __shfl_sync(0xffffffffu, blk, j);
+		if (i < j1 * cpr) {
+			const int off = (t0 + j) % g.block_tokens;
+			cp_async16(ks + j * ks_row + c * 8, kv + k_kv_offset(g, bj, layer, 0, kvh, off) + c * 8);
+			cp_async16(vs + j * hd + c * 8, kv + k_kv_offset(g, bj, layer, 1, kvh, off) + c * 8);
+		}
+	}
+}
+
 template <int DPL>
 static __device__ void
 attention_warp_unit(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
 		    const int32_t *item_rows, const k_attn_item &it, int kvh, int n_heads, k_kv_geom g, int layer,
-		    float *part_ml, float *part_acc, float *qs)
+		    float *part_ml, float *part_acc, float *qs, int pre)
 {
 	const int lane = threadIdx.x & 31, hd = g.head_dim, group = n_heads / g.n_kv_heads;
-	const int ks_row = hd + 8, cpr = hd / 8;      // bf16 per ks row; 16-byte chunks per row
+	const int ks_row = hd + 8;      // bf16 per ks row
 	bf16 *ks = (bf16 *)(qs + group * hd), *vs = ks + 32 * ks_row;
 	const float scale = LOG2E / sqrtf((float)hd);
 	const int r = item_rows[it.row0];
@@ -843,18 +867,7 @@ attention_warp_unit(const float *q, const bf16 *kv, const int32_t *tables, const
 		const bool ok = p < end;
 		const int32_t blk = ok ? table[p / g.block_tokens] : 0;
 		const int n = min(32, end - t0);
-		// The tile's K and V rows into shared memory, all in flight at
-		// once, each copy instruction 32 consecutive 16-byte chunks (whole
-		// rows: coalesced).  Every lane takes part in the shuffle.
-		for (int i0 = 0; i0 < n * cpr; i0 += 32) {
-			const int i = i0 + lane, j = min(i / cpr, 31), c = i % cpr;
-			const int32_t bj = __shfl_sync(0xffffffffu, blk, j);
-			if (i < n * cpr) {
-				const int off = (t0 + j) % g.block_tokens;
-				cp_async16(ks + j * ks_row + c * 8, kv + k_kv_offset(g, bj, layer, 0, kvh, off) + c * 8);
-				cp_async16(vs + j * hd + c * 8, kv + k_kv_offset(g, bj, layer, 1, kvh, off) + c * 8);
-			}
-		}
+		attw_copy_rows(ks, vs, kv, g, layer, kvh, t0, blk, t0 == it.kv0 ? pre : 0, n);
 		cp_async_wait_all();
 		__syncwarp();
 		float sc[8];
@@ -966,13 +979,59 @@ attention_warp_kernel(const float *q, const bf16 *kv, const int32_t *tables, con
 		      const int32_t *item_rows, const k_attn_item *items, const int *n_items, int n_heads,
 		      k_kv_geom g, int layer, float *part_ml, float *part_acc)
 {
+	k_pdl_trigger();
 	extern __shared__ __align__(16) float attw_sm[];
-	const int w = threadIdx.x >> 5;
-	const int first = n_items[0], units = n_items[1] * g.n_kv_heads;
-	float *qs = (float *)((char *)attw_sm + w * attw_warp_smem(g.head_dim, n_heads / g.n_kv_heads));
-	for (int u = blockIdx.x * ATTW_WARPS + w; u < units; u += gridDim.x * ATTW_WARPS)
+	const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, group = n_heads / g.n_kv_heads;
+	const int first = n_items[0], units = n_items[1] * g.n_kv_heads, u0 = blockIdx.x * ATTW_WARPS + w;
+	float *qs = (float *)((char *)attw_sm + w * attw_warp_smem(g.head_dim, group));
+	// Before the wait (launched with k_launch, the kernels before may still
+	// run): the metadata, uploaded before the pass, and the first tile's K
+	// and V rows older than the row's own position - written by earlier
+	// passes; this pass writes only a row's own position (a pass launched so
+	// has one row).  Launched plainly, everything before has finished.
+	int pre = 0;
+	if (u0 < units) {
+		const k_attn_item it = items[first + u0 / g.n_kv_heads];
+		const int32_t pr = pos[item_rows[it.row0]], end = min(it.kv1, pr + 1);
+		if (it.kv0 < end) {
+			const int32_t p = it.kv0 + lane;
+			const int32_t blk = p < end ? tables[it.tab + p / g.block_tokens] : 0;
+			pre = max(0, min(min(32, end - it.kv0), pr - it.kv0));
+			bf16 *ks = (bf16 *)(qs + group * g.head_dim);
+			attw_copy_rows(ks, ks + 32 * (g.head_dim + 8), kv, g, layer, u0 % g.n_kv_heads, it.kv0, blk, 0, pre);
+		}
+	}
+	k_pdl_wait();
+	for (int u = u0; u < units; u += gridDim.x * ATTW_WARPS)
 		attention_warp_unit<DPL>(q, kv, tables, pos, item_rows, items[first + u / g.n_kv_heads],
-					 u % g.n_kv_heads, n_heads, g, layer, part_ml, part_acc, qs);
+					 u % g.n_kv_heads, n_heads, g, layer, part_ml, part_acc, qs, u == u0 ? pre : 0);
+}
+
+// The one-warp kernel for head_dim g.head_dim on `warps` warps, launched
+// plainly or (pdl) with k_launch.
+static cudaError_t
+launch_warp(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos, const int32_t *item_rows,
+	    const k_attn_item *items, const int *n_items, int warps, int n_heads, k_kv_geom g, int layer,
+	    float *part_ml, float *part_acc, cudaStream_t s, int pdl)
+{
+	void (*kern)(const float *, const bf16 *, const int32_t *, const int32_t *, const int32_t *,
+		     const k_attn_item *, const int *, int, k_kv_geom, int, float *, float *);
+	switch (g.head_dim) {
+	case 16:
+	case 32: kern = attention_warp_kernel<1>; break;
+	case 64: kern = attention_warp_kernel<2>; break;
+	case 128: kern = attention_warp_kernel<4>; break;
+	case 256: kern = attention_warp_kernel<8>; break;
+	default: return cudaSuccess;     // no item is a warp item (k_attn_warp_item)
+	}
+	const dim3 blocks((warps + ATTW_WARPS - 1) / ATTW_WARPS), threads(ATTW_WARPS * 32);
+	const size_t smem = ATTW_WARPS * attw_warp_smem(g.head_dim, n_heads / g.n_kv_heads);
+	if (pdl)
+		return k_launch(kern, blocks, threads, smem, s, q, kv, tables, pos, item_rows, items, n_items, n_heads, g,
+				layer, part_ml, part_acc);
+	kern<<<blocks, threads, smem, s>>>(q, kv, tables, pos, item_rows, items, n_items, n_heads, g, layer, part_ml,
+					   part_acc);
+	return cudaGetLastError();
 }
 
 cudaError_t
@@ -984,20 +1043,17 @@ k_attention(const float *q, const bf16 *kv, const int32_t *tables, const int32_t
 				 q, kv, tables, pos, item_rows, items, n_items, n_heads, g, layer, part_ml, part_acc, att_mma);
 	if (e != cudaSuccess || warps <= 0)
 		return e;
-	const int blocks = (warps + ATTW_WARPS - 1) / ATTW_WARPS;
-	const size_t smem = ATTW_WARPS * attw_warp_smem(g.head_dim, n_heads / g.n_kv_heads);
-#define ATTW(D) attention_warp_kernel<D><<<blocks, ATTW_WARPS * 32, smem, s_warp>>>( \
-		q, kv, tables, pos, item_rows, items, n_items, n_heads, g, layer, part_ml, part_acc)
-	switch (g.head_dim) {
-	case 16:
-	case 32: ATTW(1); break;
-	case 64: ATTW(2); break;
-	case 128: ATTW(4); break;
-	case 256: ATTW(8); break;
-	default: return cudaSuccess;     // no item is a warp item (k_attn_warp_item)
-	}
-#undef ATTW
-	return cudaGetLastError();
+	return launch_warp(q, kv, tables, pos, item_rows, items, n_items, warps, n_heads, g, layer, part_ml, part_acc,
+			   s_warp, 0);
+}
+
+cudaError_t
+k_attention_decode(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
+		   const int32_t *item_rows, const k_attn_item *items, const int *n_items, int warps, int n_heads,
+		   k_kv_geom g, int layer, float *part_ml, float *part_acc, cudaStream_t s)
+{
+	return launch_warp(q, kv, tables, pos, item_rows, items, n_items, warps, n_heads, g, layer, part_ml, part_acc,
+			   s, 1);
 }
 
 // grid (rows, ceil(n_heads / 4)), 128 threads: warp w merges head 4y + w

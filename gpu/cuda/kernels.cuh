@@ -84,6 +84,15 @@ cudaError_t k_attention(const float *q, const bf16 *kv, const int32_t *tables, c
 			int ctas, int warps, int n_heads, k_kv_geom g, int layer, float *part_ml,
 			float *part_acc, cudaStream_t s, cudaStream_t s_warp);
 
+// k_attention's one-warp kernel alone on `warps` warps, on s with
+// programmatic dependent launch: for one-row passes (only decode items, see
+// k_attn_warp_item).  Before it waits for the kernel before, each warp
+// reads its first unit's metadata and fetches that tile's K/V rows older
+// than the row's position; so the pass may write no other position.
+cudaError_t k_attention_decode(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
+			       const int32_t *item_rows, const k_attn_item *items, const int *n_items, int warps,
+			       int n_heads, k_kv_geom g, int layer, float *part_ml, float *part_acc, cudaStream_t s);
+
 // 1 if an item of n_rows rows goes to the one-warp decode kernel: a single
 // row, at most 8 q heads per kv head, head_dim 16, 32, 64, 128 or 256.
 int k_attn_warp_item(int n_rows, int n_heads, int n_kv_heads, int hd);

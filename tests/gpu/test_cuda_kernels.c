@@ -506,9 +506,9 @@ plan_shuffle(struct att *A)
 }
 
 /* Run the plan and compare with the reference; rows >= n_active must come
- * back zero. */
+ * back zero.  decode_path: the one-row passes' launch (decode items only). */
 static void
-att_run(struct att *A, const char *what, int ctas)
+att_run_on(struct att *A, const char *what, int ctas, int decode_path)
 {
 	const int qd = A->nh * A->hd;
 	const size_t n = (size_t)A->rows * qd;
@@ -520,15 +520,31 @@ att_run(struct att *A, const char *what, int ctas)
 		.n_heads = A->nh, .g = A->g, .layer = A->layer, .n_blocks = A->n_blocks, .kv = A->kv,
 		.tables = A->tables, .n_tables = A->n_tables, .rows = A->rows, .n_active = A->n_active, .q = A->q,
 		.pos = A->pos, .item_rows = A->item_rows, .n_item_rows = A->n_item_rows, .items = A->items,
-		.n_items = A->n_items, .ctas = ctas,
+		.n_items = A->n_items, .ctas = ctas, .decode_path = decode_path,
 	};
 	char shape[128];
-	snprintf(shape, sizeof shape, "%d/%d hd %2d %s: %d rows %d items %d ctas", A->nh, A->g.n_kv_heads, A->hd,
-		 what, A->rows, A->n_items, ctas);
+	snprintf(shape, sizeof shape, "%d/%d hd %2d %s: %d rows %d items %d %s", A->nh, A->g.n_kv_heads, A->hd,
+		 what, A->rows, A->n_items, ctas, decode_path ? "warps, decode path" : "ctas");
 	if (gc_called(kc_attention(&a, out, err, sizeof err), "kc_attention", err))
 		compare("attention", shape, out, ref, n, (size_t)qd, BF16_REL, ATT_TOL);
 	free(out);
 	free(ref);
+}
+
+static void
+att_run(struct att *A, const char *what, int ctas)
+{
+	att_run_on(A, what, ctas, 0);
+}
+
+/* Decode items only: the usual launch, then (where the geometry has
+ * one-warp items) the one-row passes' launch. */
+static void
+att_run_decode(struct att *A, const char *what, int ctas)
+{
+	att_run_on(A, what, ctas, 0);
+	if (kc_attn_warp_item(1, A->nh, A->g.n_kv_heads, A->hd))
+		att_run_on(A, what, ctas, 1);
 }
 
 /* (a) decode and (b) split-K: 8 sequences, one row each at its last
@@ -549,7 +565,7 @@ att_decode(int nh, int nkv, int hd)
 	plan_reset(&A);
 	for (int s = 0; s < n_seq; s++)
 		plan_item(&A, &s, 1, s, 0, lens[s]);
-	att_run(&A, "(a) decode", 132);
+	att_run_decode(&A, "(a) decode", 132);
 
 	static const int chunks[] = { 32, 96, 0 };
 	static const char *names[] = { "(b) split-K 32", "(b) split-K 96", "(b) split-K uneven" };
@@ -559,7 +575,7 @@ att_decode(int nh, int nkv, int hd)
 			plan_chunks(&A, &s, 1, s, 0, lens[s], chunks[c]);
 		if (chunks[c] == 0)
 			plan_shuffle(&A);
-		att_run(&A, names[c], c == 0 ? 5 : 1000);
+		att_run_decode(&A, names[c], c == 0 ? 5 : 1000);
 	}
 	att_free(&A);
 }
