@@ -22,36 +22,16 @@
 #include "st_writer.h"
 #include "testutil.h"
 
-struct fx {
-	char *dir;
-	char cfg_path[1024];
-	char err[ENG_ERRLEN];
-};
-
 static int
 setup(void **state)
 {
-	struct fx *fx = calloc(1, sizeof *fx);
-	if (!fx)
-		return -1;
-	fx->dir = tu_tmpdir();
-	if (!fx->dir) {
-		free(fx);
-		return -1;
-	}
-	snprintf(fx->cfg_path, sizeof fx->cfg_path, "%s/config.json", fx->dir);
-	*state = fx;
-	return 0;
+	return tu_dirfx_setup(state, "config.json");
 }
 
 static int
 teardown(void **state)
 {
-	struct fx *fx = *state;
-	tu_rmtree(fx->dir);
-	free(fx->dir);
-	free(fx);
-	return 0;
+	return tu_dirfx_teardown(state);
 }
 
 static void
@@ -81,23 +61,23 @@ base_config(const char *arch)
 }
 
 static void
-write_config(struct fx *fx, json_t *c)
+write_config(struct tu_dirfx *fx, json_t *c)
 {
-	assert_int_equal(json_dump_file(c, fx->cfg_path, JSON_INDENT(1)), 0);
+	assert_int_equal(json_dump_file(c, fx->path, JSON_INDENT(1)), 0);
 }
 
 /* Write c, load it, and expect status st with err containing s1 (and s2). */
 static void
-expect_cfg_error(struct fx *fx, json_t *c, int st, const char *s1, const char *s2)
+expect_cfg_error(struct tu_dirfx *fx, json_t *c, int st, const char *s1, const char *s2)
 {
 	struct model_config cfg;
 	write_config(fx, c);
 	fx->err[0] = 0;
-	int rc = mcfg_load(fx->cfg_path, &cfg, fx->err, sizeof fx->err);
+	int rc = mcfg_load(fx->path, &cfg, fx->err, sizeof fx->err);
 	if (rc != st)
 		fprintf(stderr, "rc %d (%s), want %d: %s\n", rc, eng_strerror(rc), st, fx->err);
 	assert_int_equal(rc, st);
-	expect_substr(fx->err, fx->cfg_path);
+	expect_substr(fx->err, fx->path);
 	expect_substr(fx->err, s1);
 	if (s2)
 		expect_substr(fx->err, s2);
@@ -107,7 +87,7 @@ expect_cfg_error(struct fx *fx, json_t *c, int st, const char *s1, const char *s
 static void
 test_config_defaults(void **state)
 {
-	struct fx *fx = *state;
+	struct tu_dirfx *fx = *state;
 	struct model_config cfg;
 	json_t *c = base_config("LlamaForCausalLM");
 	json_object_del(c, "num_key_value_heads");
@@ -118,7 +98,7 @@ test_config_defaults(void **state)
 	json_object_del(c, "eos_token_id");
 	json_object_del(c, "max_position_embeddings");
 	write_config(fx, c);
-	assert_int_equal(mcfg_load(fx->cfg_path, &cfg, fx->err, sizeof fx->err), 0);
+	assert_int_equal(mcfg_load(fx->path, &cfg, fx->err, sizeof fx->err), 0);
 	assert_int_equal(cfg.arch, ARCH_LLAMA);
 	assert_string_equal(cfg.arch_name, "LlamaForCausalLM");
 	assert_int_equal(cfg.n_kv_heads, 4);
@@ -137,14 +117,14 @@ test_config_defaults(void **state)
 	/* Qwen2: q/k/v biases; Qwen3: q/k norm and its own head_dim. */
 	c = base_config("Qwen2ForCausalLM");
 	write_config(fx, c);
-	assert_int_equal(mcfg_load(fx->cfg_path, &cfg, fx->err, sizeof fx->err), 0);
+	assert_int_equal(mcfg_load(fx->path, &cfg, fx->err, sizeof fx->err), 0);
 	assert_int_equal(cfg.arch, ARCH_QWEN2);
 	assert_int_equal(cfg.attn_bias, 1);
 	assert_int_equal(cfg.qk_norm, 0);
 	json_decref(c);
 	c = base_config("Qwen3ForCausalLM");
 	write_config(fx, c);
-	assert_int_equal(mcfg_load(fx->cfg_path, &cfg, fx->err, sizeof fx->err), 0);
+	assert_int_equal(mcfg_load(fx->path, &cfg, fx->err, sizeof fx->err), 0);
 	assert_int_equal(cfg.arch, ARCH_QWEN3);
 	assert_int_equal(cfg.attn_bias, 0);
 	assert_int_equal(cfg.qk_norm, 1);
@@ -156,13 +136,13 @@ test_config_defaults(void **state)
 static void
 test_config_special_tokens(void **state)
 {
-	struct fx *fx = *state;
+	struct tu_dirfx *fx = *state;
 	struct model_config cfg;
 	json_t *c = base_config("LlamaForCausalLM");
 	json_object_set_new(c, "bos_token_id", json_integer(5));
 	json_object_set_new(c, "eos_token_id", json_pack("[i,i,i]", 7, 3, 95));
 	write_config(fx, c);
-	assert_int_equal(mcfg_load(fx->cfg_path, &cfg, fx->err, sizeof fx->err), 0);
+	assert_int_equal(mcfg_load(fx->path, &cfg, fx->err, sizeof fx->err), 0);
 	assert_int_equal(cfg.bos_id, 5);
 	assert_int_equal(cfg.n_eos, 3);
 	assert_int_equal(cfg.eos_ids[0], 7);
@@ -170,7 +150,7 @@ test_config_special_tokens(void **state)
 	assert_int_equal(cfg.eos_ids[2], 95);
 	json_object_set_new(c, "eos_token_id", json_integer(9));
 	write_config(fx, c);
-	assert_int_equal(mcfg_load(fx->cfg_path, &cfg, fx->err, sizeof fx->err), 0);
+	assert_int_equal(mcfg_load(fx->path, &cfg, fx->err, sizeof fx->err), 0);
 	assert_int_equal(cfg.n_eos, 1);
 	assert_int_equal(cfg.eos_ids[0], 9);
 	json_object_set_new(c, "eos_token_id", json_integer(96));
@@ -188,19 +168,19 @@ test_config_special_tokens(void **state)
 static void
 test_config_rope(void **state)
 {
-	struct fx *fx = *state;
+	struct tu_dirfx *fx = *state;
 	struct model_config a, b;
 
 	/* Top-level rope_theta and the rope_parameters form: same theta. */
 	json_t *c = base_config("Qwen2ForCausalLM");
 	json_object_set_new(c, "rope_theta", json_real(1000000.0));
 	write_config(fx, c);
-	assert_int_equal(mcfg_load(fx->cfg_path, &a, fx->err, sizeof fx->err), 0);
+	assert_int_equal(mcfg_load(fx->path, &a, fx->err, sizeof fx->err), 0);
 	json_object_del(c, "rope_theta");
 	json_object_set_new(c, "rope_parameters",
 			    json_pack("{s:s, s:f}", "rope_type", "default", "rope_theta", 1000000.0));
 	write_config(fx, c);
-	assert_int_equal(mcfg_load(fx->cfg_path, &b, fx->err, sizeof fx->err), 0);
+	assert_int_equal(mcfg_load(fx->path, &b, fx->err, sizeof fx->err), 0);
 	assert_true(a.rope_theta == 1000000.0);
 	assert_true(b.rope_theta == a.rope_theta);
 	assert_int_equal(a.rope_kind, ROPE_DEFAULT);
@@ -216,7 +196,7 @@ test_config_rope(void **state)
 				      "high_freq_factor", 4.0,
 				      "original_max_position_embeddings", 8192));
 	write_config(fx, c);
-	assert_int_equal(mcfg_load(fx->cfg_path, &a, fx->err, sizeof fx->err), 0);
+	assert_int_equal(mcfg_load(fx->path, &a, fx->err, sizeof fx->err), 0);
 	json_object_del(c, "rope_scaling");
 	json_object_del(c, "rope_theta");
 	json_object_set_new(c, "rope_parameters",
@@ -225,7 +205,7 @@ test_config_rope(void **state)
 				      "low_freq_factor", 1.0, "high_freq_factor", 4.0,
 				      "original_max_position_embeddings", 8192));
 	write_config(fx, c);
-	assert_int_equal(mcfg_load(fx->cfg_path, &b, fx->err, sizeof fx->err), 0);
+	assert_int_equal(mcfg_load(fx->path, &b, fx->err, sizeof fx->err), 0);
 	const struct model_config *both[2] = { &a, &b };
 	for (int i = 0; i < 2; i++) {
 		assert_int_equal(both[i]->rope_kind, ROPE_LLAMA3);
@@ -255,14 +235,14 @@ test_config_rope(void **state)
 static void
 test_config_errors(void **state)
 {
-	struct fx *fx = *state;
+	struct tu_dirfx *fx = *state;
 	struct model_config cfg;
 
 	/* Broken JSON: jansson's line and column. */
 	const char *broken = "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"hidden_size\": 64,,\n}\n";
-	assert_int_equal(tu_write_file(fx->cfg_path, broken, strlen(broken)), 0);
-	assert_int_equal(mcfg_load(fx->cfg_path, &cfg, fx->err, sizeof fx->err), ENG_ERR_FORMAT);
-	expect_substr(fx->err, fx->cfg_path);
+	assert_int_equal(tu_write_file(fx->path, broken, strlen(broken)), 0);
+	assert_int_equal(mcfg_load(fx->path, &cfg, fx->err, sizeof fx->err), ENG_ERR_FORMAT);
+	expect_substr(fx->err, fx->path);
 	expect_substr(fx->err, "line 3");
 	expect_substr(fx->err, "column");
 	printf("# ok: %s\n", fx->err);
@@ -331,15 +311,15 @@ test_config_errors(void **state)
 	json_object_set_new(c, "attention_bias", json_true());
 	json_object_set_new(c, "hidden_size", json_real(32.0));
 	write_config(fx, c);
-	assert_int_equal(mcfg_load(fx->cfg_path, &cfg, fx->err, sizeof fx->err), 0);
+	assert_int_equal(mcfg_load(fx->path, &cfg, fx->err, sizeof fx->err), 0);
 	assert_int_equal(cfg.attn_bias, 1);
 	assert_int_equal(cfg.hidden_size, 32);
 	json_decref(c);
 
 	/* Not an object at all. */
-	assert_int_equal(tu_write_file(fx->cfg_path, "[1]", 3), 0);
-	assert_int_equal(mcfg_load(fx->cfg_path, &cfg, fx->err, sizeof fx->err), ENG_ERR_FORMAT);
-	expect_substr(fx->err, fx->cfg_path);
+	assert_int_equal(tu_write_file(fx->path, "[1]", 3), 0);
+	assert_int_equal(mcfg_load(fx->path, &cfg, fx->err, sizeof fx->err), ENG_ERR_FORMAT);
+	expect_substr(fx->err, fx->path);
 }
 
 /* ---- model directories written by the test ------------------------------- */
@@ -631,7 +611,7 @@ check_model_dir(const char *dir)
 static void
 test_generated_models(void **state)
 {
-	struct fx *fx = *state;
+	struct tu_dirfx *fx = *state;
 	const struct {
 		const char *arch, *dtype;
 		int shards, tied;
@@ -698,7 +678,7 @@ test_reference_models(void **state)
 static void
 test_model_errors(void **state)
 {
-	struct fx *fx = *state;
+	struct tu_dirfx *fx = *state;
 	char dir[1100], err[ENG_ERRLEN];
 	json_t *c;
 	struct model *m;

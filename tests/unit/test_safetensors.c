@@ -210,36 +210,16 @@ test_dtype_helpers(void **state)
 
 /* ---- files ---------------------------------------------------------------- */
 
-struct fx {
-	char *dir;
-	char path[1024];
-	char err[ENG_ERRLEN];
-};
-
 static int
 setup(void **state)
 {
-	struct fx *fx = calloc(1, sizeof *fx);
-	if (!fx)
-		return -1;
-	fx->dir = tu_tmpdir();
-	if (!fx->dir) {
-		free(fx);
-		return -1;
-	}
-	snprintf(fx->path, sizeof fx->path, "%s/model.safetensors", fx->dir);
-	*state = fx;
-	return 0;
+	return tu_dirfx_setup(state, "model.safetensors");
 }
 
 static int
 teardown(void **state)
 {
-	struct fx *fx = *state;
-	tu_rmtree(fx->dir);
-	free(fx->dir);
-	free(fx);
-	return 0;
+	return tu_dirfx_teardown(state);
 }
 
 /* Is [p, p+n) inside a mapping of file path (per /proc/self/maps)? */
@@ -336,7 +316,7 @@ check_tensor(const st_set *set, const char *name, enum st_dtype dt, int ndim,
 static void
 test_single_file(void **state)
 {
-	struct fx *fx = *state;
+	struct tu_dirfx *fx = *state;
 	stw *w = stw_new();
 	assert_non_null(w);
 	add_reference(w, "", 15);
@@ -378,7 +358,7 @@ test_single_file(void **state)
 static void
 test_misaligned(void **state)
 {
-	struct fx *fx = *state;
+	struct tu_dirfx *fx = *state;
 	stw *w = stw_new();
 	assert_non_null(w);
 	add_reference(w, "", 15);
@@ -448,7 +428,7 @@ static const char *good_index =
 static void
 test_sharded(void **state)
 {
-	struct fx *fx = *state;
+	struct tu_dirfx *fx = *state;
 	char s1[1024], s2[1024];
 	write_shards(fx->dir, s1, s2);
 	write_index(fx->dir, good_index);
@@ -491,7 +471,7 @@ expect_fail(st_set *set, const char *err, ...)
 /* Write a raw file (declared length = strlen(header)) with n zero bytes of
  * data and expect opening it to fail with the given strings. */
 static void
-raw_case(struct fx *fx, const char *header, size_t n, const char *s1, const char *s2)
+raw_case(struct tu_dirfx *fx, const char *header, size_t n, const char *s1, const char *s2)
 {
 	unsigned char data[256] = { 0 };
 	assert_true(n <= sizeof data);
@@ -504,7 +484,7 @@ raw_case(struct fx *fx, const char *header, size_t n, const char *s1, const char
 static void
 test_corrupt_file(void **state)
 {
-	struct fx *fx = *state;
+	struct tu_dirfx *fx = *state;
 	unsigned char data[64] = { 0 };
 
 	/* Missing file, too short, N past the end. */
@@ -600,7 +580,7 @@ test_corrupt_file(void **state)
 static void
 test_corrupt_dir(void **state)
 {
-	struct fx *fx = *state;
+	struct tu_dirfx *fx = *state;
 	char s1[1024], s2[1024], ip[1100];
 	snprintf(ip, sizeof ip, "%s/model.safetensors.index.json", fx->dir);
 

@@ -116,3 +116,29 @@ tu_rmtree(const char *path)
 	if (path)
 		nftw(path, rm_one, 16, FTW_DEPTH | FTW_PHYS);
 }
+
+int
+tu_dirfx_setup(void **state, const char *name)
+{
+	struct tu_dirfx *fx = calloc(1, sizeof *fx);
+	if (!fx)
+		return -1;
+	fx->dir = tu_tmpdir();
+	if (!fx->dir) {
+		free(fx);
+		return -1;
+	}
+	snprintf(fx->path, sizeof fx->path, "%s/%s", fx->dir, name);
+	*state = fx;
+	return 0;
+}
+
+int
+tu_dirfx_teardown(void **state)
+{
+	struct tu_dirfx *fx = *state;
+	tu_rmtree(fx->dir);
+	free(fx->dir);
+	free(fx);
+	return 0;
+}
