@@ -166,10 +166,18 @@ aligned(const void *p, uintptr_t a)
 	return ((uintptr_t)p & (a - 1)) == 0;
 }
 
+// The shapes the GEMV takes: 1 to 16 rows of x, W's columns a positive
+// multiple of 8.
+static bool
+gemv_shape(int w_cols, int n)
+{
+	return n >= 1 && n <= 16 && w_cols > 0 && w_cols % 8 == 0;
+}
+
 static bool
 gemv_fits(int w_cols, int n, const bf16 *w, const bf16 *in)
 {
-	return n >= 1 && n <= 16 && w_cols > 0 && w_cols % 8 == 0 && aligned(w, 16) && aligned(in, 16);
+	return gemv_shape(w_cols, n) && aligned(w, 16) && aligned(in, 16);
 }
 
 static bool
@@ -467,7 +475,7 @@ tuned(k_gemm *g, int w_rows, int w_cols, int n)
 static bool
 gemv_choice(const k_gemm *g, const entry *en, int w_rows, int w_cols, int n, int *ks, int *unroll)
 {
-	if (g->plain || n < 1 || n > 16 || w_cols <= 0 || w_cols % 8 != 0)
+	if (g->plain || !gemv_shape(w_cols, n))
 		return false;
 	if (en) {
 		if (en->ch.path != PATH_GEMV)
@@ -714,7 +722,7 @@ static cudaError_t
 candidates(k_gemm *g, lt_layouts *lay, int w_cols, int n, std::vector<choice> *out)
 {
 	choice c = {};
-	if (n <= K_GEMM_GEMV_TUNE_MAX_N && w_cols % 8 == 0) {
+	if (n <= K_GEMM_GEMV_TUNE_MAX_N && gemv_shape(w_cols, n)) {
 		const int steps = (w_cols + 31) / 32;
 		static const int kss[] = { 1, 2, 4, 8 }, unrolls[] = { 4, 8 };
 		for (int ks : kss)
@@ -929,7 +937,7 @@ kc_gemm_case(const char *fn, const float *w, int rows, int cols, const float *x,
 		if (!gemv_config_ok(ks, unroll))
 			return kc_err(err, errlen, ENG_ERR_INVALID, "%s: no GEMV configuration ks %d unroll %d", fn, ks,
 				      unroll);
-		if (n > 16 || cols % 8 != 0)
+		if (!gemv_shape(cols, n))
 			return kc_err(err, errlen, ENG_ERR_UNSUPPORTED, "%s: the GEMV takes n <= 16 and cols %% 8 == 0 "
 				      "(n %d, cols %d)", fn, n, cols);
 	}
@@ -998,8 +1006,7 @@ extern "C" int
 kc_gemm_run(const float *w, int rows, int cols, const float *x, int n, float beta, float *y, int tune, char *err,
 	    int errlen)
 {
-	return kc_gemm_case("kc_gemm_run", w, rows, cols, x, n, beta, y, tune, PATH_AUTO, 0, 0, 1, NULL, NULL, 0, err,
-			    errlen);
+	return kc_gemm_run_what(w, rows, cols, x, n, beta, y, tune, NULL, 0, err, errlen);
 }
 
 extern "C" int
@@ -1038,7 +1045,7 @@ kc_gemm_time(int rows, int cols, int n, int path, int reps, double *us, char *wh
 	if (!us || rows <= 0 || cols <= 0 || n <= 0 || reps < 0 || path < KC_GEMM_GEMV || path > KC_GEMM_CUBLAS)
 		return kc_err(err, errlen, ENG_ERR_INVALID, "%s: bad arguments (rows %d, cols %d, n %d, path %d)", fn,
 			      rows, cols, n, path);
-	if (path == KC_GEMM_GEMV && (n > 16 || cols % 8 != 0))
+	if (path == KC_GEMM_GEMV && !gemv_shape(cols, n))
 		return kc_err(err, errlen, ENG_ERR_UNSUPPORTED, "%s: the GEMV takes n <= 16 and cols %% 8 == 0", fn);
 	kc_run R = {};
 	R.fn = fn;
