@@ -31,7 +31,7 @@
 static const struct cli_opt opts[] = {
 	{ "model", "DIR", "model directory to benchmark (default: --shape 0.6b)" },
 	{ "shape", "NAME", "random bf16 model of this shape: tiny, 0.6b, 1.7b, 8b (Qwen3 shapes)" },
-	{ "scratch", "DIR", "where --shape models are written and reused (default $TMPDIR or /tmp)" },
+	{ "scratch", "DIR", "where --shape models are written and reused (default $TMPDIR or /tmp; made if missing)" },
 	{ "n", "LIST", "comma-separated thread counts N to fork from the prompt (default 1,8,32)" },
 	{ "prompt-len", "T", "prompt tokens (default 128)" },
 	{ "gen", "T", "tokens generated per sequence (default 16)" },
@@ -128,6 +128,26 @@ rand_weight(uint64_t *st, float scale)
 	return (acc - 2.0f) * scale * 1.7320508f;
 }
 
+/* mkdir -p: dir and any missing parents; 0 or -1 with errno. */
+static int
+make_dirs(const char *dir)
+{
+	char p[4096];
+	if (snprintf(p, sizeof p, "%s", dir) >= (int)sizeof p) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	for (char *c = p + 1; *c; c++) {
+		if (*c != '/')
+			continue;
+		*c = '\0';
+		if (mkdir(p, 0755) != 0 && errno != EEXIST)
+			return -1;
+		*c = '/';
+	}
+	return mkdir(p, 0755) != 0 && errno != EEXIST ? -1 : 0;
+}
+
 static int
 write_shape_model(const struct shape *s, const char *dir)
 {
@@ -141,7 +161,7 @@ write_shape_model(const struct shape *s, const char *dir)
 	json_t *hdr = json_object();
 	char *hjson = NULL;
 	uint16_t *buf = NULL;
-	if (mkdir(dir, 0755) != 0 && errno != EEXIST) {
+	if (make_dirs(dir) != 0) {
 		fprintf(stderr, "braid bench: mkdir %s: %s\n", dir, strerror(errno));
 		goto done;
 	}

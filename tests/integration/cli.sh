@@ -19,7 +19,7 @@ fails_clearly() {
 	else not_ok "$d (rc=$rc, stderr: $(head -c 300 "$T/err"))"; fi
 }
 
-tap_plan 42
+tap_plan 44
 
 # ---- the reference data is what tools/make_refs.py wrote (tests/data/ref/README.md) ----
 check "reference data matches ref/SHA256SUMS" sh -c "cd '$D' && sha256sum --quiet -c ref/SHA256SUMS"
@@ -120,6 +120,11 @@ check "bench --kv-mb 1: the pool is at most 1 MiB and the run fits" sh -c "[ $rc
 fails_clearly "bench: a KV pool too small for the run names --kv-mb" 1 "give a larger --kv-mb" "$B" bench --model "$M" --n 1,64 --prompt-len 100 --gen 100 --kv-mb 1
 fails_clearly "bench: a prompt past the model's context is a clear error" 2 "context of 256 positions" "$B" bench --model "$M" --prompt-len 400
 fails_clearly "bench: a KV size of 0 MiB" 2 "kv-mb" "$B" bench --model "$M" --kv-mb 0
+run "$B" bench --device cpu --shape tiny --scratch "$T/scratch/a/b" --n 1 --prompt-len 8 --gen 2
+check "bench --shape writes its model under a --scratch directory it makes (parents too)" \
+	sh -c "[ $rc -eq 0 ] && [ -s '$T/scratch/a/b/braid-bench-tiny/model.safetensors' ]"
+fails_clearly "bench: a --scratch that cannot be made is a clear error" 1 "Not a directory" \
+	"$B" bench --device cpu --shape tiny --scratch "$T/out/x" --n 1 --prompt-len 8 --gen 2
 
 # ---- bench --server-path (a smoke run: fields and bookkeeping, not timings) -----------------
 run "$B" bench --server-path --model "$M" --jobs 1,2 --n 2 --gen 4 --clients 3 --json "$T/sbench.json"
