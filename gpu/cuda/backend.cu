@@ -81,6 +81,7 @@ struct cuda_backend {
 	struct model_config c;
 	int qd, kd, qkvd;            // nh*hd, nkv*hd, qd + 2*kd
 	int max_rows, max_seqs, use_graphs, n_sm, ctas, warps, one_stream, one_warps;
+	bool warp_items;             // one-row items go to the one-warp kernel (k_attn_warp_item)
 	// Rows the buffers hold: max_rows, or the graph bucket above it (a pass
 	// of max_rows or fewer rows runs padded to its bucket).
 	int rows_cap;
@@ -414,9 +415,7 @@ make_plan(struct cuda_backend *cb, const struct fwd_batch *b, const int32_t *slo
 	const long target = 4L * cb->ctas;     // units in flight: CTAs and warps
 	long ch = (work * cb->c.n_kv_heads + target - 1) / target;
 	ch = std::max<long>(ATT_MIN_CHUNK, (ch + K_ATT_TILE - 1) / K_ATT_TILE * K_ATT_TILE);
-	auto is_warp = [&](const task &t) {
-		return k_attn_warp_item(t.n_rows, cb->c.n_heads, cb->c.n_kv_heads, cb->c.head_dim) != 0;
-	};
+	auto is_warp = [&](const task &t) { return t.n_rows == 1 && cb->warp_items; };
 	// The one-warp kernel's chunks: ch / ATT_WARP_SPLIT.
 	long chw = std::max<long>(ATT_MIN_CHUNK, (ch / ATT_WARP_SPLIT + K_ATT_TILE - 1) / K_ATT_TILE * K_ATT_TILE);
 	for (;; ch *= 2, chw *= 2) {
@@ -580,8 +579,7 @@ enqueue_pass(struct cuda_backend *cb, int rows, int nlog)
 		// launched plainly: that ends the chain of early-scheduled kernels
 		// at each layer (with the merge launched early too, the later
 		// kernels' early starts cost 8b N=1 13%).
-		const bool one = rows == 1 && cb->one_stream &&
-				 k_attn_warp_item(1, c->n_heads, c->n_kv_heads, c->head_dim);
+		const bool one = rows == 1 && cb->one_stream && cb->warp_items;
 		if (one) {
 			CK(k_attention_decode(cb->q, cb->kv, tables, pos, item_rows, items, n_items, cb->one_warps, c->n_heads,
 					      cb->g, l, cb->part_ml, cb->part_acc, cb->st));
@@ -778,7 +776,6 @@ cuda_sample(void *self, const struct cuda_samp_row *rows, int n, struct samp_res
 	// leave h_srows in flight.
 	if (cb->srows_busy)
 		CK(cudaStreamSynchronize(cb->st));
-	cb->srows_busy = false;
 	memcpy(cb->h_srows, rows, (size_t)n * sizeof *rows);
 	if (cb->timing)
 		CK(cudaEventRecord(cb->ev_t[2], cb->st));
@@ -1015,6 +1012,7 @@ create(struct cuda_backend *cb, const struct cuda_backend_params *p, size_t *wei
 	per_sm = (int)(prop.sharedMemPerMultiprocessor / (k_attention_smem(c->head_dim) + 1024));
 	cb->ctas = cb->n_sm * std::max(1, std::min(per_sm, 4));
 	cb->warps = cb->n_sm * 32;
+	cb->warp_items = k_attn_warp_item(1, c->n_heads, c->n_kv_heads, c->head_dim) != 0;
 	// The one-row path (enqueue_pass): 4 warps an SM measured best of 2, 4
 	// and 8 (0.6b N=1); BRAID_ATT_ONE_STREAM=0 turns the path off.
 	const char *os = getenv("BRAID_ATT_ONE_STREAM");
