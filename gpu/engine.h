@@ -116,11 +116,12 @@ int eng_step(eng *e, struct eng_token *out, int cap, int *n_out);
 
 /* KV usage, in blocks. */
 int eng_kv_blocks_total(const eng *e);
+int eng_kv_blocks_free(const eng *e);
+
 /* The backend's timing (struct backend_timing, gpu/backend.h): on = 1
  * starts it, 0 stops it; out, when not NULL, gets the totals.
  * ENG_ERR_UNSUPPORTED where the backend has none (the CPU backend). */
 struct backend_timing;
 int eng_backend_timing(eng *e, int on, struct backend_timing *out);
-int eng_kv_blocks_free(const eng *e);
 
 #endif

@@ -232,7 +232,7 @@ kc_attn_warp_item(int n_rows, int n_heads, int n_kv_heads, int head_dim)
 	return k_attn_warp_item(n_rows, n_heads, n_kv_heads, head_dim);
 }
 
-int
+extern "C" int
 kc_attention_max_rows(int n_heads, int n_kv_heads, int head_dim)
 {
 	return k_attention_max_rows(n_heads, n_kv_heads, head_dim);

@@ -785,11 +785,6 @@ k_attn_warp_item(int n_rows, int n_heads, int n_kv_heads, int hd)
 // and 4 measured within 3% of each other at N = 8..128.
 #define ATTW_WARPS 2
 
-// A decode unit: one query row (its group of q heads) against positions
-// [kv0, min(kv1, pos + 1)) for one kv head, on one warp with no block
-// barrier, so that many run side by side on an SM.  Scores: lane = position
-// (a tile of 32), the whole head_dim dot per lane; output: lane = DPL
-// consecutive dims.
 // 16 bytes from global to shared memory without a register (cp.async.cg:
 // L2 only), and the wait for all of a thread's copies.
 static __device__ __forceinline__ void
@@ -816,6 +811,14 @@ attw_warp_smem(int hd, int group)
 	       (size_t)32 * hd * sizeof(bf16);
 }
 
+// The K rows of the warp's shared memory whose queries start at qs (V's
+// follow at ks + 32 * (hd + 8)), as attw_warp_smem lays them out.
+static __device__ __forceinline__ bf16 *
+attw_ks(float *qs, int hd, int group)
+{
+	return (bf16 *)(qs + group * hd);
+}
+
 // Rows [j0, j1) of the tile at position t0 (lane j's block blk) of kv head
 // kvh into the warp's shared K and V rows, all in flight at once, each copy
 // instruction 32 consecutive 16-byte chunks (whole rows: coalesced).  Every
@@ -836,6 +839,11 @@ attw_copy_rows(bf16 *ks, bf16 *vs, const bf16 *kv, const k_kv_geom &g, int layer
 	}
 }
 
+// A decode unit: one query row (its group of q heads) against positions
+// [kv0, min(kv1, pos + 1)) for one kv head, on one warp with no block
+// barrier, so that many run side by side on an SM.  Scores: lane = position
+// (a tile of 32), the whole head_dim dot per lane; output: lane = DPL
+// consecutive dims.
 template <int DPL>
 static __device__ void
 attention_warp_unit(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
@@ -844,7 +852,7 @@ attention_warp_unit(const float *q, const bf16 *kv, const int32_t *tables, const
 {
 	const int lane = threadIdx.x & 31, hd = g.head_dim, group = n_heads / g.n_kv_heads;
 	const int ks_row = hd + 8;      // bf16 per ks row
-	bf16 *ks = (bf16 *)(qs + group * hd), *vs = ks + 32 * ks_row;
+	bf16 *ks = attw_ks(qs, hd, group), *vs = ks + 32 * ks_row;
 	const float scale = LOG2E / sqrtf((float)hd);
 	const int r = item_rows[it.row0];
 	const int32_t end = min(it.kv1, pos[r] + 1);
@@ -997,7 +1005,7 @@ attention_warp_kernel(const float *q, const bf16 *kv, const int32_t *tables, con
 			const int32_t p = it.kv0 + lane;
 			const int32_t blk = p < end ? tables[it.tab + p / g.block_tokens] : 0;
 			pre = max(0, min(min(32, end - it.kv0), pr - it.kv0));
-			bf16 *ks = (bf16 *)(qs + group * g.head_dim);
+			bf16 *ks = attw_ks(qs, g.head_dim, group);
 			attw_copy_rows(ks, ks + 32 * (g.head_dim + 8), kv, g, layer, u0 % g.n_kv_heads, it.kv0, blk, 0, pre);
 		}
 	}
