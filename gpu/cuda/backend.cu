@@ -112,7 +112,6 @@ struct cuda_backend {
 	long pass, profile_pass;
 
 	struct cuda_samp_row *d_srows, *h_srows;
-	bool srows_busy;             // a copy from h_srows may be in flight (a failed cuda_sample)
 	// One buffer for a sampling launch's results and, right behind the n
 	// results, their n statuses, so a step's outcome comes back in one copy
 	// (h_sout, pinned, the same layout).
@@ -770,16 +769,10 @@ cuda_sample(void *self, const struct cuda_samp_row *rows, int n, struct samp_res
 	for (int i = 0; i < n; i++)
 		if (rows[i].slot < 0 || rows[i].slot >= cb->max_seqs)
 			return ENG_ERR_INVALID;
-	// No wait for the pass before: the copy, the kernel and the copy back
-	// queue behind it on st, so the GPU goes from the pass to sampling
-	// without waiting on the host.  Only a call that failed midway can
-	// leave h_srows in flight.
-	if (cb->srows_busy)
-		CK(cudaStreamSynchronize(cb->st));
+	CK(cudaStreamSynchronize(cb->st));           // h_srows may be in flight
 	memcpy(cb->h_srows, rows, (size_t)n * sizeof *rows);
 	if (cb->timing)
 		CK(cudaEventRecord(cb->ev_t[2], cb->st));
-	cb->srows_busy = true;
 	CK(cudaMemcpyAsync(cb->d_srows, cb->h_srows, (size_t)n * sizeof *rows, cudaMemcpyHostToDevice, cb->st));
 	const size_t res_bytes = (size_t)n * sizeof *out, stat_bytes = (size_t)n * sizeof *status;
 	int rc = cuda_sample_launch(cb->slots, cb->c.vocab_size, cb->d_srows, n, (struct samp_result *)cb->d_sout,
@@ -797,7 +790,6 @@ cuda_sample(void *self, const struct cuda_samp_row *rows, int n, struct samp_res
 		cb->tm.samples++;
 	}
 	CK(cudaStreamSynchronize(cb->st));
-	cb->srows_busy = false;
 	if (cb->timing)
 		timing_collect(cb);
 	memcpy(out, cb->h_sout, res_bytes);
