@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # gpu_check.sh - the GPU tests in one command, run on the GPU machine from the
 # repository root: each tests/gpu program plainly, then under
-# compute-sanitizer memcheck (leak check on); a summary line per run, exit 1
-# if any failed.
+# compute-sanitizer memcheck (leak check on), test_cuda_engine also with
+# BRAID_ATT_CLUSTER=auto and BRAID_FUSE_SWIGLU=0; a summary line per run,
+# exit 1 if any failed.
 #
 #   tools/gpu_check.sh [--bin DIR] [--no-sanitizer] [--only NAME,...]
 #
@@ -85,6 +86,12 @@ for p in "$@"; do
 		continue
 	fi
 	run "$name" "$logs/$name.log" "$p"
+	# The engine again on the paths its switches choose (off by default or
+	# on by default): one-row attention on clusters, SwiGLU as its own kernel.
+	if [ "$name" = test_cuda_engine ]; then
+		run "$name BRAID_ATT_CLUSTER=auto" "$logs/$name.cluster.log" env BRAID_ATT_CLUSTER=auto "$p"
+		run "$name BRAID_FUSE_SWIGLU=0" "$logs/$name.nofuse.log" env BRAID_FUSE_SWIGLU=0 "$p"
+	fi
 	[ "$sanitize" = 1 ] || continue
 	run "$name (memcheck)" "$logs/$name.memcheck.log" "$cs" --tool memcheck --leak-check full \
 		--report-api-errors no --error-exitcode 9 "$p"

@@ -51,7 +51,7 @@ static const int buckets[] = { 1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 80, 96, 128, 
 struct cl_layer {
 	bf16 *wqkv;          // (nh*hd + 2*nkv*hd, hidden)
 	bf16 *wo;            // (hidden, nh*hd)
-	bf16 *wgu;           // (2*inter, hidden): gate rows then up rows
+	bf16 *wgu;           // (2*inter, hidden): gate and up rows interleaved (2j gate j, 2j+1 up j)
 	bf16 *wdown;         // (hidden, inter)
 	float *bqkv;         // (nh*hd + 2*nkv*hd) or NULL
 	float *attn_norm, *mlp_norm;   // (hidden)
@@ -80,7 +80,7 @@ struct cuda_backend {
 	const struct model *m;
 	struct model_config c;
 	int qd, kd, qkvd;            // nh*hd, nkv*hd, qd + 2*kd
-	int max_rows, max_seqs, use_graphs, n_sm, ctas, warps, one_stream, one_warps;
+	int max_rows, max_seqs, use_graphs, n_sm, ctas, warps, one_stream, one_warps, att_cluster, fuse_swiglu;
 	bool warp_items;             // one-row items go to the one-warp kernel (k_attn_warp_item)
 	// Rows the buffers hold: max_rows, or the graph bucket above it (a pass
 	// of max_rows or fewer rows runs padded to its bucket).
@@ -165,8 +165,12 @@ stage_bf16(const struct weight *w, bf16 *dst)
 		dst[i] = __float2bfloat16(st_load(w->data, w->dtype, i));
 }
 
+// ws[0..nw) concatenated by rows, as bf16 on the device; with pairs (nw 2,
+// equal shapes) their rows interleaved instead: row 2j = ws[0]'s j, row
+// 2j+1 = ws[1]'s j (the gate and up projections, for k_gemm_run_swiglu).
 static int
-upload_bf16(struct cuda_backend *cb, const struct weight *const *ws, int nw, bf16 **out, size_t *bytes)
+upload_bf16(struct cuda_backend *cb, const struct weight *const *ws, int nw, bf16 **out, size_t *bytes,
+	    bool pairs = false)
 {
 	size_t n = 0;
 	for (int i = 0; i < nw; i++)
@@ -180,6 +184,28 @@ upload_bf16(struct cuda_backend *cb, const struct weight *const *ws, int nw, bf1
 	for (int i = 0; i < nw; i++) {
 		stage_bf16(ws[i], host + at);
 		at += (size_t)ws[i]->rows * (size_t)ws[i]->cols;
+	}
+	if (pairs && (nw != 2 || ws[0]->rows != ws[1]->rows || ws[0]->cols != ws[1]->cols)) {
+		free(host);
+		snprintf(cb->err, sizeof cb->err, "gate and up projections of different shapes (%lldx%lld, %lldx%lld)",
+			 (long long)ws[0]->rows, (long long)ws[0]->cols, (long long)ws[nw > 1]->rows,
+			 (long long)ws[nw > 1]->cols);
+		return ENG_ERR_INVALID;
+	}
+	if (pairs) {
+		bf16 *mixed = (bf16 *)malloc(n * sizeof(bf16));
+		if (!mixed) {
+			free(host);
+			snprintf(cb->err, sizeof cb->err, "out of host memory staging %zu weights", n);
+			return ENG_ERR_NOMEM;
+		}
+		const size_t rows = (size_t)ws[0]->rows, cols = (size_t)ws[0]->cols;
+		for (size_t j = 0; j < rows; j++) {
+			memcpy(mixed + (2 * j) * cols, host + j * cols, cols * sizeof(bf16));
+			memcpy(mixed + (2 * j + 1) * cols, host + (rows + j) * cols, cols * sizeof(bf16));
+		}
+		free(host);
+		host = mixed;
 	}
 	cudaError_t e = cudaMalloc((void **)out, n * sizeof(bf16));
 	if (e == cudaSuccess)
@@ -250,7 +276,7 @@ upload_weights(struct cuda_backend *cb, size_t *bytes)
 		const struct weight *an[] = { &lw->attn_norm }, *mn[] = { &lw->mlp_norm };
 		const struct weight *qn[] = { &lw->q_norm }, *kn[] = { &lw->k_norm };
 		if ((rc = upload_bf16(cb, qkv, 3, &d->wqkv, bytes)) || (rc = upload_bf16(cb, wo, 1, &d->wo, bytes)) ||
-		    (rc = upload_bf16(cb, gu, 2, &d->wgu, bytes)) || (rc = upload_bf16(cb, dn, 1, &d->wdown, bytes)) ||
+		    (rc = upload_bf16(cb, gu, 2, &d->wgu, bytes, true)) || (rc = upload_bf16(cb, dn, 1, &d->wdown, bytes)) ||
 		    (rc = upload_f32(cb, an, 1, &d->attn_norm, bytes)) || (rc = upload_f32(cb, mn, 1, &d->mlp_norm, bytes)) ||
 		    (rc = upload_f32(cb, qn, 1, &d->qn, bytes)) || (rc = upload_f32(cb, kn, 1, &d->kn, bytes)))
 			return rc;
@@ -579,7 +605,10 @@ enqueue_pass(struct cuda_backend *cb, int rows, int nlog)
 		// at each layer (with the merge launched early too, the later
 		// kernels' early starts cost 8b N=1 13%).
 		const bool one = rows == 1 && cb->one_stream && cb->warp_items;
-		if (one) {
+		if (one && cb->att_cluster) {
+			CK(k_attention_rows(cb->q, cb->kv, tables, tab_off, pos, n_rows, rows, c->n_heads, cb->g, l,
+					    cb->att_cluster, cb->att, cb->st));
+		} else if (one) {
 			CK(k_attention_decode(cb->q, cb->kv, tables, pos, item_rows, items, n_items, cb->one_warps, c->n_heads,
 					      cb->g, l, cb->part_ml, cb->part_acc, cb->st));
 		} else {
@@ -590,14 +619,25 @@ enqueue_pass(struct cuda_backend *cb, int rows, int nlog)
 			CK(cudaEventRecord(cb->ev_join, cb->st2));
 			CK(cudaStreamWaitEvent(cb->st, cb->ev_join, 0));
 		}
-		CK(k_attn_merge(cb->part_ml, cb->part_acc, rp_off, rp_idx, n_rows, rows, c->n_heads, c->head_dim,
-				cb->att, cb->st));
+		if (!(one && cb->att_cluster))
+			CK(k_attn_merge(cb->part_ml, cb->part_acc, rp_off, rp_idx, n_rows, rows, c->n_heads, c->head_dim,
+					cb->att, cb->st));
 		if ((rc = gemm(cb, L->wo, d, cb->qd, cb->att, rows, cb->x, 1.0f)))
 			return rc;
 		CK(k_rmsnorm(cb->x, NULL, n_rows, L->mlp_norm, rows, d, c->rms_eps, cb->xb, cb->st));
-		if ((rc = gemm(cb, L->wgu, 2 * f, d, cb->xb, rows, cb->gu, 0.0f)))
-			return rc;
-		CK(k_swiglu(cb->gu, rows, f, cb->h, cb->st));
+		// The GEMV, where it serves the gate-up projection, writes silu(gate)
+		// * up itself (BRAID_FUSE_SWIGLU=0: the GEMV, then k_swiglu_pairs).
+		cudaError_t fe = cb->fuse_swiglu ? k_gemm_run_swiglu(cb->gm, L->wgu, 2 * f, d, cb->xb, rows, cb->h, cb->st)
+						 : cudaErrorNotSupported;
+		if (fe == cudaErrorNotSupported) {
+			if ((rc = gemm(cb, L->wgu, 2 * f, d, cb->xb, rows, cb->gu, 0.0f)))
+				return rc;
+			CK(k_swiglu_pairs(cb->gu, rows, f, cb->h, cb->st));
+		} else if (fe != cudaSuccess) {
+			snprintf(cb->err, sizeof cb->err, "CUDA: GEMM+SwiGLU %dx%d, %d rows: %s", 2 * f, d, rows,
+				 *k_gemm_error(cb->gm) ? k_gemm_error(cb->gm) : cudaGetErrorString(fe));
+			return ENG_ERR_DEVICE;
+		}
 		if ((rc = gemm(cb, L->wdown, d, f, cb->h, rows, cb->x, 1.0f)))
 			return rc;
 	}
@@ -1010,6 +1050,25 @@ create(struct cuda_backend *cb, const struct cuda_backend_params *p, size_t *wei
 	const char *os = getenv("BRAID_ATT_ONE_STREAM");
 	cb->one_stream = !os || strcmp(os, "0");
 	cb->one_warps = cb->n_sm * 4;
+	// SwiGLU in the gate-up GEMV's epilogue; BRAID_FUSE_SWIGLU=0 keeps the
+	// separate kernel.
+	const char *fs = getenv("BRAID_FUSE_SWIGLU");
+	cb->fuse_swiglu = !fs || strcmp(fs, "0");
+	// One-row passes' attention on clusters merged in distributed shared
+	// memory (k_attention_rows) instead of the one-warp kernel and the
+	// merge: BRAID_ATT_CLUSTER=N clusters of N CTAs, =auto the largest the
+	// device runs; off unless asked (an H100, N=1: 0.6b +7%, 8b +3%, 1.7b
+	// -7%, docs/gpu-bench.md).
+	const char *ac = getenv("BRAID_ATT_CLUSTER");
+	cb->att_cluster = !ac ? 0 : !strcmp(ac, "auto") ? k_attention_cluster_size(cb->g, c->n_heads) : atoi(ac);
+	if (cb->att_cluster < 0 || cb->att_cluster > 16 ||
+	    (ac && strcmp(ac, "auto") && (cb->att_cluster > 0 || strcmp(ac, "0")) &&
+	     !k_attention_cluster_fits(cb->g, c->n_heads, cb->att_cluster))) {
+		snprintf(cb->err, sizeof cb->err,
+			 "BRAID_ATT_CLUSTER=%s: expected 0 (off), auto or a cluster size 1..16 this device runs for this model",
+			 ac);
+		return ENG_ERR_INVALID;
+	}
 
 	cb->L = (struct cl_layer *)calloc((size_t)c->n_layers, sizeof *cb->L);
 	if (!cb->L)

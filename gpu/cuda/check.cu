@@ -308,7 +308,7 @@ done:
 }
 
 extern "C" int
-kc_swiglu(const float *gu, int rows, int f, float *h, char *err, int errlen)
+kc_swiglu(const float *gu, int rows, int f, int pairs, float *h, char *err, int errlen)
 {
 	if (!gu || !h || rows <= 0 || f <= 0)
 		return bad(err, errlen, "kc_swiglu: bad arguments (rows %d, f %d)", rows, f);
@@ -321,7 +321,7 @@ kc_swiglu(const float *gu, int rows, int f, float *h, char *err, int errlen)
 		goto done;
 	TRY(d_upload(&R, (void **)&d_gu, gu, 2 * n_h * sizeof(float)));
 	TRY(d_upload_bf16(&R, &d_h, h, n_h));
-	CK(&R, k_swiglu(d_gu, rows, f, d_h, R.s));
+	CK(&R, pairs ? k_swiglu_pairs(d_gu, rows, f, d_h, R.s) : k_swiglu(d_gu, rows, f, d_h, R.s));
 	TRY(d_download_bf16(&R, h, d_h, n_h));
 done:
 	r_end(&R);
@@ -555,6 +555,24 @@ kc_attention(const struct kc_attn_args *a, float *out, char *err, int errlen)
 	CK(&R, cudaMemsetAsync(d_acc, 0xff, (size_t)n_parts * nh * hd * sizeof(float), R.s));
 
 	CK(&R, k_init(hd));
+	if (a->decode_path == 2) {
+		int32_t *tab_off = NULL, *d_taboff = NULL;
+		TRY(h_alloc(&R, (void **)&tab_off, (size_t)a->rows * sizeof(int32_t)));
+		memset(tab_off, 0, (size_t)a->rows * sizeof(int32_t));
+		for (int i = 0; i < a->n_items; i++)
+			for (int j = 0; j < a->items[i].n_rows; j++)
+				tab_off[a->item_rows[a->items[i].row0 + j]] = a->items[i].tab;
+		TRY(d_upload(&R, (void **)&d_taboff, tab_off, (size_t)a->rows * sizeof(int32_t)));
+		const int size = a->cluster ? a->cluster : k_attention_cluster_size(to_geom(a->g), nh);
+		if (size < 1) {
+			rc = bad(err, errlen, "kc_attention: no cluster kernel for this geometry");
+			goto done;
+		}
+		CK(&R, k_attention_rows(d_q, d_kv, d_tab, d_taboff, d_pos, d_n, a->rows, nh, to_geom(a->g), a->layer, size,
+					d_out, R.s));
+		TRY(d_download_bf16(&R, out, d_out, n_out));
+		goto done;
+	}
 	if (a->decode_path) {
 		if (n_cta) {
 			rc = bad(err, errlen, "kc_attention: decode_path with %d items that are not one-warp items", n_cta);

@@ -69,10 +69,14 @@ mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint
 // w (w_rows, w_cols) bf16, x (n, w_cols) bf16, out (n, w_rows) f32; n <= 8,
 // or <= 16 when WIDE; w_cols % 8 == 0, w and x 16-byte aligned; ks in
 // {1, 2, 4, 8}.  Grid: ceil(w_rows / (8 * GV_WARPS / ks)) CTAs.
-template <int U, bool WIDE>
+//
+// SWIGLU: W's rows interleave gate and up (row 2j gate j, row 2j+1 up j) and
+// the output is h(n, w_rows / 2) bf16 = silu(gate) * up instead of out (the
+// pair's sums are the same floats the plain kernel writes; beta unused).
+template <int U, bool WIDE, bool SWIGLU>
 __global__ void __launch_bounds__(GV_THREADS, 2)
 gemv_kernel(const bf16 *__restrict__ w, int w_rows, int w_cols, const bf16 *__restrict__ x, int n,
-	    float *__restrict__ out, float beta, int ks)
+	    float *__restrict__ out, float beta, int ks, bf16 *__restrict__ h)
 {
 	__shared__ float red[GV_WARPS][128];   // per warp: lane*4 + accumulator
 	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -145,18 +149,36 @@ gemv_kernel(const bf16 *__restrict__ w, int w_rows, int w_cols, const bf16 *__re
 	__syncthreads();
 	// Element f of a row group: lane f/4 (g, t), accumulator i = f%4: x row
 	// g (+8 for i >= 2), W row 2t + i%2.
-	for (int e = threadIdx.x; e < groups * 128; e += GV_THREADS) {
-		const int grp = e >> 7, f = e & 127;
-		const int ln = f >> 2, i = f & 3;
-		const int b = (ln >> 2) + (i >= 2 ? 8 : 0);
-		const long long r = cta_row + grp * 8 + 2 * (ln & 3) + (i & 1);
-		if (b >= n || r >= w_rows)
-			continue;
-		float sum = 0.0f;
-		for (int z = 0; z < ks; z++)
-			sum += red[grp * ks + z][f];
-		float *o = out + (size_t)b * w_rows + r;
-		*o = beta != 0.0f ? sum + beta * *o : sum;
+	if (SWIGLU) {
+		// Pairs f, f + 1 (i even): one x row, W rows 2t (gate) and 2t + 1 (up).
+		for (int e = threadIdx.x; e < groups * 64; e += GV_THREADS) {
+			const int grp = e >> 6, f = 2 * (e & 63);
+			const int ln = f >> 2, i = f & 3;
+			const int b = (ln >> 2) + (i >= 2 ? 8 : 0);
+			const long long r = cta_row + grp * 8 + 2 * (ln & 3);
+			if (b >= n || r + 1 >= w_rows)
+				continue;
+			float gs = 0.0f, us = 0.0f;
+			for (int z = 0; z < ks; z++) {
+				gs += red[grp * ks + z][f];
+				us += red[grp * ks + z][f + 1];
+			}
+			h[(size_t)b * (w_rows / 2) + r / 2] = __float2bfloat16(gs / (1.0f + expf(-gs)) * us);
+		}
+	} else {
+		for (int e = threadIdx.x; e < groups * 128; e += GV_THREADS) {
+			const int grp = e >> 7, f = e & 127;
+			const int ln = f >> 2, i = f & 3;
+			const int b = (ln >> 2) + (i >= 2 ? 8 : 0);
+			const long long r = cta_row + grp * 8 + 2 * (ln & 3) + (i & 1);
+			if (b >= n || r >= w_rows)
+				continue;
+			float sum = 0.0f;
+			for (int z = 0; z < ks; z++)
+				sum += red[grp * ks + z][f];
+			float *o = out + (size_t)b * w_rows + r;
+			*o = beta != 0.0f ? sum + beta * *o : sum;
+		}
 	}
 }
 
@@ -186,26 +208,26 @@ gemv_config_ok(int ks, int unroll)
 	return (ks == 1 || ks == 2 || ks == 4 || ks == 8) && (unroll == 4 || unroll == 8);
 }
 
+// The GEMV; h != NULL: the SWIGLU form (out unused).
 static cudaError_t
 gemv_launch(const bf16 *w, int w_rows, int w_cols, const bf16 *x, int n, float *out, float beta, int ks, int unroll,
-	    cudaStream_t st)
+	    cudaStream_t st, bf16 *h = nullptr)
 {
 	const long long rows_per_cta = 8LL * (GV_WARPS / ks);
-	const unsigned ctas = (unsigned)((w_rows + rows_per_cta - 1) / rows_per_cta);
-	const bool wide = n > 8;
-	cudaError_t e;
-	if (unroll == 8) {
-		if (wide)
-			e = k_launch(gemv_kernel<8, true>, dim3(ctas), dim3(GV_THREADS), 0, st, w, w_rows, w_cols, x, n, out, beta, ks);
-		else
-			e = k_launch(gemv_kernel<8, false>, dim3(ctas), dim3(GV_THREADS), 0, st, w, w_rows, w_cols, x, n, out, beta, ks);
-	} else {
-		if (wide)
-			e = k_launch(gemv_kernel<4, true>, dim3(ctas), dim3(GV_THREADS), 0, st, w, w_rows, w_cols, x, n, out, beta, ks);
-		else
-			e = k_launch(gemv_kernel<4, false>, dim3(ctas), dim3(GV_THREADS), 0, st, w, w_rows, w_cols, x, n, out, beta, ks);
+	const dim3 ctas((unsigned)((w_rows + rows_per_cta - 1) / rows_per_cta)), threads(GV_THREADS);
+	void (*kern)(const bf16 *, int, int, const bf16 *, int, float *, float, int, bf16 *);
+	const int which = (unroll == 8 ? 4 : 0) + (n > 8 ? 2 : 0) + (h ? 1 : 0);
+	switch (which) {
+	case 0: kern = gemv_kernel<4, false, false>; break;
+	case 1: kern = gemv_kernel<4, false, true>; break;
+	case 2: kern = gemv_kernel<4, true, false>; break;
+	case 3: kern = gemv_kernel<4, true, true>; break;
+	case 4: kern = gemv_kernel<8, false, false>; break;
+	case 5: kern = gemv_kernel<8, false, true>; break;
+	case 6: kern = gemv_kernel<8, true, false>; break;
+	default: kern = gemv_kernel<8, true, true>; break;
 	}
-	return e;
+	return k_launch(kern, ctas, threads, 0, st, w, w_rows, w_cols, x, n, out, beta, ks, h);
 }
 
 // The untuned configuration: split K over more warps while that still adds
@@ -506,6 +528,20 @@ k_gemm_run(k_gemm *g, const bf16 *w, int w_rows, int w_cols, const bf16 *in, int
 	if (en && en->ch.path == PATH_LT && lt_aligned(w, in, out))
 		return lt_launch(g, &en->lay, &en->ch.algo, w, in, out, beta, st);
 	return blas_launch(g, w, w_rows, w_cols, in, n, out, beta, st);
+}
+
+cudaError_t
+k_gemm_run_swiglu(k_gemm *g, const bf16 *w, int w_rows, int w_cols, const bf16 *in, int n, bf16 *h, cudaStream_t st)
+{
+	if (!g || !w || !in || !h || w_rows <= 0 || w_rows % 2 || w_cols <= 0 || n <= 0)
+		return cudaErrorInvalidValue;
+	g->msg[0] = '\0';
+	if (g->plain)
+		return cudaErrorNotSupported;
+	int ks, unroll;
+	if (!gemv_choice(g, tuned(g, w_rows, w_cols, n), w_rows, w_cols, n, &ks, &unroll) || !gemv_fits(w_cols, n, w, in))
+		return cudaErrorNotSupported;
+	return cuda_fail(g, gemv_launch(w, w_rows, w_cols, in, n, nullptr, 0.0f, ks, unroll, st, h), "gemv swiglu");
 }
 
 // One candidate (or k_gemm_run itself for PATH_AUTO).
@@ -921,6 +957,16 @@ kc_upload_bf16(bf16 **dst, const float *src, size_t count, cudaStream_t s)
 	return cudaStreamSynchronize(s);   // h goes out of scope
 }
 
+// In the wrappers below (a kc_run R, cudaError_t e, int rc, label done):
+// the call, or on failure its message in R's err and a jump to done.
+#define KC(call)                                           \
+	do {                                               \
+		if ((e = (call)) != cudaSuccess) {         \
+			rc = kc_cuda(&R, e, #call);        \
+			goto done;                         \
+		}                                          \
+	} while (0)
+
 // The common body: path PATH_AUTO (k_gemm_run, tuned for n when tune) or
 // PATH_GEMV (configuration ks, unroll); runs calls, each from the same y.
 static int
@@ -952,13 +998,6 @@ kc_gemm_case(const char *fn, const float *w, int rows, int cols, const float *x,
 	char gerr[ENG_ERRLEN] = "";
 	if (identical)
 		*identical = 1;
-#define KC(call)                                           \
-	do {                                               \
-		if ((e = (call)) != cudaSuccess) {         \
-			rc = kc_cuda(&R, e, #call);        \
-			goto done;                         \
-		}                                          \
-	} while (0)
 	KC(cudaStreamCreateWithFlags(&R.s, cudaStreamNonBlocking));
 	if (path != PATH_GEMV && !(R.g = k_gemm_create(gerr, sizeof gerr))) {
 		rc = kc_err(err, errlen, ENG_ERR_DEVICE, "%s: %s", fn, gerr);
@@ -996,7 +1035,6 @@ kc_gemm_case(const char *fn, const float *w, int rows, int cols, const float *x,
 		else
 			k_gemm_describe(R.g, rows, cols, n, what, (size_t)whatlen);
 	}
-#undef KC
 done:
 	kc_end(&R);
 	return rc;
@@ -1023,6 +1061,41 @@ kc_gemm_gemv(const float *w, int rows, int cols, const float *x, int n, float be
 {
 	return kc_gemm_case("kc_gemm_gemv", w, rows, cols, x, n, beta, y, 0, PATH_GEMV, ks, unroll, 1, NULL, NULL, 0,
 			    err, errlen);
+}
+
+extern "C" int
+kc_gemm_gemv_swiglu(const float *w, int rows, int cols, const float *x, int n, int ks, int unroll, float *h,
+		    char *err, int errlen)
+{
+	const char *fn = "kc_gemm_gemv_swiglu";
+	if (!w || !x || !h || rows <= 0 || rows % 2 || cols <= 0 || n <= 0)
+		return kc_err(err, errlen, ENG_ERR_INVALID, "%s: bad arguments (rows %d, cols %d, n %d)", fn, rows, cols,
+			      n);
+	if (!gemv_config_ok(ks, unroll))
+		return kc_err(err, errlen, ENG_ERR_INVALID, "%s: no GEMV configuration ks %d unroll %d", fn, ks, unroll);
+	if (!gemv_shape(cols, n))
+		return kc_err(err, errlen, ENG_ERR_UNSUPPORTED, "%s: the GEMV takes n <= 16 and cols %% 8 == 0", fn);
+	kc_run R = {};
+	R.fn = fn;
+	R.err = err;
+	R.errlen = errlen;
+	int rc = 0;
+	cudaError_t e;
+	const size_t nh = (size_t)n * (rows / 2);
+	std::vector<bf16> hb(nh);
+	KC(cudaStreamCreateWithFlags(&R.s, cudaStreamNonBlocking));
+	KC(kc_upload_bf16(&R.w, w, (size_t)rows * cols, R.s));
+	KC(kc_upload_bf16(&R.x, x, (size_t)n * cols, R.s));
+	KC(cudaMalloc((void **)&R.y, nh * sizeof(bf16)));
+	KC(cudaMemsetAsync(R.y, 0xff, nh * sizeof(bf16), R.s));   // NaNs: an element not written shows
+	KC(gemv_launch(R.w, rows, cols, R.x, n, nullptr, 0.0f, ks, unroll, R.s, (bf16 *)R.y));
+	KC(cudaMemcpyAsync(hb.data(), R.y, nh * sizeof(bf16), cudaMemcpyDeviceToHost, R.s));
+	KC(cudaStreamSynchronize(R.s));
+	for (size_t i = 0; i < nh; i++)
+		h[i] = __bfloat162float(hb[i]);
+done:
+	kc_end(&R);
+	return rc;
 }
 
 extern "C" int

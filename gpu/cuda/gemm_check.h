@@ -33,6 +33,12 @@ int kc_gemm_run_what(const float *w, int rows, int cols, const float *x, int n, 
 int kc_gemm_gemv(const float *w, int rows, int cols, const float *x, int n, float beta, float *y, int ks,
 		 int unroll, char *err, int errlen);
 
+/* The GEMV in configuration (ks, unroll) with its SwiGLU epilogue: W's rows
+ * interleave gate and up (row 2j gate j, row 2j+1 up j); h(n, rows / 2) =
+ * bf16(silu(gate) * up), returned as f32. */
+int kc_gemm_gemv_swiglu(const float *w, int rows, int cols, const float *x, int n, int ks, int unroll, float *h,
+			char *err, int errlen);
+
 /* runs (>= 2) calls of k_gemm_run on one k_gemm (tuned for n when tune),
  * each from the same y; y gets the first result, *identical 1 when every
  * run gave the same bits, else 0. */

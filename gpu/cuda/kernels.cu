@@ -8,8 +8,12 @@
 #include <cstdlib>
 #include <cstring>
 
+#include <cooperative_groups.h>
+
 #include "cuda/kernels.cuh"
 #include "cuda/pdl.cuh"
+
+namespace cg = cooperative_groups;
 
 #define LOG2E 1.4426950408889634f
 
@@ -70,12 +74,17 @@ static __global__ void
 rmsnorm_kernel(const float *x, const int32_t *idx, const int *n, const float *w, int d, float eps,
 	       bf16 *out)
 {
-	k_pdl_start();
+	k_pdl_trigger();
 	__shared__ float red[32];
 	const int r = blockIdx.x;
-	if (n && r >= *n)
+	// The row count and the gathered row (metadata, uploaded before the
+	// pass) before the wait.
+	const bool live = !n || r < *n;
+	const int row = live && idx ? idx[r] : r;
+	k_pdl_wait();
+	if (!live)
 		return;
-	const float *src = x + (size_t)(idx ? idx[r] : r) * d;
+	const float *src = x + (size_t)row * d;
 	float ss = 0.0f;
 	for (int i = threadIdx.x; i < d; i += blockDim.x)
 		ss += src[i] * src[i];
@@ -112,21 +121,44 @@ k_swiglu(const float *gu, int rows, int f, bf16 *h, cudaStream_t s)
 	return k_launch(swiglu_kernel, grid, dim3(256), 0, s, gu, f, h);
 }
 
+// As swiglu_kernel, gu's rows holding (gate j, up j) pairs.
 static __global__ void
-scatter_kernel(const float *src, const int32_t *slots, const int *n, int width, float *dst)
+swiglu_pairs_kernel(const float *gu, int f, bf16 *h)
 {
 	k_pdl_start();
 	const int r = blockIdx.y;
-	if (r >= *n || slots[r] < 0)
+	const float2 *p = (const float2 *)(gu + (size_t)r * 2 * f);
+	for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < f; i += gridDim.x * blockDim.x) {
+		const float2 v = p[i];
+		h[(size_t)r * f + i] = __float2bfloat16(v.x / (1.0f + expf(-v.x)) * v.y);
+	}
+}
+
+cudaError_t
+k_swiglu_pairs(const float *gu, int rows, int f, bf16 *h, cudaStream_t s)
+{
+	dim3 grid((f + 1023) / 1024, rows);
+	return k_launch(swiglu_pairs_kernel, grid, dim3(256), 0, s, gu, f, h);
+}
+
+static __global__ void
+scatter_kernel(const float *src, const int32_t *slots, const int *n, int width, float *dst)
+{
+	k_pdl_trigger();
+	const int r = blockIdx.y;
+	// The row count and the row's slot (metadata) before the wait.
+	const int slot = r < *n ? slots[r] : -1;
+	k_pdl_wait();
+	if (slot < 0)
 		return;
 	const float4 *a = (const float4 *)(src + (size_t)r * width);
-	float4 *b = (float4 *)(dst + (size_t)slots[r] * width);
+	float4 *b = (float4 *)(dst + (size_t)slot * width);
 	if (width % 4 == 0) {
 		for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < width / 4; i += gridDim.x * blockDim.x)
 			b[i] = a[i];
 	} else {
 		for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < width; i += gridDim.x * blockDim.x)
-			dst[(size_t)slots[r] * width + i] = src[(size_t)r * width + i];
+			dst[(size_t)slot * width + i] = src[(size_t)r * width + i];
 	}
 }
 
@@ -839,28 +871,18 @@ attw_copy_rows(bf16 *ks, bf16 *vs, const bf16 *kv, const k_kv_geom &g, int layer
 	}
 }
 
-// A decode unit: one query row (its group of q heads) against positions
-// [kv0, min(kv1, pos + 1)) for one kv head, on one warp with no block
-// barrier, so that many run side by side on an SM.  Scores: lane = position
-// (a tile of 32), the whole head_dim dot per lane; output: lane = DPL
-// consecutive dims.
+// The one-warp tile loop: a query row's group q heads (pre-scaled, in qs)
+// against positions [kv0, end) of kv head kvh (table: the row's block
+// table), online softmax from an empty state into m, l and acc (lane-owned
+// dims; an empty range leaves l 0); the first tile's rows below pre are
+// already in flight into ks and vs.
 template <int DPL>
-static __device__ void
-attention_warp_unit(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
-		    const int32_t *item_rows, const k_attn_item &it, int kvh, int n_heads, k_kv_geom g, int layer,
-		    float *part_ml, float *part_acc, float *qs, int pre)
+static __device__ __forceinline__ void
+attw_run(const bf16 *kv, const int32_t *table, const k_kv_geom &g, int layer, int kvh, int group, int32_t kv0,
+	 int32_t end, int pre, const float *qs, bf16 *ks, bf16 *vs, float (&m)[8], float (&l)[8],
+	 float (&acc)[8][DPL])
 {
-	const int lane = threadIdx.x & 31, hd = g.head_dim, group = n_heads / g.n_kv_heads;
-	const int ks_row = hd + 8;      // bf16 per ks row
-	bf16 *ks = attw_ks(qs, hd, group), *vs = ks + 32 * ks_row;
-	const float scale = LOG2E / sqrtf((float)hd);
-	const int r = item_rows[it.row0];
-	const int32_t end = min(it.kv1, pos[r] + 1);
-	const int32_t *table = tables + it.tab;
-	for (int i = lane; i < group * hd; i += 32)
-		qs[i] = q[((size_t)r * n_heads + kvh * group) * hd + i] * scale;
-	__syncwarp();
-	float m[8], l[8], acc[8][DPL];
+	const int lane = threadIdx.x & 31, hd = g.head_dim, ks_row = hd + 8;
 #pragma unroll
 	for (int gq = 0; gq < 8; gq++) {
 		m[gq] = -INFINITY;
@@ -870,12 +892,12 @@ attention_warp_unit(const float *q, const bf16 *kv, const int32_t *tables, const
 			acc[gq][k] = 0.0f;
 	}
 	const bool dims = lane * DPL < hd;
-	for (int32_t t0 = it.kv0; t0 < end; t0 += 32) {
+	for (int32_t t0 = kv0; t0 < end; t0 += 32) {
 		const int32_t p = t0 + lane;
 		const bool ok = p < end;
 		const int32_t blk = ok ? table[p / g.block_tokens] : 0;
 		const int n = min(32, end - t0);
-		attw_copy_rows(ks, vs, kv, g, layer, kvh, t0, blk, t0 == it.kv0 ? pre : 0, n);
+		attw_copy_rows(ks, vs, kv, g, layer, kvh, t0, blk, t0 == kv0 ? pre : 0, n);
 		cp_async_wait_all();
 		__syncwarp();
 		float sc[8];
@@ -961,6 +983,32 @@ attention_warp_unit(const float *q, const bf16 *kv, const int32_t *tables, const
 		}
 		__syncwarp();            // every lane is done with the tile's rows
 	}
+}
+
+// A decode unit: one query row (its group of q heads) against positions
+// [kv0, min(kv1, pos + 1)) for one kv head, on one warp with no block
+// barrier, so that many run side by side on an SM.  Scores: lane = position
+// (a tile of 32), the whole head_dim dot per lane; output: lane = DPL
+// consecutive dims.
+template <int DPL>
+static __device__ void
+attention_warp_unit(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
+		    const int32_t *item_rows, const k_attn_item &it, int kvh, int n_heads, k_kv_geom g, int layer,
+		    float *part_ml, float *part_acc, float *qs, int pre)
+{
+	const int lane = threadIdx.x & 31, hd = g.head_dim, group = n_heads / g.n_kv_heads;
+	const int ks_row = hd + 8;      // bf16 per ks row
+	bf16 *ks = attw_ks(qs, hd, group), *vs = ks + 32 * ks_row;
+	const float scale = LOG2E / sqrtf((float)hd);
+	const int r = item_rows[it.row0];
+	const int32_t end = min(it.kv1, pos[r] + 1);
+	const int32_t *table = tables + it.tab;
+	for (int i = lane; i < group * hd; i += 32)
+		qs[i] = q[((size_t)r * n_heads + kvh * group) * hd + i] * scale;
+	__syncwarp();
+	float m[8], l[8], acc[8][DPL];
+	attw_run<DPL>(kv, table, g, layer, kvh, group, it.kv0, end, pre, qs, ks, vs, m, l, acc);
+	const bool dims = lane * DPL < hd;
 #pragma unroll
 	for (int gq = 0; gq < 8; gq++) {
 		if (gq >= group)
@@ -1064,6 +1112,254 @@ k_attention_decode(const float *q, const bf16 *kv, const int32_t *tables, const 
 			   s, 1);
 }
 
+// ---- decode rows on a cluster, merged in distributed shared memory ------------------------
+
+// A row's attention for one kv head on a cluster of CTAs of ATTC_WARPS
+// warps: the row's positions [0, pos] split into contiguous runs of tiles,
+// one a warp (the one-warp tile loop); the warps' states merged in the CTA,
+// the CTAs' states merged by rank 0 through distributed shared memory, the
+// output written as bf16 - no partials in global memory, no merge kernel.
+#define ATTC_WARPS 4
+
+// Shared memory of a CTA, in bytes: the row's queries (group x hd f32),
+// each warp's K and V tile (as the one-warp unit's), then ATTC_WARPS + 1
+// states of group x (hd + 2) f32 (acc, then m and l): the warps', the CTA's;
+// then the cluster merge's m, l and weight per (rank, q head) (16 x 8 f32
+// each) and l per q head (8).
+static __host__ __device__ size_t
+attc_smem(int hd, int group)
+{
+	return (size_t)group * hd * sizeof(float) +
+	       (size_t)ATTC_WARPS * (32 * (hd + 8) + 32 * hd) * sizeof(bf16) +
+	       (size_t)(ATTC_WARPS + 1) * group * (hd + 2) * sizeof(float) + (size_t)(3 * 16 * 8 + 8) * sizeof(float);
+}
+
+// The merge of the n states states[0..n) (head gq's entry at gq * (hd + 2):
+// hd accumulators, m, l): element d of head gq's unnormalised output, and
+// the merged m and l.  A state with l = 0 saw no position and weighs nothing.
+static __device__ __forceinline__ void
+attc_merge(const float *const *states, int n, int gq, int d, int hd, float *a_out, float *m_out, float *l_out)
+{
+	float m = -INFINITY;
+	for (int k = 0; k < n; k++) {
+		const float *e = states[k] + gq * (hd + 2);
+		if (e[hd + 1] > 0.0f)
+			m = fmaxf(m, e[hd]);
+	}
+	float a = 0.0f, l = 0.0f;
+	for (int k = 0; k < n; k++) {
+		const float *e = states[k] + gq * (hd + 2);
+		if (e[hd + 1] > 0.0f) {
+			const float c = exp2f(e[hd] - m);
+			a = fmaf(e[d], c, a);
+			l = fmaf(e[hd + 1], c, l);
+		}
+	}
+	*a_out = a;
+	*m_out = m;
+	*l_out = l;
+}
+
+// grid (cluster, n_kv_heads, rows), clusters (cluster, 1, 1); out(rows,
+// n_heads, hd) bf16, zeros for rows >= *n.
+template <int DPL>
+static __global__ void __launch_bounds__(ATTC_WARPS * 32)
+attention_cluster_kernel(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *tab_off,
+			 const int32_t *pos, const int *n, int n_heads, k_kv_geom g, int layer, bf16 *out)
+{
+	extern __shared__ __align__(16) float attc_sm[];
+	cg::cluster_group cl = cg::this_cluster();
+	const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, hd = g.head_dim;
+	const int group = n_heads / g.n_kv_heads, kvh = blockIdx.y, r = blockIdx.z;
+	const int rank = (int)cl.block_rank(), n_ranks = (int)cl.num_blocks();
+	const int tile_elems = 32 * (hd + 8) + 32 * hd, sst = group * (hd + 2);
+	float *qs = attc_sm;
+	bf16 *ks = (bf16 *)(qs + group * hd) + (size_t)w * tile_elems, *vs = ks + 32 * (hd + 8);
+	float *states = (float *)((bf16 *)(qs + group * hd) + (size_t)ATTC_WARPS * tile_elems);
+	// Before the wait (metadata, uploaded before the pass; K/V rows older
+	// than the row's position, written by earlier passes - the pass writes
+	// only that position of the row's sequence): the warp's run of tiles
+	// and its first tile's older rows.
+	const bool live = r < *n;
+	const int32_t pr = live ? pos[r] : 0;
+	const int32_t *table = tables + (live ? tab_off[r] : 0);
+	const int tiles = live ? (pr + 32) / 32 : 0;
+	const int per_c = (tiles + n_ranks - 1) / n_ranks, c0 = min(tiles, rank * per_c), c1 = min(tiles, c0 + per_c);
+	const int per_w = (c1 - c0 + ATTC_WARPS - 1) / ATTC_WARPS;
+	const int w0 = min(c1, c0 + w * per_w), w1 = min(c1, w0 + per_w);
+	const int32_t kv0 = w0 * 32, end = min(w1 * 32, pr + 1);
+	int pre = 0;
+	if (kv0 < end) {
+		const int32_t p = kv0 + lane;
+		const int32_t blk = p < end ? table[p / g.block_tokens] : 0;
+		pre = max(0, min(min(32, end - kv0), pr - kv0));
+		attw_copy_rows(ks, vs, kv, g, layer, kvh, kv0, blk, 0, pre);
+	}
+	k_pdl_wait();
+	const float scale = LOG2E / sqrtf((float)hd);
+	if (live)
+		for (int i = threadIdx.x; i < group * hd; i += blockDim.x)
+			qs[i] = q[((size_t)r * n_heads + kvh * group) * hd + i] * scale;
+	__syncthreads();
+	float m[8], l[8], acc[8][DPL];
+	attw_run<DPL>(kv, table, g, layer, kvh, group, kv0, end, pre, qs, ks, vs, m, l, acc);
+	// The next kernel may be scheduled from here on, not earlier: its own
+	// early start then overlaps only the merges (a chain of kernels all
+	// scheduled at their starts ran through every layer and cost 8b N=1 13%).
+	k_pdl_trigger();
+	float *mine = states + w * sst;
+	const bool dims = lane * DPL < hd;
+#pragma unroll
+	for (int gq = 0; gq < 8; gq++) {
+		if (gq >= group)
+			break;
+		if (dims) {
+#pragma unroll
+			for (int k = 0; k < DPL; k++)
+				mine[gq * (hd + 2) + lane * DPL + k] = acc[gq][k];
+		}
+		if (lane == 0) {
+			mine[gq * (hd + 2) + hd] = m[gq];
+			mine[gq * (hd + 2) + hd + 1] = l[gq];
+		}
+	}
+	__syncthreads();
+	float *cta = states + ATTC_WARPS * sst;
+	{
+		const float *ws[ATTC_WARPS];
+		for (int k = 0; k < ATTC_WARPS; k++)
+			ws[k] = states + k * sst;
+		for (int e = threadIdx.x; e < group * hd; e += blockDim.x) {
+			const int gq = e / hd, d = e - gq * hd;
+			float a, mm, ll;
+			attc_merge(ws, ATTC_WARPS, gq, d, hd, &a, &mm, &ll);
+			cta[gq * (hd + 2) + d] = a;
+			if (d == 0) {
+				cta[gq * (hd + 2) + hd] = mm;
+				cta[gq * (hd + 2) + hd + 1] = ll;
+			}
+		}
+	}
+	cl.sync();   // every CTA's state is written and visible to the cluster
+	// The cluster's merge, spread over the ranks: every rank reads each
+	// rank's (m, l) once (one remote load each, all in flight), weighs them
+	// per q head, then writes its share of the outputs, each a fixed-order
+	// sum over the ranks of independent remote loads.
+	float *rm = cta + sst, *rl = rm + 16 * 8, *rw = rl + 16 * 8, *rsum = rw + 16 * 8;   // (rank, gq); (gq)
+	for (int t = threadIdx.x; t < n_ranks * group; t += blockDim.x) {
+		const int k = t / group, gq = t - k * group;
+		const float *e = cl.map_shared_rank(cta, k) + gq * (hd + 2);
+		const float l_k = e[hd + 1];
+		rm[k * 8 + gq] = l_k > 0.0f ? e[hd] : -INFINITY;   // an empty state weighs nothing
+		rl[k * 8 + gq] = l_k;
+	}
+	__syncthreads();
+	if (threadIdx.x < group) {
+		const int gq = threadIdx.x;
+		float m_all = -INFINITY, l_all = 0.0f;
+		for (int k = 0; k < n_ranks; k++)
+			m_all = fmaxf(m_all, rm[k * 8 + gq]);
+		for (int k = 0; k < n_ranks; k++) {
+			const float c = rm[k * 8 + gq] == -INFINITY ? 0.0f : exp2f(rm[k * 8 + gq] - m_all);
+			rw[k * 8 + gq] = c;
+			l_all = fmaf(rl[k * 8 + gq], c, l_all);
+		}
+		rsum[gq] = l_all;
+	}
+	__syncthreads();
+	const float *cs[16];
+#pragma unroll
+	for (int k = 0; k < 16; k++)
+		cs[k] = cl.map_shared_rank(cta, k < n_ranks ? k : 0);
+	const int per = (group * hd + n_ranks - 1) / n_ranks, e1 = min(group * hd, (rank + 1) * per);
+	for (int e = rank * per + threadIdx.x; e < e1; e += blockDim.x) {
+		const int gq = e / hd, d = e - gq * hd;
+		float a = 0.0f;
+#pragma unroll
+		for (int k = 0; k < 16; k++)
+			if (k < n_ranks)
+				a = fmaf(cs[k][gq * (hd + 2) + d], rw[k * 8 + gq], a);
+		out[((size_t)r * n_heads + kvh * group + gq) * hd + d] =
+			__float2bfloat16(rsum[gq] > 0.0f ? a / rsum[gq] : 0.0f);
+	}
+	cl.sync();   // every rank has read the others' shared memory
+}
+
+typedef void (*attc_fn)(const float *, const bf16 *, const int32_t *, const int32_t *, const int32_t *, const int *,
+			int, k_kv_geom, int, bf16 *);
+
+// The cluster kernel for head_dim hd, or NULL.
+static attc_fn
+attc_kernel(int hd)
+{
+	switch (hd) {
+	case 16:
+	case 32: return attention_cluster_kernel<1>;
+	case 64: return attention_cluster_kernel<2>;
+	case 128: return attention_cluster_kernel<4>;
+	case 256: return attention_cluster_kernel<8>;
+	default: return nullptr;
+	}
+}
+
+// The launch of rows x n_kv_heads clusters of `cluster` CTAs, with
+// programmatic dependent launch when pdl (at[2] holds the attributes).
+static cudaLaunchConfig_t
+attc_config(cudaLaunchAttribute (&at)[2], int cluster, int rows, k_kv_geom g, int n_heads, bool pdl, cudaStream_t s)
+{
+	cudaLaunchConfig_t cfg = {};
+	at[0].id = cudaLaunchAttributeClusterDimension;
+	at[0].val.clusterDim.x = cluster;
+	at[0].val.clusterDim.y = 1;
+	at[0].val.clusterDim.z = 1;
+	at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+	at[1].val.programmaticStreamSerializationAllowed = 1;
+	cfg.gridDim = dim3(cluster, g.n_kv_heads, rows);
+	cfg.blockDim = dim3(ATTC_WARPS * 32);
+	cfg.dynamicSmemBytes = attc_smem(g.head_dim, n_heads / g.n_kv_heads);
+	cfg.stream = s;
+	cfg.attrs = at;
+	cfg.numAttrs = pdl ? 2 : 1;
+	return cfg;
+}
+
+int
+k_attention_cluster_fits(k_kv_geom g, int n_heads, int size)
+{
+	const void *kern = (const void *)attc_kernel(g.head_dim);
+	if (!kern || n_heads / g.n_kv_heads > 8 || size < 1 || size > 16)
+		return 0;
+	cudaLaunchAttribute at[2];
+	const cudaLaunchConfig_t cfg = attc_config(at, size, 1, g, n_heads, false, 0);
+	int clusters = 0;
+	if (cudaOccupancyMaxActiveClusters(&clusters, kern, &cfg) == cudaSuccess && clusters > 0)
+		return 1;
+	cudaGetLastError();   // not an error for later calls
+	return 0;
+}
+
+int
+k_attention_cluster_size(k_kv_geom g, int n_heads)
+{
+	for (int size = 16; size >= 2; size /= 2)
+		if (k_attention_cluster_fits(g, n_heads, size))
+			return size;
+	return 0;
+}
+
+cudaError_t
+k_attention_rows(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *tab_off,
+		 const int32_t *pos, const int *n, int rows, int n_heads, k_kv_geom g, int layer, int cluster,
+		 bf16 *out, cudaStream_t s)
+{
+	const attc_fn kern = attc_kernel(g.head_dim);
+	if (!kern || cluster < 1 || cluster > 16 || n_heads / g.n_kv_heads > 8)
+		return cudaErrorInvalidValue;
+	cudaLaunchAttribute at[2];
+	const cudaLaunchConfig_t cfg = attc_config(at, cluster, rows, g, n_heads, k_pdl_on(), s);
+	return cudaLaunchKernelEx(&cfg, kern, q, kv, tables, tab_off, pos, n, n_heads, g, layer, out);
+}
+
 // grid (rows, ceil(n_heads / 4)), 128 threads: warp w merges head 4y + w
 // of row r.  Lanes read 32 partials' (m, l) at once (no chain of dependent
 // loads), then every lane sums its dims over the partials.
@@ -1159,6 +1455,17 @@ k_init(int hd)
 	for (const void *f : attw)
 		if (e == cudaSuccess)
 			e = cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, wmost);
+	// The cluster kernels: up to 8 q heads of the widest head_dim; clusters
+	// of 16 where the device schedules them.
+	const int cmost = (int)attc_smem(K_MAX_HEAD_DIM, 8);
+	const void *attc[] = { (const void *)attention_cluster_kernel<1>, (const void *)attention_cluster_kernel<2>,
+			       (const void *)attention_cluster_kernel<4>, (const void *)attention_cluster_kernel<8> };
+	for (const void *f : attc) {
+		if (e == cudaSuccess)
+			e = cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, cmost);
+		if (e == cudaSuccess)
+			e = cudaFuncSetAttribute(f, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+	}
 	const char *v = getenv("BRAID_ATT_MMA");
 	att_mma = !(v && !strcmp(v, "0"));
 	return e;

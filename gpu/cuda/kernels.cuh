@@ -93,6 +93,27 @@ cudaError_t k_attention_decode(const float *q, const bf16 *kv, const int32_t *ta
 			       const int32_t *item_rows, const k_attn_item *items, const int *n_items, int warps,
 			       int n_heads, k_kv_geom g, int layer, float *part_ml, float *part_acc, cudaStream_t s);
 
+// Attention of rows that each are their sequence's only row in the pass
+// (decode), on clusters of `cluster` CTAs per (row, kv head), merged in
+// distributed shared memory: out(rows, n_heads, hd) bf16 directly (no
+// partials, no merge), zeros for rows >= *n; row r attends positions
+// [0, pos[r]] of the table tables + tab_off[r].  Launched with programmatic
+// dependent launch: before it waits it reads the metadata and fetches K/V
+// rows older than pos[r].  At most 8 q heads per kv head, head_dim 16, 32,
+// 64, 128 or 256.
+cudaError_t k_attention_rows(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *tab_off,
+			     const int32_t *pos, const int *n, int rows, int n_heads, k_kv_geom g, int layer,
+			     int cluster, bf16 *out, cudaStream_t s);
+
+// The largest cluster (16, 8, 4 or 2) k_attention_rows can run on this
+// device for the geometry, or 0 (none: the geometry is not supported).
+// After k_init.
+int k_attention_cluster_size(k_kv_geom g, int n_heads);
+
+// 1 if clusters of `size` (1..16) can run on this device for the geometry.
+// After k_init.
+int k_attention_cluster_fits(k_kv_geom g, int n_heads, int size);
+
 // 1 if an item of n_rows rows goes to the one-warp decode kernel: a single
 // row, at most 8 q heads per kv head, head_dim 16, 32, 64, 128 or 256.
 int k_attn_warp_item(int n_rows, int n_heads, int n_kv_heads, int hd);
@@ -105,6 +126,10 @@ cudaError_t k_attn_merge(const float *part_ml, const float *part_acc, const int3
 
 // h(rows, f) bf16 = silu(gu[:, :f]) * gu[:, f:] (gu (rows, 2f) f32).
 cudaError_t k_swiglu(const float *gu, int rows, int f, bf16 *h, cudaStream_t s);
+
+// The same with gu(rows, 2f) holding (gate j, up j) at columns 2j, 2j+1 (the
+// layout of interleaved gate/up weight rows).
+cudaError_t k_swiglu_pairs(const float *gu, int rows, int f, bf16 *h, cudaStream_t s);
 
 // dst[slots[i]] = src[i] (rows of width floats) for i < *n with slots[i] >= 0.
 cudaError_t k_scatter_rows(const float *src, const int32_t *slots, const int *n, int rows, int width,

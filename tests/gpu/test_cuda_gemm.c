@@ -154,6 +154,45 @@ check_gemv(const struct shape *s, int n, float beta, int ks, int unroll)
 	free(y);
 }
 
+/* One GEMV configuration with the SwiGLU epilogue, the shape's W rows read
+ * as interleaved (gate j, up j) pairs: h(n, rows / 2) against silu(gate) *
+ * up of the reference dots, within the GEMV's tolerance carried through
+ * silu (|d silu / dg| < 1.1) plus bf16 rounding of h. */
+static void
+check_gemv_swiglu(const struct shape *s, int n, int ks, int unroll)
+{
+	const int f = s->rows / 2;
+	const size_t count = (size_t)n * f;
+	float *h = gc_fnan(count);
+	char path[32];
+	snprintf(path, sizeof path, "swiglu %d/%d", ks, unroll);
+	if (gc_called(kc_gemm_gemv_swiglu(s->w, s->rows, s->cols, s->x, n, ks, unroll, h, err, sizeof err),
+		      "kc_gemm_gemv_swiglu", err)) {
+		double max_abs = 0.0;
+		size_t bad = SIZE_MAX;
+		for (size_t i = 0; i < count; i++) {
+			const size_t b = i / f, j = i % f, gi = b * s->rows + 2 * j;
+			const double g = s->dot[gi], u = s->dot[gi + 1], sg = g / (1.0 + exp(-g)), want = sg * u;
+			const double tol = 0.01 * fabs(want) +
+					   GEMM_TOL * (1.1 * s->mag[gi] * fabs(u) + fabs(sg) * s->mag[gi + 1]) + 1e-30;
+			double d = fabs((double)h[i] - want);
+			if (!(d <= tol) && bad == SIZE_MAX)
+				bad = i;
+			if (isnan(d))
+				d = INFINITY;
+			if (d > max_abs)
+				max_abs = d;
+		}
+		char shape[64];
+		snprintf(shape, sizeof shape, "%s %dx%d n %d", s->name, s->rows, s->cols, n);
+		gc_check(bad == SIZE_MAX, "%-38s %-9s max abs %-9.3g", shape, path, max_abs);
+		if (bad != SIZE_MAX)
+			printf("     first bad element %zu (x row %zu, pair %zu): got %.9g\n", bad, bad / f, bad % f,
+			       (double)h[bad]);
+	}
+	free(h);
+}
+
 /* ns[0..nn) rows; big: fewer paths per n (the host work and uploads of a
  * 100M-element W add up). */
 static void
@@ -175,8 +214,11 @@ check_shape(const char *name, int rows, int cols, const int *ns, int nn, int big
 		const int variants = cols % 8 == 0 && (big ? n == 1 : (n == 1 || n == 3 || n == 8 || n == 9 || n == 16));
 		if (variants)
 			for (int ks = 1; ks <= 8; ks *= 2)
-				for (int u = 4; u <= 8; u += 4)
+				for (int u = 4; u <= 8; u += 4) {
 					check_gemv(&s, n, (ks == 1) != (u == 8) ? 1.0f : 0.0f, ks, u);
+					if (!big && rows % 2 == 0 && (n == 1 || n == 9))
+						check_gemv_swiglu(&s, n, ks, u);
+				}
 	}
 	shape_free(&s);
 }
@@ -264,6 +306,7 @@ main(void)
 	check_shape("0.6B down", 1024, 3072, all, n_all, 0);
 	check_shape("odd", 1000, 8, all, n_all, 0);
 	check_shape("odd", 1000, 24, all, n_all, 0);
+	check_shape("odd", 1002, 24, all, n_all, 0);          /* rows % 8 == 2: the SwiGLU epilogue's tail */
 	check_shape("odd", 1000, 4864, all, n_all, 0);
 	check_shape("odd cols", 1000, 20, all, n_all, 0);     /* no GEMV: cols % 8 != 0 */
 	check_shape("tiny", 3, 40, all, n_all, 0);            /* rows < 8, cols % 32 != 0 */

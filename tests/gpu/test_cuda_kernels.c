@@ -508,7 +508,7 @@ plan_shuffle(struct att *A)
 /* Run the plan and compare with the reference; rows >= n_active must come
  * back zero.  decode_path: the one-row passes' launch (decode items only). */
 static void
-att_run_on(struct att *A, const char *what, int ctas, int decode_path)
+att_run_on(struct att *A, const char *what, int ctas, int decode_path, int cluster)
 {
 	const int qd = A->nh * A->hd;
 	const size_t n = (size_t)A->rows * qd;
@@ -520,11 +520,15 @@ att_run_on(struct att *A, const char *what, int ctas, int decode_path)
 		.n_heads = A->nh, .g = A->g, .layer = A->layer, .n_blocks = A->n_blocks, .kv = A->kv,
 		.tables = A->tables, .n_tables = A->n_tables, .rows = A->rows, .n_active = A->n_active, .q = A->q,
 		.pos = A->pos, .item_rows = A->item_rows, .n_item_rows = A->n_item_rows, .items = A->items,
-		.n_items = A->n_items, .ctas = ctas, .decode_path = decode_path,
+		.n_items = A->n_items, .ctas = ctas, .decode_path = decode_path, .cluster = cluster,
 	};
 	char shape[128];
-	snprintf(shape, sizeof shape, "%d/%d hd %2d %s: %d rows %d items %d %s", A->nh, A->g.n_kv_heads, A->hd,
-		 what, A->rows, A->n_items, ctas, decode_path ? "warps, decode path" : "ctas");
+	if (decode_path == 2)
+		snprintf(shape, sizeof shape, "%d/%d hd %2d %s: %d rows, clusters of %s", A->nh, A->g.n_kv_heads,
+			 A->hd, what, A->rows, cluster ? "2" : "the largest");
+	else
+		snprintf(shape, sizeof shape, "%d/%d hd %2d %s: %d rows %d items %d %s", A->nh, A->g.n_kv_heads, A->hd,
+			 what, A->rows, A->n_items, ctas, decode_path ? "warps, decode path" : "ctas");
 	if (gc_called(kc_attention(&a, out, err, sizeof err), "kc_attention", err))
 		compare("attention", shape, out, ref, n, (size_t)qd, BF16_REL, ATT_TOL);
 	free(out);
@@ -534,23 +538,29 @@ att_run_on(struct att *A, const char *what, int ctas, int decode_path)
 static void
 att_run(struct att *A, const char *what, int ctas)
 {
-	att_run_on(A, what, ctas, 0);
+	att_run_on(A, what, ctas, 0, 0);
 }
 
 /* Decode items only: the usual launch, then (where the geometry has
- * one-warp items) the one-row passes' launch. */
+ * one-warp items) the one-row passes' launch and the cluster kernel (the
+ * largest clusters, and clusters of 2: more tiles a CTA). */
 static void
-att_run_decode(struct att *A, const char *what, int ctas)
+att_run_decode(struct att *A, const char *what, int ctas, int clusters)
 {
-	att_run_on(A, what, ctas, 0);
-	if (kc_attn_warp_item(1, A->nh, A->g.n_kv_heads, A->hd))
-		att_run_on(A, what, ctas, 1);
+	att_run_on(A, what, ctas, 0, 0);
+	if (kc_attn_warp_item(1, A->nh, A->g.n_kv_heads, A->hd)) {
+		att_run_on(A, what, ctas, 1, 0);
+		if (clusters) {
+			att_run_on(A, what, ctas, 2, 0);
+			att_run_on(A, what, ctas, 2, 2);
+		}
+	}
 }
 
 /* (a) decode and (b) split-K: 8 sequences, one row each at its last
  * position, plus a padding row past the counter. */
 static void
-att_decode(int nh, int nkv, int hd)
+att_decode(int nh, int nkv, int hd, int clusters)
 {
 	static const int lens[] = { 1, 15, 16, 17, 100, 300, 1000, 2047 };
 	const int n_seq = (int)(sizeof lens / sizeof lens[0]);
@@ -565,7 +575,7 @@ att_decode(int nh, int nkv, int hd)
 	plan_reset(&A);
 	for (int s = 0; s < n_seq; s++)
 		plan_item(&A, &s, 1, s, 0, lens[s]);
-	att_run_decode(&A, "(a) decode", 132);
+	att_run_decode(&A, "(a) decode", 132, clusters);
 
 	static const int chunks[] = { 32, 96, 0 };
 	static const char *names[] = { "(b) split-K 32", "(b) split-K 96", "(b) split-K uneven" };
@@ -575,7 +585,7 @@ att_decode(int nh, int nkv, int hd)
 			plan_chunks(&A, &s, 1, s, 0, lens[s], chunks[c]);
 		if (chunks[c] == 0)
 			plan_shuffle(&A);
-		att_run_decode(&A, names[c], c == 0 ? 5 : 1000);
+		att_run_decode(&A, names[c], c == 0 ? 5 : 1000, 0);
 	}
 	att_free(&A);
 }
@@ -685,8 +695,21 @@ check_swiglu(int rows, int f)
 	}
 	char shape[96];
 	snprintf(shape, sizeof shape, "rows %d f %d", rows, f);
-	if (gc_called(kc_swiglu(gu, rows, f, h, err, sizeof err), "kc_swiglu", err))
+	if (gc_called(kc_swiglu(gu, rows, f, 0, h, err, sizeof err), "kc_swiglu", err))
 		compare("swiglu", shape, h, ref, (size_t)rows * f, (size_t)f, BF16_REL, F32_TOL);
+	/* the same values with gate and up interleaved: k_swiglu_pairs */
+	float *pairs = gc_xmalloc((size_t)rows * 2 * f * sizeof *pairs);
+	for (int r = 0; r < rows; r++)
+		for (int i = 0; i < f; i++) {
+			pairs[(size_t)r * 2 * f + 2 * i] = gu[(size_t)r * 2 * f + i];
+			pairs[(size_t)r * 2 * f + 2 * i + 1] = gu[(size_t)r * 2 * f + f + i];
+		}
+	for (size_t i = 0; i < (size_t)rows * f; i++)
+		h[i] = NAN;
+	snprintf(shape, sizeof shape, "rows %d f %d pairs", rows, f);
+	if (gc_called(kc_swiglu(pairs, rows, f, 1, h, err, sizeof err), "kc_swiglu", err))
+		compare("swiglu", shape, h, ref, (size_t)rows * f, (size_t)f, BF16_REL, F32_TOL);
+	free(pairs);
 	free(gu);
 	free(h);
 	free(g);
@@ -819,13 +842,20 @@ main(void)
 			printf("attention (%s): %d/%d heads, head_dim %d, %d rows per item\n",
 			       mma ? "tensor cores" : "CUDA cores", geo[i][0], geo[i][1], geo[i][2],
 			       kc_attention_max_rows(geo[i][0], geo[i][1], geo[i][2]));
-			att_decode(geo[i][0], geo[i][1], geo[i][2]);
+			att_decode(geo[i][0], geo[i][1], geo[i][2], mma);
 			att_prefix(geo[i][0], geo[i][1], geo[i][2]);
 			att_prefill(geo[i][0], geo[i][1], geo[i][2]);
 			att_empty(geo[i][0], geo[i][1], geo[i][2]);
 		}
 	}
 	unsetenv("BRAID_ATT_MMA");
+	/* Decode geometries the list above lacks: 8 q heads per kv head, one, and
+	 * head_dim 16 (the one-warp and cluster kernels' extremes). */
+	static const int dgeo[][3] = { { 16, 2, 64 }, { 8, 1, 16 }, { 4, 4, 128 } };
+	for (size_t i = 0; i < sizeof dgeo / sizeof dgeo[0]; i++) {
+		printf("attention decode: %d/%d heads, head_dim %d\n", dgeo[i][0], dgeo[i][1], dgeo[i][2]);
+		att_decode(dgeo[i][0], dgeo[i][1], dgeo[i][2], 1);
+	}
 
 	check_swiglu(5, 4864);
 	check_swiglu(3, 100);
