@@ -81,6 +81,7 @@ struct cuda_backend {
 	struct model_config c;
 	int qd, kd, qkvd;            // nh*hd, nkv*hd, qd + 2*kd
 	int max_rows, max_seqs, use_graphs, n_sm, ctas, warps, one_stream, one_warps, att_cluster, fuse_swiglu;
+	bool att_cluster_early;      // BRAID_ATT_CLUSTER_EARLY=1 (k_attention_rows' early)
 	bool warp_items;             // one-row items go to the one-warp kernel (k_attn_warp_item)
 	// Rows the buffers hold: max_rows, or the graph bucket above it (a pass
 	// of max_rows or fewer rows runs padded to its bucket).
@@ -607,7 +608,7 @@ enqueue_pass(struct cuda_backend *cb, int rows, int nlog)
 		const bool one = rows == 1 && cb->one_stream && cb->warp_items;
 		if (one && cb->att_cluster) {
 			CK(k_attention_rows(cb->q, cb->kv, tables, tab_off, pos, n_rows, rows, c->n_heads, cb->g, l,
-					    cb->att_cluster, cb->att, cb->st));
+					    cb->att_cluster, cb->att_cluster_early, cb->att, cb->st));
 		} else if (one) {
 			CK(k_attention_decode(cb->q, cb->kv, tables, pos, item_rows, items, n_items, cb->one_warps, c->n_heads,
 					      cb->g, l, cb->part_ml, cb->part_acc, cb->st));
@@ -1056,13 +1057,17 @@ create(struct cuda_backend *cb, const struct cuda_backend_params *p, size_t *wei
 	cb->fuse_swiglu = !fs || strcmp(fs, "0");
 	// One-row passes' attention on clusters merged in distributed shared
 	// memory (k_attention_rows) instead of the one-warp kernel and the
-	// merge: BRAID_ATT_CLUSTER=N clusters of N CTAs, =auto the largest the
-	// device runs; off unless asked (an H100, N=1: 0.6b +7%, 8b +3%, 1.7b
-	// -7%, docs/gpu-bench.md).
-	const char *ac = getenv("BRAID_ATT_CLUSTER");
-	cb->att_cluster = !ac ? 0 : !strcmp(ac, "auto") ? k_attention_cluster_size(cb->g, c->n_heads) : atoi(ac);
+	// merge: the largest clusters the device runs, BRAID_ATT_CLUSTER=N
+	// clusters of N CTAs, =0 off (an H100, N=1, against off: 0.6b +4%, 1.7b
+	// +1%, 8b +3%; docs/gpu-bench.md).  BRAID_ATT_CLUSTER_EARLY=1 lets the
+	// next kernel be scheduled before the clusters' merge (0.6b +4% more,
+	// 1.7b -8%).
+	const char *ac = getenv("BRAID_ATT_CLUSTER"), *ae = getenv("BRAID_ATT_CLUSTER_EARLY");
+	const bool ac_auto = !ac || !strcmp(ac, "auto");
+	cb->att_cluster = ac_auto ? k_attention_cluster_size(cb->g, c->n_heads) : atoi(ac);
+	cb->att_cluster_early = ae && !strcmp(ae, "1");
 	if (cb->att_cluster < 0 || cb->att_cluster > 16 ||
-	    (ac && strcmp(ac, "auto") && (cb->att_cluster > 0 || strcmp(ac, "0")) &&
+	    (!ac_auto && (cb->att_cluster > 0 || strcmp(ac, "0")) &&
 	     !k_attention_cluster_fits(cb->g, c->n_heads, cb->att_cluster))) {
 		snprintf(cb->err, sizeof cb->err,
 			 "BRAID_ATT_CLUSTER=%s: expected 0 (off), auto or a cluster size 1..16 this device runs for this model",

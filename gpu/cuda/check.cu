@@ -569,7 +569,7 @@ kc_attention(const struct kc_attn_args *a, float *out, char *err, int errlen)
 			goto done;
 		}
 		CK(&R, k_attention_rows(d_q, d_kv, d_tab, d_taboff, d_pos, d_n, a->rows, nh, to_geom(a->g), a->layer, size,
-					d_out, R.s));
+					false, d_out, R.s));
 		TRY(d_download_bf16(&R, out, d_out, n_out));
 		goto done;
 	}

@@ -1165,7 +1165,7 @@ attc_merge(const float *const *states, int n, int gq, int d, int hd, float *a_ou
 template <int DPL>
 static __global__ void __launch_bounds__(ATTC_WARPS * 32)
 attention_cluster_kernel(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *tab_off,
-			 const int32_t *pos, const int *n, int n_heads, k_kv_geom g, int layer, bf16 *out)
+			 const int32_t *pos, const int *n, int n_heads, k_kv_geom g, int layer, bf16 *out, int early)
 {
 	extern __shared__ __align__(16) float attc_sm[];
 	cg::cluster_group cl = cg::this_cluster();
@@ -1203,10 +1203,12 @@ attention_cluster_kernel(const float *q, const bf16 *kv, const int32_t *tables, 
 	__syncthreads();
 	float m[8], l[8], acc[8][DPL];
 	attw_run<DPL>(kv, table, g, layer, kvh, group, kv0, end, pre, qs, ks, vs, m, l, acc);
-	// The next kernel may be scheduled from here on, not earlier: its own
-	// early start then overlaps only the merges (a chain of kernels all
-	// scheduled at their starts ran through every layer and cost 8b N=1 13%).
-	k_pdl_trigger();
+	// With early, the next kernel may be scheduled from here on (its own
+	// early start then overlaps the merges); else only when this kernel
+	// ends.  On an H100 at N=1, early against at the end: 0.6b 791 vs 758
+	// tok/s, 1.7b 443 vs 484, 8b 157 vs 156 (docs/gpu-bench.md).
+	if (early)
+		k_pdl_trigger();
 	float *mine = states + w * sst;
 	const bool dims = lane * DPL < hd;
 #pragma unroll
@@ -1286,7 +1288,7 @@ attention_cluster_kernel(const float *q, const bf16 *kv, const int32_t *tables, 
 }
 
 typedef void (*attc_fn)(const float *, const bf16 *, const int32_t *, const int32_t *, const int32_t *, const int *,
-			int, k_kv_geom, int, bf16 *);
+			int, k_kv_geom, int, bf16 *, int);
 
 // The cluster kernel for head_dim hd, or NULL.
 static attc_fn
@@ -1350,14 +1352,14 @@ k_attention_cluster_size(k_kv_geom g, int n_heads)
 cudaError_t
 k_attention_rows(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *tab_off,
 		 const int32_t *pos, const int *n, int rows, int n_heads, k_kv_geom g, int layer, int cluster,
-		 bf16 *out, cudaStream_t s)
+		 bool early, bf16 *out, cudaStream_t s)
 {
 	const attc_fn kern = attc_kernel(g.head_dim);
 	if (!kern || cluster < 1 || cluster > 16 || n_heads / g.n_kv_heads > 8)
 		return cudaErrorInvalidValue;
 	cudaLaunchAttribute at[2];
 	const cudaLaunchConfig_t cfg = attc_config(at, cluster, rows, g, n_heads, k_pdl_on(), s);
-	return cudaLaunchKernelEx(&cfg, kern, q, kv, tables, tab_off, pos, n, n_heads, g, layer, out);
+	return cudaLaunchKernelEx(&cfg, kern, q, kv, tables, tab_off, pos, n, n_heads, g, layer, out, (int)early);
 }
 
 // grid (rows, ceil(n_heads / 4)), 128 threads: warp w merges head 4y + w

@@ -99,11 +99,12 @@ cudaError_t k_attention_decode(const float *q, const bf16 *kv, const int32_t *ta
 // partials, no merge), zeros for rows >= *n; row r attends positions
 // [0, pos[r]] of the table tables + tab_off[r].  Launched with programmatic
 // dependent launch: before it waits it reads the metadata and fetches K/V
-// rows older than pos[r].  At most 8 q heads per kv head, head_dim 16, 32,
-// 64, 128 or 256.
+// rows older than pos[r]; the next kernel may be scheduled when it ends, or
+// with early once its clusters have their partial results.  At most 8 q
+// heads per kv head, head_dim 16, 32, 64, 128 or 256.
 cudaError_t k_attention_rows(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *tab_off,
 			     const int32_t *pos, const int *n, int rows, int n_heads, k_kv_geom g, int layer,
-			     int cluster, bf16 *out, cudaStream_t s);
+			     int cluster, bool early, bf16 *out, cudaStream_t s);
 
 // The largest cluster (16, 8, 4 or 2) k_attention_rows can run on this
 // device for the geometry, or 0 (none: the geometry is not supported).
