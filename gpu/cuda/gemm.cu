@@ -987,10 +987,7 @@ kc_gemm_case(const char *fn, const float *w, int rows, int cols, const float *x,
 			return kc_err(err, errlen, ENG_ERR_UNSUPPORTED, "%s: the GEMV takes n <= 16 and cols %% 8 == 0 "
 				      "(n %d, cols %d)", fn, n, cols);
 	}
-	kc_run R = {};
-	R.fn = fn;
-	R.err = err;
-	R.errlen = errlen;
+	kc_run R = { fn, err, errlen };
 	int rc = 0;
 	cudaError_t e;
 	const size_t ybytes = (size_t)n * rows * sizeof(float);
@@ -1075,10 +1072,7 @@ kc_gemm_gemv_swiglu(const float *w, int rows, int cols, const float *x, int n, i
 		return kc_err(err, errlen, ENG_ERR_INVALID, "%s: no GEMV configuration ks %d unroll %d", fn, ks, unroll);
 	if (!gemv_shape(cols, n))
 		return kc_err(err, errlen, ENG_ERR_UNSUPPORTED, "%s: the GEMV takes n <= 16 and cols %% 8 == 0", fn);
-	kc_run R = {};
-	R.fn = fn;
-	R.err = err;
-	R.errlen = errlen;
+	kc_run R = { fn, err, errlen };
 	int rc = 0;
 	cudaError_t e;
 	const size_t nh = (size_t)n * (rows / 2);
@@ -1120,10 +1114,7 @@ kc_gemm_time(int rows, int cols, int n, int path, int reps, double *us, char *wh
 			      rows, cols, n, path);
 	if (path == KC_GEMM_GEMV && !gemv_shape(cols, n))
 		return kc_err(err, errlen, ENG_ERR_UNSUPPORTED, "%s: the GEMV takes n <= 16 and cols %% 8 == 0", fn);
-	kc_run R = {};
-	R.fn = fn;
-	R.err = err;
-	R.errlen = errlen;
+	kc_run R = { fn, err, errlen };
 	bench b = {};
 	choice c = {};
 	float t = 0.0f;
