@@ -1058,10 +1058,10 @@ create(struct cuda_backend *cb, const struct cuda_backend_params *p, size_t *wei
 	// One-row passes' attention on clusters merged in distributed shared
 	// memory (k_attention_rows) instead of the one-warp kernel and the
 	// merge: the largest clusters the device runs, BRAID_ATT_CLUSTER=N
-	// clusters of N CTAs, =0 off (an H100, N=1, against off: 0.6b +4%, 1.7b
-	// +1%, 8b +3%; docs/gpu-bench.md).  BRAID_ATT_CLUSTER_EARLY=1 lets the
-	// next kernel be scheduled before the clusters' merge (0.6b +4% more,
-	// 1.7b -8%).
+	// clusters of N CTAs, =0 off (an H100, N=1, against off in two calls:
+	// 0.6b +4-6%, 1.7b 0-1%, 8b +1-3%; docs/gpu-bench.md).
+	// BRAID_ATT_CLUSTER_EARLY=1 lets the next kernel be scheduled before the
+	// clusters' merge (0.6b +4% more, 1.7b -8%).
 	const char *ac = getenv("BRAID_ATT_CLUSTER"), *ae = getenv("BRAID_ATT_CLUSTER_EARLY");
 	const bool ac_auto = !ac || !strcmp(ac, "auto");
 	cb->att_cluster = ac_auto ? k_attention_cluster_size(cb->g, c->n_heads) : atoi(ac);
