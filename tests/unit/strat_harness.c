@@ -148,3 +148,28 @@ sh_nth(const json_t *events, const char *type, int k)
 			return e;
 	return NULL;
 }
+
+const json_t *
+sh_find(const json_t *events, const char *type, int thread)
+{
+	size_t i;
+	json_t *e;
+	if (thread < 0)
+		return NULL;
+	json_array_foreach(events, i, e)
+		if (matches(e, type, thread))
+			return e;
+	return NULL;
+}
+
+int
+sh_unended(const json_t *events)
+{
+	const json_t *e;
+	for (int i = 0; (e = sh_nth(events, "thread.spawned", i)); i++) {
+		const int t = (int)json_integer_value(json_object_get(e, "thread"));
+		if (sh_count(events, "thread.done", t) + sh_count(events, "thread.pruned", t) != 1)
+			return t;
+	}
+	return -1;
+}

@@ -27,5 +27,10 @@ void sh_run_free(struct sh_run *r);
 int sh_count(const json_t *events, const char *type, int thread);
 /* The i-th event of a type (borrowed), or NULL. */
 const json_t *sh_nth(const json_t *events, const char *type, int i);
+/* The first event of a type of thread (>= 0; borrowed), or NULL. */
+const json_t *sh_find(const json_t *events, const char *type, int thread);
+/* -1 when every spawned thread ended exactly once (done or pruned), else
+ * the first thread that did not. */
+int sh_unended(const json_t *events);
 
 #endif

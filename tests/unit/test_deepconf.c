@@ -47,12 +47,7 @@ run(const char *body, struct sh_run *r)
 	if (!type || strcmp(type, "job.done") != 0)
 		fail_msg("job failed: %s", json_string_value(json_object_get(r->final, "reason")));
 	/* every thread ended (its blocks freed before its event) exactly once */
-	const json_t *e;
-	for (int i = 0; (e = sh_nth(r->events, "thread.spawned", i)); i++) {
-		int t = (int)json_integer_value(json_object_get(e, "thread"));
-		assert_int_equal(sh_count(r->events, "thread.done", t) +
-				 sh_count(r->events, "thread.pruned", t), 1);
-	}
+	assert_int_equal(sh_unended(r->events), -1);
 	/* every KV block is back (the harness waits until the job is retired) */
 	assert_int_equal(r->kv_idle_used, 0);
 }
@@ -67,17 +62,6 @@ merge_of(const json_t *events, const char *method)
 			m = e;
 	assert_non_null(m);
 	return m;
-}
-
-/* The thread.done event of thread t, or NULL. */
-static const json_t *
-done_of(const json_t *events, int t)
-{
-	const json_t *e;
-	for (int i = 0; (e = sh_nth(events, "thread.done", i)); i++)
-		if (json_integer_value(json_object_get(e, "thread")) == t)
-			return e;
-	return NULL;
 }
 
 /* The trace record of thread t in a final merge. */
@@ -153,7 +137,7 @@ check_vote(const json_t *events, const json_t *merge, const int *threads, int m)
 	double w[MAXT];
 	int g_n = 0, best = -1;
 	for (int k = 0; k < m; k++) {
-		const char *a = json_string_value(json_object_get(done_of(events, threads[k]), "answer"));
+		const char *a = json_string_value(json_object_get(sh_find(events, "thread.done", threads[k]), "answer"));
 		assert_non_null(a);
 		int g;
 		for (g = 0; g < g_n && !ans_equal(rep[g], a); g++)
@@ -223,7 +207,7 @@ test_offline(void **state)
 	/* kept = the ceil(50% of m) most confident answered traces */
 	int ans[MAXT], m = 0;
 	for (int t = 0; t < n; t++)
-		if (json_is_string(json_object_get(done_of(r.events, t), "answer")))
+		if (json_is_string(json_object_get(sh_find(r.events, "thread.done", t), "answer")))
 			ans[m++] = t;
 	assert_true(m >= 2);
 	int keep = (m + 1) / 2;
@@ -292,7 +276,7 @@ check_online(const json_t *events, const json_t *merge, int warm, double eta, in
 	for (int t = 0; t < warm; t++) {
 		v[t] = ref_trace_conf(trace_of(merge, t), w);
 		assert_int_equal(sh_count(events, "thread.pruned", t), 0);
-		assert_non_null(done_of(events, t));
+		assert_non_null(sh_find(events, "thread.done", t));
 	}
 	double s = ref_percentile(v, warm, 100.0 - eta);
 	assert_close(json_real_value(json_object_get(th, "threshold")), s, 1e-9);
@@ -316,7 +300,7 @@ check_online(const json_t *events, const json_t *merge, int warm, double eta, in
 			pruned++;
 			assert_int_equal(first_below, n);    /* the last token seen is the dip */
 			assert_int_equal(json_integer_value(json_object_get(tr, "pruned_at")), n);
-			assert_null(done_of(events, t));
+			assert_null(sh_find(events, "thread.done", t));
 			const json_t *p = NULL;
 			for (int i = 0; (e = sh_nth(events, "thread.pruned", i)); i++)
 				if (json_integer_value(json_object_get(e, "thread")) == t)
@@ -326,7 +310,7 @@ check_online(const json_t *events, const json_t *merge, int warm, double eta, in
 			assert_true(strncmp(why, "low confidence", 14) == 0);
 		} else {
 			assert_int_equal(first_below, 0);
-			assert_non_null(done_of(events, t));
+			assert_non_null(sh_find(events, "thread.done", t));
 		}
 	}
 	return pruned;
@@ -426,7 +410,7 @@ test_online_single(void **state)
 	const json_t *merge = merge_of(r.events, "deepconf_online");
 	assert_null(json_object_get(json_array_get(json_object_get(merge, "traces"), 0), "token_conf"));
 	int t0 = 0;
-	if (json_is_string(json_object_get(done_of(r.events, 0), "answer")))
+	if (json_is_string(json_object_get(sh_find(r.events, "thread.done", 0), "answer")))
 		check_vote(r.events, merge, &t0, 1);
 	sh_run_free(&r);
 }

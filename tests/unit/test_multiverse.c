@@ -97,28 +97,12 @@ field(const json_t *ev, const char *key)
 	return v ? v : json_object_get(ev, key);
 }
 
-/* The thread.done event of thread t, or NULL. */
-static const json_t *
-done_of(const json_t *events, int t)
-{
-	for (int i = 0;; i++) {
-		const json_t *e = sh_nth(events, "thread.done", i);
-		if (!e)
-			return NULL;
-		if (json_integer_value(json_object_get(e, "thread")) == t)
-			return e;
-	}
-}
-
 /* No thread left behind: every spawned thread ended (done or pruned), and
  * every KV block is back (the harness waits until the job is retired). */
 static void
 assert_all_ended(const struct sh_run *r)
 {
-	int n = sh_count(r->events, "thread.spawned", -1);
-	for (int t = 0; t < n; t++)
-		assert_int_equal(sh_count(r->events, "thread.done", t) +
-				 sh_count(r->events, "thread.pruned", t), 1);
+	assert_int_equal(sh_unended(r->events), -1);
 	assert_int_equal(r->kv_idle_used, 0);
 }
 
@@ -185,7 +169,7 @@ check_tree(const struct sh_run *r)
 	int k = n_spawned - 1;
 	assert_true(k >= 2);
 	/* the map thread stopped at its </Goal>; the paths forked there */
-	const json_t *d0 = done_of(ev, 0);
+	const json_t *d0 = sh_find(ev, "thread.done", 0);
 	assert_non_null(d0);
 	assert_string_equal(json_string_value(field(d0, "finish_reason")), "stop");
 	const char *map_text = json_string_value(field(d0, "text"));
@@ -214,7 +198,7 @@ check_tree(const struct sh_run *r)
 	assert_int_equal(red, 1);
 	/* the reduce thread saw every path, in order, each path's own text,
 	 * then concluded and answered */
-	const json_t *dr = done_of(ev, red);
+	const json_t *dr = sh_find(ev, "thread.done", red);
 	assert_non_null(dr);
 	assert_string_equal(json_string_value(field(dr, "finish_reason")), "eos");
 	const char *rt = json_string_value(field(dr, "text"));
@@ -235,7 +219,7 @@ check_tree(const struct sh_run *r)
 			/* the reduce wrote it itself: its thread repeated path 1 */
 			assert_int_equal(sh_count(ev, "thread.done", i) + sh_count(ev, "thread.pruned", i),
 					 1);
-			const json_t *d1 = done_of(ev, i);
+			const json_t *d1 = sh_find(ev, "thread.done", i);
 			if (d1) {
 				char head1[] = "<Path>1:";
 				const char *b1 = rt + map_len + strlen(head1);
@@ -247,7 +231,7 @@ check_tree(const struct sh_run *r)
 			}
 		} else if (i > 1) {
 			/* path i's own thread wrote (a prefix of) this body */
-			const json_t *di = done_of(ev, i);
+			const json_t *di = sh_find(ev, "thread.done", i);
 			assert_non_null(di);
 			const char *pt = json_string_value(field(di, "text"));
 			assert_memory_equal(pt, map_text, map_len);
@@ -285,7 +269,7 @@ test_parallel_problems(void **unused)
 		if (getenv("MV_DEBUG"))
 			for (int t = 0; t <= k; t++)
 				print_message("# thread %d: %s\n", t,
-					      json_string_value(field(done_of(r.events, t), "text")));
+					      json_string_value(field(sh_find(r.events, "thread.done", t), "text")));
 		char *merge = json_dumps(sh_nth(r.events, "merge", 0), JSON_COMPACT);
 		print_message("# problem %d: merge %s\n", i, merge);
 		free(merge);
@@ -346,7 +330,7 @@ test_no_fork_when_bounded(void **unused)
 		assert_string_equal(final_type(&r), "job.done");
 		assert_int_equal(sh_count(r.events, "thread.spawned", -1), 1);
 		assert_int_equal(sh_count(r.events, "merge", -1), 0);
-		const json_t *d0 = done_of(r.events, 0);
+		const json_t *d0 = sh_find(r.events, "thread.done", 0);
 		assert_non_null(strstr(json_string_value(field(d0, "text")), "<Path>2:"));
 		const char *a = final_answer(&r);
 		assert_non_null(a);

@@ -215,30 +215,12 @@ test_bad_params(void **st)
 		    "params.workspace_tokens");
 }
 
-/* The thread.done event of thread t (borrowed), or NULL. */
-static const json_t *
-done_of(const json_t *events, int t)
-{
-	for (int i = 0;; i++) {
-		const json_t *e = sh_nth(events, "thread.done", i);
-		if (!e)
-			return NULL;
-		if (json_integer_value(json_object_get(e, "thread")) == t)
-			return e;
-	}
-}
-
 /* Every spawned thread ended exactly once, and every KV block is back
  * (the harness waits until the scheduler has retired the job). */
 static void
 check_ended(const struct sh_run *r)
 {
-	const json_t *e;
-	for (int i = 0; (e = sh_nth(r->events, "thread.spawned", i)); i++) {
-		int t = (int)json_integer_value(json_object_get(e, "thread"));
-		assert_int_equal(sh_count(r->events, "thread.done", t) +
-				 sh_count(r->events, "thread.pruned", t), 1);
-	}
+	assert_int_equal(sh_unended(r->events), -1);
 	assert_int_equal(r->kv_idle_used, 0);
 }
 
@@ -282,7 +264,7 @@ test_parathink_job(void **st)
 			snprintf(lhs, sizeof lhs, "%.*s = ", (int)(strchr(fact, '=') - fact), fact);
 			int held = 0;
 			for (int t = 0; t < 3; t++) {
-				const char *text = json_string_value(json_object_get(done_of(ev, t), "text"));
+				const char *text = json_string_value(json_object_get(sh_find(ev, "thread.done", t), "text"));
 				held += text && strstr(text, lhs) && strstr(text, strchr(fact, '=') + 1);
 			}
 			assert_true(held >= 2);
@@ -291,7 +273,7 @@ test_parathink_job(void **st)
 		assert_non_null(strstr(prompt, compute));
 		assert_string_equal(strstr(prompt, "Compute "), compute);
 		/* the summary used the block (known steps) and its answer is the job's */
-		const json_t *sd = done_of(ev, 3);
+		const json_t *sd = sh_find(ev, "thread.done", 3);
 		assert_non_null(sd);
 		const char *stext = json_string_value(json_object_get(sd, "text"));
 		assert_non_null(strstr(stext, "(known)"));
@@ -299,7 +281,7 @@ test_parathink_job(void **st)
 				    json_string_value(json_object_get(run.final, "answer")));
 		int path_tok = 0;
 		for (int t = 0; t < 3; t++)
-			path_tok += (int)json_integer_value(json_object_get(done_of(ev, t), "tokens"));
+			path_tok += (int)json_integer_value(json_object_get(sh_find(ev, "thread.done", t), "tokens"));
 		int sum_tok = (int)json_integer_value(json_object_get(sd, "tokens"));
 		printf("# parathink %s: paths %.1f tokens avg, summary %d, %zu known facts, %.2f s\n",
 		       q, path_tok / 3.0, sum_tok, json_array_size(known), run.wall_s);
@@ -370,11 +352,11 @@ test_pdr_job(void **st)
 		 * to report wins a tie, so it is one of them; and the merge says so */
 		const char *ans = json_string_value(json_object_get(run.final, "answer"));
 		assert_string_equal(ans, json_string_value(json_object_get(m2, "answer")));
-		const char *a2 = json_string_value(json_object_get(done_of(ev, 2), "answer"));
-		const char *a3 = json_string_value(json_object_get(done_of(ev, 3), "answer"));
+		const char *a2 = json_string_value(json_object_get(sh_find(ev, "thread.done", 2), "answer"));
+		const char *a3 = json_string_value(json_object_get(sh_find(ev, "thread.done", 3), "answer"));
 		assert_true((a2 && !strcmp(a2, ans)) || (a3 && !strcmp(a3, ans)));
 		for (int t = 0; t < 4; t++) {
-			const json_t *d = done_of(ev, t);
+			const json_t *d = sh_find(ev, "thread.done", t);
 			int tk = (int)json_integer_value(json_object_get(d, "tokens"));
 			if (t < 2) {
 				tok1 += tk;

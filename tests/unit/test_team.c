@@ -204,17 +204,6 @@ num(const json_t *o, const char *k)
 	return (int)json_integer_value(json_object_get(o, k));
 }
 
-/* The thread.done event of a thread (borrowed), or NULL. */
-static const json_t *
-done_of(const json_t *events, int thread)
-{
-	for (int i = 0;; i++) {
-		const json_t *e = sh_nth(events, "thread.done", i);
-		if (!e || num(e, "thread") == thread)
-			return e;
-	}
-}
-
 /* Index in events of the first event of this type and thread. */
 static size_t
 index_of(const json_t *events, const char *type, int thread)
@@ -291,7 +280,7 @@ t_solver_checker(void **st)
 
 	/* the checker's prompt holds every step line the solver wrote (its
 	 * text as the scheduler reported it), numbered, and its answer */
-	const char *stext = str(done_of(r.events, ts), "text"), *ctext = str(chk, "prompt");
+	const char *stext = str(sh_find(r.events, "thread.done", ts), "text"), *ctext = str(chk, "prompt");
 	assert_non_null(stext);
 	assert_non_null(ctext);
 	assert_true(!strncmp(ctext, "Check: Compute 68*9+6\nStep 1: ", 30));
@@ -314,7 +303,7 @@ t_solver_checker(void **st)
 	assert_true(num(r.final, "prompt_tokens") > (int)n_solver);
 
 	/* the checker re-checked each step: its text reaches Step <steps> */
-	const char *cout = str(done_of(r.events, tc), "text");
+	const char *cout = str(sh_find(r.events, "thread.done", tc), "text");
 	char last[32];
 	snprintf(last, sizeof last, "Step %d", steps);
 	print_message("# checker said: %s\n", cout);
@@ -384,7 +373,7 @@ t_reject_resolves(void **st)
 		/* the checker's role budget: at most 40 tokens */
 		const json_t *ca = json_array_get(as, 2 * ((size_t)round - 1) + 1);
 		int tc = (int)json_integer_value(json_array_get(json_object_get(ca, "threads"), 0));
-		assert_true(num(done_of(r.events, tc), "tokens") <= 40);
+		assert_true(num(sh_find(r.events, "thread.done", tc), "tokens") <= 40);
 	}
 	json_t *dn = merges(r.events, "team.done");
 	assert_int_equal(json_array_size(dn), 1);
@@ -515,7 +504,7 @@ t_budget_and_solvers(void **st)
 	assert_string_equal(str(r.final, "type"), "job.done");
 	assert_int_equal(r.kv_idle_used, 0);
 	for (int t = 0; t < 4; t++) {
-		const json_t *d = done_of(r.events, t);
+		const json_t *d = sh_find(r.events, "thread.done", t);
 		assert_non_null(d);
 		assert_int_equal(num(d, "tokens"), 6);
 	}
