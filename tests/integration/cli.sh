@@ -6,18 +6,6 @@ set -u
 . "$BRAID_SRCDIR/tests/integration/tap.sh"
 B=$BRAID_BIN
 D=$BRAID_TEST_DATA
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-
-# run CMD...: stdout to $T/out, stderr to $T/err, status to $rc
-run() { "$@" >"$T/out" 2>"$T/err"; rc=$?; }
-# fails_clearly "desc" EXPECTED_RC PATTERN CMD...: exit status and message
-fails_clearly() {
-	d=$1; want=$2; pat=$3; shift 3
-	run "$@"
-	if [ "$rc" -eq "$want" ] && grep -q -- "$pat" "$T/err"; then ok "$d"
-	else not_ok "$d (rc=$rc, stderr: $(head -c 300 "$T/err"))"; fi
-}
 
 tap_plan 44
 

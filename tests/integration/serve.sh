@@ -13,18 +13,8 @@ for tool in curl jq node; do
 done
 [ -d "$S/node_modules/ws" ] && [ -d "$S/node_modules/openai" ] ||
 	{ echo "1..0 # SKIP node_modules missing: run ./setup (npm install)"; exit 0; }
-T=$(mktemp -d)
-PIDS=
-cleanup() {
-	for p in $PIDS; do kill "$p" 2>/dev/null; done 2>/dev/null
-	for p in $PIDS; do wait "$p" 2>/dev/null; done
-	rm -rf "$T"
-}
-trap cleanup EXIT
 MODEL=$D/models/qwen3-f32
 
-# jqt FILTER FILE: jq -e, quietly
-jqt() { jq -e "$@" >/dev/null 2>&1; }
 # start NAME ARGS...: a daemon on a free port; sets $pid and $url
 start() {
 	name=$1; shift

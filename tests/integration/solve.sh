@@ -18,26 +18,8 @@ P=$D/problems
 for tool in jq curl; do
 	command -v $tool >/dev/null 2>&1 || { echo "1..0 # SKIP $tool not installed"; exit 0; }
 done
-T=$(mktemp -d)
-PIDS=
-cleanup() {
-	for p in $PIDS; do kill "$p" 2>/dev/null; done 2>/dev/null
-	for p in $PIDS; do wait "$p" 2>/dev/null; done
-	rm -rf "$T"
-}
-trap cleanup EXIT
 MODEL=$D/models/qwen3-f32
 
-# run CMD...: stdout to $T/out, stderr to $T/err, status to $rc
-run() { "$@" >"$T/out" 2>"$T/err"; rc=$?; }
-# fails_clearly "desc" EXPECTED_RC PATTERN CMD...: exit status and message
-fails_clearly() {
-	d=$1; want=$2; pat=$3; shift 3
-	run "$@"
-	if [ "$rc" -eq "$want" ] && grep -q -- "$pat" "$T/err"; then ok "$d"
-	else not_ok "$d (rc=$rc, stderr: $(head -c 300 "$T/err"))"; fi
-}
-jqt() { jq -e "$@" >/dev/null 2>&1; }
 # ids FILE: the sorted ids of a problem file as the spec defines them (the
 # "id" field, else the 1-based line number), as compact JSON, one a line
 ids() { jq -c -s 'to_entries | map(.value.id // (.key + 1)) | .[]' "$1" | sort; }

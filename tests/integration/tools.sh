@@ -7,19 +7,16 @@
 set -u
 . "$BRAID_SRCDIR/tests/integration/tap.sh"
 B=$BRAID_BIN
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
 export BRAID_MODELS="$BRAID_SRCDIR/models"
-jq_q() { jq -e "$@" >/dev/null 2>&1; }
 
 tap_plan 10
 
 "$BRAID_SRCDIR/tools/arith_card.sh" --out "$T/card" --braid "$B" --device cpu --problems 3 -n 2 \
 	--sets "tier3 tier3-known" >"$T/card.log" 2>&1
-check "arith_card.sh: a row per set with greedy, pass@1 and majority in [0, 1]" jq_q \
+check "arith_card.sh: a row per set with greedy, pass@1 and majority in [0, 1]" jqt \
 	'[.rows[].set] == ["tier3", "tier3-known"] and all(.rows[]; .problems == 3 and
 	 ([.greedy, .pass1, .maj] | all(. >= 0 and . <= 1)))' "$T/card/card.json"
-check "arith_card.sh: the Known-block comparison pairs the 3 problems by index (its pass@1s are the rows')" jq_q \
+check "arith_card.sh: the Known-block comparison pairs the 3 problems by index (its pass@1s are the rows')" jqt \
 	'. as $c | .compare[0] as $k | ($c.rows | map({(.set): .pass1}) | add) as $p |
 	 $k.name == "Known block vs none" and $k.problems == 3 and
 	 ($k.pass1_a - $p["tier3"] | fabs) < 1e-9 and ($k.pass1_b - $p["tier3-known"] | fabs) < 1e-9 and
@@ -28,7 +25,7 @@ check "arith_card.sh: a markdown table" grep -q '^| tier3-known | 3 |' "$T/card/
 
 "$BRAID_SRCDIR/tools/strategies_bench.sh" --braid "$B" --device cpu --problems 1 -n 2 --concurrency 1 \
 	--strategies "single multiverse" --out "$T/sb" >"$T/sb.log" 2>&1
-check "strategies_bench.sh: single and multiverse on the three sets, one problem at a time" jq_q \
+check "strategies_bench.sh: single and multiverse on the three sets, one problem at a time" jqt \
 	'.concurrency == "1" and ([.rows[] | "\(.set) \(.strategy)"] == ["tier4 single", "tier4 multiverse",
 	 "mixed single", "mixed multiverse", "tier3-split-sequential single", "tier3-split-sequential multiverse"])
 	 and all(.rows[]; .problems == 1 and .tokens_total > 0)' "$T/sb/strategies.json"
@@ -72,7 +69,7 @@ jq -n '{peer: "HF transformers generate()", shape: "0.6b", rows: [
 	{n: 64, mode: "static", error: "compile failed"}]}' >"$GB/hf-0.6b.json"
 printf '{"shape":"0.6b","step":"hf","rc":3,"seconds":1.5}\n' >"$GB/status-hf-0.6b.json"
 "$BRAID_SRCDIR/tools/gpu_bench.sh" --merge-only --out "$GB" >"$T/gb3.log" 2>&1
-check "gpu_bench.sh: the targets come from the runs' own figures (bound, e2e / HF, KV stored once)" jq_q \
+check "gpu_bench.sh: the targets come from the runs' own figures (bound, e2e / HF, KV stored once)" jqt \
 	--slurpfile b "$GB/braid-0.6b.json" --slurpfile m "$GB/mem-0.6b.json" '
 	($b[0].rows | map({(.n|tostring): .}) | add) as $r |
 	(.targets | map(select(.shape == "0.6b"))) as $t |
