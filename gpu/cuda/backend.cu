@@ -627,13 +627,13 @@ enqueue_pass(struct cuda_backend *cb, int rows, int nlog)
 			return rc;
 		CK(k_rmsnorm(cb->x, NULL, n_rows, L->mlp_norm, rows, d, c->rms_eps, cb->xb, cb->st));
 		// The GEMV, where it serves the gate-up projection, writes silu(gate)
-		// * up itself (BRAID_FUSE_SWIGLU=0: the GEMV, then k_swiglu_pairs).
+		// * up itself (BRAID_FUSE_SWIGLU=0: the GEMV, then k_swiglu).
 		cudaError_t fe = cb->fuse_swiglu ? k_gemm_run_swiglu(cb->gm, L->wgu, 2 * f, d, cb->xb, rows, cb->h, cb->st)
 						 : cudaErrorNotSupported;
 		if (fe == cudaErrorNotSupported) {
 			if ((rc = gemm(cb, L->wgu, 2 * f, d, cb->xb, rows, cb->gu, 0.0f)))
 				return rc;
-			CK(k_swiglu_pairs(cb->gu, rows, f, cb->h, cb->st));
+			CK(k_swiglu(cb->gu, rows, f, cb->h, cb->st));
 		} else if (fe != cudaSuccess) {
 			snprintf(cb->err, sizeof cb->err, "CUDA: GEMM+SwiGLU %dx%d, %d rows: %s", 2 * f, d, rows,
 				 *k_gemm_error(cb->gm) ? k_gemm_error(cb->gm) : cudaGetErrorString(fe));

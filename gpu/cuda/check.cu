@@ -308,7 +308,7 @@ done:
 }
 
 extern "C" int
-kc_swiglu(const float *gu, int rows, int f, int pairs, float *h, char *err, int errlen)
+kc_swiglu(const float *gu, int rows, int f, float *h, char *err, int errlen)
 {
 	if (!gu || !h || rows <= 0 || f <= 0)
 		return bad(err, errlen, "kc_swiglu: bad arguments (rows %d, f %d)", rows, f);
@@ -321,7 +321,7 @@ kc_swiglu(const float *gu, int rows, int f, int pairs, float *h, char *err, int 
 		goto done;
 	TRY(d_upload(&R, (void **)&d_gu, gu, 2 * n_h * sizeof(float)));
 	TRY(d_upload_bf16(&R, &d_h, h, n_h));
-	CK(&R, pairs ? k_swiglu_pairs(d_gu, rows, f, d_h, R.s) : k_swiglu(d_gu, rows, f, d_h, R.s));
+	CK(&R, k_swiglu(d_gu, rows, f, d_h, R.s));
 	TRY(d_download_bf16(&R, h, d_h, n_h));
 done:
 	r_end(&R);

@@ -123,9 +123,9 @@ int kc_attn_warp_item(int n_rows, int n_heads, int n_kv_heads, int head_dim);
  * position an item reads must have its block in the table. */
 int kc_attention(const struct kc_attn_args *a, float *out, char *err, int errlen);
 
-/* h(rows, f) = bf16(silu(gu[:, :f]) * gu[:, f:]); gu (rows, 2f).  pairs:
- * gu's rows hold (gate j, up j) at columns 2j, 2j+1 (k_swiglu_pairs). */
-int kc_swiglu(const float *gu, int rows, int f, int pairs, float *h, char *err, int errlen);
+/* h(rows, f) = bf16(silu(gate) * up); gu (rows, 2f) holds (gate j, up j)
+ * at columns 2j, 2j+1 (k_swiglu). */
+int kc_swiglu(const float *gu, int rows, int f, float *h, char *err, int errlen);
 
 /* dst[slots[i]] = src[i] (rows of width floats) for i < n_active with
  * slots[i] >= 0; src (rows, width), dst (n_dst, width) in/out. */

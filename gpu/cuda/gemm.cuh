@@ -57,9 +57,9 @@ cudaError_t k_gemm_run(k_gemm *g, const bf16 *w, int w_rows, int w_cols, const b
 // Where k_gemm_run would take the GEMV for (w_rows, w_cols, n): the same
 // GEMV with W's rows interleaving gate and up projections (row 2j gate j,
 // row 2j+1 up j), writing h(n, w_rows / 2) bf16 = silu(gate) * up - the
-// values k_gemm_run and k_swiglu_pairs give - with no f32 output.
+// values k_gemm_run and k_swiglu give - with no f32 output.
 // cudaErrorNotSupported where k_gemm_run would not take the GEMV (then run
-// k_gemm_run and k_swiglu_pairs); enqueues on st like k_gemm_run.
+// k_gemm_run and k_swiglu); enqueues on st like k_gemm_run.
 cudaError_t k_gemm_run_swiglu(k_gemm *g, const bf16 *w, int w_rows, int w_cols, const bf16 *in, int n, bf16 *h,
 			      cudaStream_t st);
 

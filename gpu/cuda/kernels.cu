@@ -102,28 +102,9 @@ k_rmsnorm(const float *x, const int32_t *idx, const int *n, const float *w, int 
 	return k_launch(rmsnorm_kernel, dim3(rows), dim3(d >= 1024 ? 1024 : 256), 0, s, x, idx, n, w, d, eps, out);
 }
 
+// gu's rows hold (gate j, up j) pairs.
 static __global__ void
 swiglu_kernel(const float *gu, int f, bf16 *h)
-{
-	k_pdl_start();
-	const int r = blockIdx.y;
-	const float *g = gu + (size_t)r * 2 * f, *u = g + f;
-	for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < f; i += gridDim.x * blockDim.x) {
-		float a = g[i];
-		h[(size_t)r * f + i] = __float2bfloat16(a / (1.0f + expf(-a)) * u[i]);
-	}
-}
-
-cudaError_t
-k_swiglu(const float *gu, int rows, int f, bf16 *h, cudaStream_t s)
-{
-	dim3 grid((f + 1023) / 1024, rows);
-	return k_launch(swiglu_kernel, grid, dim3(256), 0, s, gu, f, h);
-}
-
-// As swiglu_kernel, gu's rows holding (gate j, up j) pairs.
-static __global__ void
-swiglu_pairs_kernel(const float *gu, int f, bf16 *h)
 {
 	k_pdl_start();
 	const int r = blockIdx.y;
@@ -135,10 +116,10 @@ swiglu_pairs_kernel(const float *gu, int f, bf16 *h)
 }
 
 cudaError_t
-k_swiglu_pairs(const float *gu, int rows, int f, bf16 *h, cudaStream_t s)
+k_swiglu(const float *gu, int rows, int f, bf16 *h, cudaStream_t s)
 {
 	dim3 grid((f + 1023) / 1024, rows);
-	return k_launch(swiglu_pairs_kernel, grid, dim3(256), 0, s, gu, f, h);
+	return k_launch(swiglu_kernel, grid, dim3(256), 0, s, gu, f, h);
 }
 
 static __global__ void

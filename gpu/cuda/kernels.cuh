@@ -125,12 +125,9 @@ cudaError_t k_attn_merge(const float *part_ml, const float *part_acc, const int3
 			 const int32_t *rp_idx, const int *n, int rows, int n_heads, int hd, bf16 *out,
 			 cudaStream_t s);
 
-// h(rows, f) bf16 = silu(gu[:, :f]) * gu[:, f:] (gu (rows, 2f) f32).
+// h(rows, f) bf16 = silu(gate) * up, gu(rows, 2f) f32 holding (gate j, up j)
+// at columns 2j, 2j+1 (the layout of interleaved gate/up weight rows).
 cudaError_t k_swiglu(const float *gu, int rows, int f, bf16 *h, cudaStream_t s);
-
-// The same with gu(rows, 2f) holding (gate j, up j) at columns 2j, 2j+1 (the
-// layout of interleaved gate/up weight rows).
-cudaError_t k_swiglu_pairs(const float *gu, int rows, int f, bf16 *h, cudaStream_t s);
 
 // dst[slots[i]] = src[i] (rows of width floats) for i < *n with slots[i] >= 0.
 cudaError_t k_scatter_rows(const float *src, const int32_t *slots, const int *n, int rows, int width,
