@@ -153,17 +153,24 @@ meta_at(char *base, size_t off)
 
 // ---- weights -------------------------------------------------------------------
 
-// Append w (rows, cols) in bf16 to host staging at element offset at.
+// w (rows, cols) in bf16 into host staging: row j at dst + j * stride.
 static void
-stage_bf16(const struct weight *w, bf16 *dst)
+stage_bf16(const struct weight *w, bf16 *dst, size_t stride)
 {
-	const size_t n = (size_t)w->rows * (size_t)w->cols;
-	if (w->dtype == ST_BF16) {
-		memcpy(dst, w->data, n * sizeof(bf16));
+	const size_t rows = (size_t)w->rows, cols = (size_t)w->cols;
+	if (w->dtype == ST_BF16 && stride == cols) {
+		memcpy(dst, w->data, rows * cols * sizeof(bf16));
 		return;
 	}
-	for (size_t i = 0; i < n; i++)
-		dst[i] = __float2bfloat16(st_load(w->data, w->dtype, i));
+	for (size_t j = 0; j < rows; j++) {
+		bf16 *d = dst + j * stride;
+		if (w->dtype == ST_BF16) {
+			memcpy(d, (const bf16 *)w->data + j * cols, cols * sizeof(bf16));
+			continue;
+		}
+		for (size_t i = 0; i < cols; i++)
+			d[i] = __float2bfloat16(st_load(w->data, w->dtype, j * cols + i));
+	}
 }
 
 // ws[0..nw) concatenated by rows, as bf16 on the device; with pairs (nw 2,
@@ -173,6 +180,12 @@ static int
 upload_bf16(struct cuda_backend *cb, const struct weight *const *ws, int nw, bf16 **out, size_t *bytes,
 	    bool pairs = false)
 {
+	if (pairs && (nw != 2 || ws[0]->rows != ws[1]->rows || ws[0]->cols != ws[1]->cols)) {
+		snprintf(cb->err, sizeof cb->err, "gate and up projections of different shapes (%lldx%lld, %lldx%lld)",
+			 (long long)ws[0]->rows, (long long)ws[0]->cols, (long long)ws[nw > 1]->rows,
+			 (long long)ws[nw > 1]->cols);
+		return ENG_ERR_INVALID;
+	}
 	size_t n = 0;
 	for (int i = 0; i < nw; i++)
 		n += (size_t)ws[i]->rows * (size_t)ws[i]->cols;
@@ -181,32 +194,16 @@ upload_bf16(struct cuda_backend *cb, const struct weight *const *ws, int nw, bf1
 		snprintf(cb->err, sizeof cb->err, "out of host memory staging %zu weights", n);
 		return ENG_ERR_NOMEM;
 	}
-	size_t at = 0;
-	for (int i = 0; i < nw; i++) {
-		stage_bf16(ws[i], host + at);
-		at += (size_t)ws[i]->rows * (size_t)ws[i]->cols;
-	}
-	if (pairs && (nw != 2 || ws[0]->rows != ws[1]->rows || ws[0]->cols != ws[1]->cols)) {
-		free(host);
-		snprintf(cb->err, sizeof cb->err, "gate and up projections of different shapes (%lldx%lld, %lldx%lld)",
-			 (long long)ws[0]->rows, (long long)ws[0]->cols, (long long)ws[nw > 1]->rows,
-			 (long long)ws[nw > 1]->cols);
-		return ENG_ERR_INVALID;
-	}
 	if (pairs) {
-		bf16 *mixed = (bf16 *)malloc(n * sizeof(bf16));
-		if (!mixed) {
-			free(host);
-			snprintf(cb->err, sizeof cb->err, "out of host memory staging %zu weights", n);
-			return ENG_ERR_NOMEM;
+		const size_t cols = (size_t)ws[0]->cols;
+		stage_bf16(ws[0], host, 2 * cols);
+		stage_bf16(ws[1], host + cols, 2 * cols);
+	} else {
+		size_t at = 0;
+		for (int i = 0; i < nw; i++) {
+			stage_bf16(ws[i], host + at, (size_t)ws[i]->cols);
+			at += (size_t)ws[i]->rows * (size_t)ws[i]->cols;
 		}
-		const size_t rows = (size_t)ws[0]->rows, cols = (size_t)ws[0]->cols;
-		for (size_t j = 0; j < rows; j++) {
-			memcpy(mixed + (2 * j) * cols, host + j * cols, cols * sizeof(bf16));
-			memcpy(mixed + (2 * j + 1) * cols, host + (rows + j) * cols, cols * sizeof(bf16));
-		}
-		free(host);
-		host = mixed;
 	}
 	cudaError_t e = cudaMalloc((void **)out, n * sizeof(bf16));
 	if (e == cudaSuccess)
@@ -1063,12 +1060,11 @@ create(struct cuda_backend *cb, const struct cuda_backend_params *p, size_t *wei
 	// BRAID_ATT_CLUSTER_EARLY=1 lets the next kernel be scheduled before the
 	// clusters' merge (0.6b +4% more, 1.7b -8%).
 	const char *ac = getenv("BRAID_ATT_CLUSTER"), *ae = getenv("BRAID_ATT_CLUSTER_EARLY");
-	const bool ac_auto = !ac || !strcmp(ac, "auto");
-	cb->att_cluster = ac_auto ? k_attention_cluster_size(cb->g, c->n_heads) : atoi(ac);
+	const bool ac_auto = !ac || !strcmp(ac, "auto"), ac_off = ac && !strcmp(ac, "0");
+	cb->att_cluster = ac_off ? 0 : ac_auto ? k_attention_cluster_size(cb->g, c->n_heads) : atoi(ac);
 	cb->att_cluster_early = ae && !strcmp(ae, "1");
-	if (cb->att_cluster < 0 || cb->att_cluster > 16 ||
-	    (!ac_auto && (cb->att_cluster > 0 || strcmp(ac, "0")) &&
-	     !k_attention_cluster_fits(cb->g, c->n_heads, cb->att_cluster))) {
+	// k_attention_cluster_fits refuses sizes outside 1..16 (and "abc" reads 0).
+	if (!ac_auto && !ac_off && !k_attention_cluster_fits(cb->g, c->n_heads, cb->att_cluster)) {
 		snprintf(cb->err, sizeof cb->err,
 			 "BRAID_ATT_CLUSTER=%s: expected 0 (off), auto or a cluster size 1..16 this device runs for this model",
 			 ac);

@@ -536,9 +536,7 @@ k_gemm_run_swiglu(k_gemm *g, const bf16 *w, int w_rows, int w_cols, const bf16 *
 	if (!g || !w || !in || !h || w_rows <= 0 || w_rows % 2 || w_cols <= 0 || n <= 0)
 		return cudaErrorInvalidValue;
 	g->msg[0] = '\0';
-	if (g->plain)
-		return cudaErrorNotSupported;
-	int ks, unroll;
+	int ks, unroll;   // gemv_choice declines for a plain k_gemm
 	if (!gemv_choice(g, tuned(g, w_rows, w_cols, n), w_rows, w_cols, n, &ks, &unroll) || !gemv_fits(w_cols, n, w, in))
 		return cudaErrorNotSupported;
 	return cuda_fail(g, gemv_launch(w, w_rows, w_cols, in, n, nullptr, 0.0f, ks, unroll, st, h), "gemv swiglu");

@@ -1098,8 +1098,9 @@ k_attention_decode(const float *q, const bf16 *kv, const int32_t *tables, const 
 // A row's attention for one kv head on a cluster of CTAs of ATTC_WARPS
 // warps: the row's positions [0, pos] split into contiguous runs of tiles,
 // one a warp (the one-warp tile loop); the warps' states merged in the CTA,
-// the CTAs' states merged by rank 0 through distributed shared memory, the
-// output written as bf16 - no partials in global memory, no merge kernel.
+// the CTAs' states merged through distributed shared memory (each rank
+// writes a share of the outputs), the output written as bf16 - no partials
+// in global memory, no merge kernel.
 #define ATTC_WARPS 4
 
 // Shared memory of a CTA, in bytes: the row's queries (group x hd f32),
@@ -1187,7 +1188,8 @@ attention_cluster_kernel(const float *q, const bf16 *kv, const int32_t *tables, 
 	// With early, the next kernel may be scheduled from here on (its own
 	// early start then overlaps the merges); else only when this kernel
 	// ends.  On an H100 at N=1, early against at the end: 0.6b 791 vs 758
-	// tok/s, 1.7b 443 vs 484, 8b 157 vs 156 (docs/gpu-bench.md).
+	// tok/s, 1.7b 443 vs 484, 8b 157 vs 156 (0.6b and 1.7b in one call, 8b from two;
+	// docs/gpu-bench.md).
 	if (early)
 		k_pdl_trigger();
 	float *mine = states + w * sst;
