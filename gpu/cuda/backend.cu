@@ -1015,6 +1015,15 @@ setup_gemm(struct cuda_backend *cb)
 			return ce == cudaErrorMemoryAllocation ? ENG_ERR_NOMEM : ENG_ERR_DEVICE;
 		}
 	}
+	// BRAID_GEMM_LOG=1: every projection's choice for every bucket, on stderr.
+	const char *lg = getenv("BRAID_GEMM_LOG");
+	if (lg && !strcmp(lg, "1"))
+		for (const auto &sh : shapes)
+			for (int i = 0; i < nb; i++) {
+				char what[256];
+				k_gemm_describe(cb->gm, sh[0], sh[1], buckets[i], what, sizeof what);
+				fprintf(stderr, "braid: GEMM %dx%d, %d rows: %s\n", sh[0], sh[1], buckets[i], what);
+			}
 	return 0;
 }
 
