@@ -81,7 +81,8 @@ struct cuda_backend {
 	struct model_config c;
 	int qd, kd, qkvd;            // nh*hd, nkv*hd, qd + 2*kd
 	int max_rows, max_seqs, use_graphs, n_sm, ctas, warps, one_stream, one_warps, att_cluster, fuse_swiglu;
-	bool att_cluster_early;      // BRAID_ATT_CLUSTER_EARLY=1 (k_attention_rows' early)
+	bool att_cluster_early;
+	unsigned skip;               // BRAID_PROFILE_SKIP: SKIP_* kinds of kernels left out      // BRAID_ATT_CLUSTER_EARLY=1 (k_attention_rows' early)
 	bool warp_items;             // one-row items go to the one-warp kernel (k_attn_warp_item)
 	// Rows the buffers hold: max_rows, or the graph bucket above it (a pass
 	// of max_rows or fewer rows runs padded to its bucket).
@@ -568,6 +569,52 @@ gemm(struct cuda_backend *cb, const bf16 *w, int w_rows, int w_cols, const bf16 
 	return 0;
 }
 
+// BRAID_PROFILE_SKIP=kind,...: kernels left out of every pass, so that a
+// benchmark's step time without them shows what they cost on the critical
+// path (the outputs are wrong: for timing only).
+enum {
+	SKIP_SMALL = 1,      // RMSNorm, the QKV epilogue, SwiGLU (its own kernel)
+	SKIP_CTA = 2,        // attention units of many queries (attention_kernel)
+	SKIP_WARP = 4,       // decode attention units (the one-warp kernel)
+	SKIP_ONE_ROW = 8,    // a one-row pass's attention (cluster or one-warp kernel)
+	SKIP_MERGE = 16,     // the attention merge
+	SKIP_GEMM = 32,      // the layers' projections (not the LM head; SwiGLU's own kernel goes too)
+};
+
+static const struct {
+	const char *name;
+	unsigned bits;
+} skip_kinds[] = {
+	{ "small", SKIP_SMALL }, { "cta", SKIP_CTA }, { "warp", SKIP_WARP }, { "one-row", SKIP_ONE_ROW },
+	{ "attention", SKIP_CTA | SKIP_WARP | SKIP_ONE_ROW }, { "merge", SKIP_MERGE }, { "gemm", SKIP_GEMM },
+};
+
+// The mask of a BRAID_PROFILE_SKIP list ("" none), or -1 (err says why).
+static long
+parse_skip(const char *v, char *err, size_t errlen)
+{
+	unsigned mask = 0;
+	for (const char *p = v; *v;) {
+		const size_t n = strcspn(p, ",");
+		size_t k = 0;
+		while (k < sizeof skip_kinds / sizeof skip_kinds[0] &&
+		       (strlen(skip_kinds[k].name) != n || strncmp(skip_kinds[k].name, p, n)))
+			k++;
+		if (k == sizeof skip_kinds / sizeof skip_kinds[0]) {
+			snprintf(err, errlen,
+				 "BRAID_PROFILE_SKIP=%s: unknown kernel kind \"%.*s\" (expected a comma list of small, cta, "
+				 "warp, one-row, attention, merge, gemm)",
+				 v, (int)n, p);
+			return -1;
+		}
+		mask |= skip_kinds[k].bits;
+		if (!p[n])
+			break;
+		p += n + 1;
+	}
+	return mask;
+}
+
 // Everything from the uploaded metadata to the logits slots, for rows
 // padded to `rows` and logits to `nlog`: the body of a graph, or run eagerly.
 static int
@@ -589,10 +636,13 @@ enqueue_pass(struct cuda_backend *cb, int rows, int nlog)
 	CK(k_embed(cb->emb, tokens, n_rows, rows, d, cb->x, cb->st));
 	for (int l = 0; l < c->n_layers; l++) {
 		const struct cl_layer *L = &cb->L[l];
-		CK(k_rmsnorm(cb->x, NULL, n_rows, L->attn_norm, rows, d, c->rms_eps, cb->xb, cb->st));
-		if ((rc = gemm(cb, L->wqkv, cb->qkvd, d, cb->xb, rows, cb->qkv, 0.0f)))
+		const bool small = !(cb->skip & SKIP_SMALL), proj = !(cb->skip & SKIP_GEMM);
+		if (small)
+			CK(k_rmsnorm(cb->x, NULL, n_rows, L->attn_norm, rows, d, c->rms_eps, cb->xb, cb->st));
+		if (proj && (rc = gemm(cb, L->wqkv, cb->qkvd, d, cb->xb, rows, cb->qkv, 0.0f)))
 			return rc;
-		CK(k_qkv_post(cb->qkv, L->bqkv, L->qn, L->kn, cb->inv_freq, pos, tab_off, tables, n_rows, rows,
+		if (small)
+			CK(k_qkv_post(cb->qkv, L->bqkv, L->qn, L->kn, cb->inv_freq, pos, tab_off, tables, n_rows, rows,
 			      c->n_heads, c->rms_eps, cb->g, l, cb->kv, cb->q, cb->st));
 		// A one-row pass has only decode items: the one-warp kernel alone,
 		// on st with programmatic dependent launch, so it is scheduled
@@ -603,7 +653,9 @@ enqueue_pass(struct cuda_backend *cb, int rows, int nlog)
 		// at each layer (with the merge launched early too, the later
 		// kernels' early starts cost 8b N=1 13%).
 		const bool one = rows == 1 && cb->one_stream && cb->warp_items;
-		if (one && cb->att_cluster) {
+		if (one && (cb->skip & SKIP_ONE_ROW)) {
+			// BRAID_PROFILE_SKIP
+		} else if (one && cb->att_cluster) {
 			CK(k_attention_rows(cb->q, cb->kv, tables, tab_off, pos, n_rows, rows, c->n_heads, cb->g, l,
 					    cb->att_cluster, cb->att_cluster_early, cb->att, cb->st));
 		} else if (one) {
@@ -612,31 +664,34 @@ enqueue_pass(struct cuda_backend *cb, int rows, int nlog)
 		} else {
 			CK(cudaEventRecord(cb->ev_fork, cb->st));
 			CK(cudaStreamWaitEvent(cb->st2, cb->ev_fork, 0));
-			CK(k_attention(cb->q, cb->kv, tables, pos, item_rows, items, n_items, cb->ctas, cb->warps,
+			CK(k_attention(cb->q, cb->kv, tables, pos, item_rows, items, n_items,
+				       (cb->skip & SKIP_CTA) ? 0 : cb->ctas, (cb->skip & SKIP_WARP) ? 0 : cb->warps,
 				       c->n_heads, cb->g, l, cb->part_ml, cb->part_acc, cb->st, cb->st2));
 			CK(cudaEventRecord(cb->ev_join, cb->st2));
 			CK(cudaStreamWaitEvent(cb->st, cb->ev_join, 0));
 		}
-		if (!(one && cb->att_cluster))
+		if (!(one && cb->att_cluster) && !(cb->skip & SKIP_MERGE))
 			CK(k_attn_merge(cb->part_ml, cb->part_acc, rp_off, rp_idx, n_rows, rows, c->n_heads, c->head_dim,
 					cb->att, cb->st));
-		if ((rc = gemm(cb, L->wo, d, cb->qd, cb->att, rows, cb->x, 1.0f)))
+		if (proj && (rc = gemm(cb, L->wo, d, cb->qd, cb->att, rows, cb->x, 1.0f)))
 			return rc;
-		CK(k_rmsnorm(cb->x, NULL, n_rows, L->mlp_norm, rows, d, c->rms_eps, cb->xb, cb->st));
+		if (small)
+			CK(k_rmsnorm(cb->x, NULL, n_rows, L->mlp_norm, rows, d, c->rms_eps, cb->xb, cb->st));
 		// The GEMV, where it serves the gate-up projection, writes silu(gate)
 		// * up itself (BRAID_FUSE_SWIGLU=0: the GEMV, then k_swiglu).
-		cudaError_t fe = cb->fuse_swiglu ? k_gemm_run_swiglu(cb->gm, L->wgu, 2 * f, d, cb->xb, rows, cb->h, cb->st)
+		cudaError_t fe = !proj ? cudaSuccess : cb->fuse_swiglu ? k_gemm_run_swiglu(cb->gm, L->wgu, 2 * f, d, cb->xb, rows, cb->h, cb->st)
 						 : cudaErrorNotSupported;
 		if (fe == cudaErrorNotSupported) {
 			if ((rc = gemm(cb, L->wgu, 2 * f, d, cb->xb, rows, cb->gu, 0.0f)))
 				return rc;
-			CK(k_swiglu(cb->gu, rows, f, cb->h, cb->st));
+			if (small)
+				CK(k_swiglu(cb->gu, rows, f, cb->h, cb->st));
 		} else if (fe != cudaSuccess) {
 			snprintf(cb->err, sizeof cb->err, "CUDA: GEMM+SwiGLU %dx%d, %d rows: %s", 2 * f, d, rows,
 				 *k_gemm_error(cb->gm) ? k_gemm_error(cb->gm) : cudaGetErrorString(fe));
 			return ENG_ERR_DEVICE;
 		}
-		if ((rc = gemm(cb, L->wdown, d, f, cb->h, rows, cb->x, 1.0f)))
+		if (proj && (rc = gemm(cb, L->wdown, d, f, cb->h, rows, cb->x, 1.0f)))
 			return rc;
 	}
 	if (nlog > 0) {
@@ -1072,6 +1127,14 @@ create(struct cuda_backend *cb, const struct cuda_backend_params *p, size_t *wei
 	const bool ac_auto = !ac || !strcmp(ac, "auto"), ac_off = ac && !strcmp(ac, "0");
 	cb->att_cluster = ac_off ? 0 : ac_auto ? k_attention_cluster_size(cb->g, c->n_heads) : atoi(ac);
 	cb->att_cluster_early = ae && !strcmp(ae, "1");
+	const char *sk = getenv("BRAID_PROFILE_SKIP");
+	const long skip = sk ? parse_skip(sk, cb->err, sizeof cb->err) : 0;
+	if (skip < 0)
+		return ENG_ERR_INVALID;
+	cb->skip = (unsigned)skip;
+	if (skip)
+		fprintf(stderr, "braid: BRAID_PROFILE_SKIP=%s: kernels left out of every pass; outputs are wrong (timing only)\n",
+			sk);
 	// k_attention_cluster_fits refuses sizes outside 1..16 (and "abc" reads 0).
 	if (!ac_auto && !ac_off && !k_attention_cluster_fits(cb->g, c->n_heads, cb->att_cluster)) {
 		snprintf(cb->err, sizeof cb->err,

@@ -1076,8 +1076,10 @@ k_attention(const float *q, const bf16 *kv, const int32_t *tables, const int32_t
 	    const k_attn_item *items, const int *n_items, int ctas, int warps, int n_heads, k_kv_geom g,
 	    int layer, float *part_ml, float *part_acc, cudaStream_t s, cudaStream_t s_warp)
 {
-	cudaError_t e = k_launch(attention_kernel, dim3(ctas), dim3(K_ATT_THREADS), k_attention_smem(g.head_dim), s,
-				 q, kv, tables, pos, item_rows, items, n_items, n_heads, g, layer, part_ml, part_acc, att_mma);
+	cudaError_t e = ctas <= 0 ? cudaSuccess
+				  : k_launch(attention_kernel, dim3(ctas), dim3(K_ATT_THREADS), k_attention_smem(g.head_dim),
+					     s, q, kv, tables, pos, item_rows, items, n_items, n_heads, g, layer, part_ml,
+					     part_acc, att_mma);
 	if (e != cudaSuccess || warps <= 0)
 		return e;
 	return launch_warp(q, kv, tables, pos, item_rows, items, n_items, warps, n_heads, g, layer, part_ml, part_acc,

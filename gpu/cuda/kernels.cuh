@@ -71,7 +71,7 @@ cudaError_t k_qkv_post(const float *qkv, const float *b, const float *qn, const 
 
 // Attention partials (head_dim a multiple of 8) for items[n_items[0] +
 // n_items[1]]: the first n_items[0] on a persistent grid of ctas blocks of
-// K_ATT_THREADS, the other n_items[1] (decode items: k_attn_warp_item() is
+// K_ATT_THREADS (0: none), the other n_items[1] (decode items: k_attn_warp_item() is
 // true for them) one warp each on a persistent grid of `warps` warps (0:
 // none; rounded up to whole blocks) launched on
 // s_warp (s, or a stream the caller joins back: the two kernels write
