@@ -749,6 +749,10 @@ static int att_mma = 1;
 
 // Persistent: CTA b does work units b, b + gridDim.x, ... where unit u is
 // item u / n_kv_heads, kv head u % n_kv_heads; use_mma: att_mma.
+// HDC: the head_dim class the kernel is built for (64: <= 64, 128: 65..128,
+// 0: larger), so that each instantiation holds only its units' code and
+// registers.
+template <int HDC>
 static __global__ void __launch_bounds__(K_ATT_THREADS, 2)
 attention_kernel(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
 		 const int32_t *item_rows, const k_attn_item *items, const int *n_items, int n_heads,
@@ -768,16 +772,19 @@ attention_kernel(const float *q, const bf16 *kv, const int32_t *tables, const in
 #define ATT_MMA(D, P) attention_unit_mma<D, P>(q, kv, tables, pos, item_rows, it, kvh, n_heads, g, layer, \
 					       part_ml, part_acc, sm)
 		const bool mma = !small && use_mma;
-		if (mma && g.head_dim == 64)
-			ATT_MMA(64, 2);
-		else if (mma && g.head_dim == 128)
-			ATT_MMA(128, 4);
-		else if (g.head_dim <= 64)
-			small ? ATT_UNIT(true, 2) : ATT_UNIT(false, 2);
-		else if (g.head_dim <= 128)
-			small ? ATT_UNIT(true, 4) : ATT_UNIT(false, 4);
-		else
+		if (HDC == 64) {
+			if (mma && g.head_dim == 64)
+				ATT_MMA(64, 2);
+			else
+				small ? ATT_UNIT(true, 2) : ATT_UNIT(false, 2);
+		} else if (HDC == 128) {
+			if (mma && g.head_dim == 128)
+				ATT_MMA(128, 4);
+			else
+				small ? ATT_UNIT(true, 4) : ATT_UNIT(false, 4);
+		} else {
 			small ? ATT_UNIT(true, ATT_PRE) : ATT_UNIT(false, ATT_PRE);
+		}
 #undef ATT_MMA
 #undef ATT_UNIT
 	}
@@ -1076,8 +1083,11 @@ k_attention(const float *q, const bf16 *kv, const int32_t *tables, const int32_t
 	    const k_attn_item *items, const int *n_items, int ctas, int warps, int n_heads, k_kv_geom g,
 	    int layer, float *part_ml, float *part_acc, cudaStream_t s, cudaStream_t s_warp)
 {
+	void (*kern)(const float *, const bf16 *, const int32_t *, const int32_t *, const int32_t *, const k_attn_item *,
+		     const int *, int, k_kv_geom, int, float *, float *, int) =
+		g.head_dim <= 64 ? attention_kernel<64> : g.head_dim <= 128 ? attention_kernel<128> : attention_kernel<0>;
 	cudaError_t e = ctas <= 0 ? cudaSuccess
-				  : k_launch(attention_kernel, dim3(ctas), dim3(K_ATT_THREADS), k_attention_smem(g.head_dim),
+				  : k_launch(kern, dim3(ctas), dim3(K_ATT_THREADS), k_attention_smem(g.head_dim),
 					     s, q, kv, tables, pos, item_rows, items, n_items, n_heads, g, layer, part_ml,
 					     part_acc, att_mma);
 	if (e != cudaSuccess || warps <= 0)
@@ -1433,8 +1443,12 @@ k_init(int hd)
 	// The attribute is per process: allow the largest head_dim's need, so
 	// that backends of different models can share the process.
 	size_t need = k_attention_smem(hd), most = k_attention_smem(K_MAX_HEAD_DIM);
-	cudaError_t e = cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-					     (int)(need > most ? need : most));
+	cudaError_t e = cudaSuccess;
+	const void *attk[] = { (const void *)attention_kernel<64>, (const void *)attention_kernel<128>,
+			       (const void *)attention_kernel<0> };
+	for (const void *f : attk)
+		if (e == cudaSuccess)
+			e = cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(need > most ? need : most));
 	// The one-warp kernels: a warp's queries (up to 8 heads) and tile.
 	const int wmost = (int)(ATTW_WARPS * attw_warp_smem(K_MAX_HEAD_DIM, 8));
 	const void *attw[] = { (const void *)attention_warp_kernel<1>, (const void *)attention_warp_kernel<2>,
