@@ -81,8 +81,8 @@ struct cuda_backend {
 	struct model_config c;
 	int qd, kd, qkvd;            // nh*hd, nkv*hd, qd + 2*kd
 	int max_rows, max_seqs, use_graphs, n_sm, ctas, warps, one_stream, one_warps, att_cluster, fuse_swiglu;
-	bool att_cluster_early;
-	unsigned skip;               // BRAID_PROFILE_SKIP: SKIP_* kinds of kernels left out      // BRAID_ATT_CLUSTER_EARLY=1 (k_attention_rows' early)
+	bool att_cluster_early;      // BRAID_ATT_CLUSTER_EARLY=1 (k_attention_rows' early)
+	unsigned skip;               // BRAID_PROFILE_SKIP: SKIP_* kinds of kernels left out
 	bool warp_items;             // one-row items go to the one-warp kernel (k_attn_warp_item)
 	// Rows the buffers hold: max_rows, or the graph bucket above it (a pass
 	// of max_rows or fewer rows runs padded to its bucket).
@@ -593,24 +593,26 @@ static const struct {
 static long
 parse_skip(const char *v, char *err, size_t errlen)
 {
+	const size_t nk = sizeof skip_kinds / sizeof skip_kinds[0];
 	unsigned mask = 0;
-	for (const char *p = v; *v;) {
+	for (const char *p = v; *v; p++) {
 		const size_t n = strcspn(p, ",");
 		size_t k = 0;
-		while (k < sizeof skip_kinds / sizeof skip_kinds[0] &&
-		       (strlen(skip_kinds[k].name) != n || strncmp(skip_kinds[k].name, p, n)))
+		while (k < nk && (strlen(skip_kinds[k].name) != n || strncmp(skip_kinds[k].name, p, n)))
 			k++;
-		if (k == sizeof skip_kinds / sizeof skip_kinds[0]) {
-			snprintf(err, errlen,
-				 "BRAID_PROFILE_SKIP=%s: unknown kernel kind \"%.*s\" (expected a comma list of small, cta, "
-				 "warp, one-row, attention, merge, gemm)",
-				 v, (int)n, p);
+		if (k == nk) {
+			int at = snprintf(err, errlen, "BRAID_PROFILE_SKIP=%s: unknown kernel kind \"%.*s\" (expected a comma list of",
+					  v, (int)n, p);
+			for (size_t i = 0; i < nk && at >= 0 && (size_t)at < errlen; i++)
+				at += snprintf(err + at, errlen - at, "%s %s", i ? "," : "", skip_kinds[i].name);
+			if (at >= 0 && (size_t)at < errlen)
+				snprintf(err + at, errlen - at, ")");
 			return -1;
 		}
 		mask |= skip_kinds[k].bits;
-		if (!p[n])
+		p += n;
+		if (!*p)
 			break;
-		p += n + 1;
 	}
 	return mask;
 }
@@ -653,9 +655,9 @@ enqueue_pass(struct cuda_backend *cb, int rows, int nlog)
 		// at each layer (with the merge launched early too, the later
 		// kernels' early starts cost 8b N=1 13%).
 		const bool one = rows == 1 && cb->one_stream && cb->warp_items;
-		if (one && (cb->skip & SKIP_ONE_ROW)) {
-			// BRAID_PROFILE_SKIP
-		} else if (one && cb->att_cluster) {
+		if (one && (cb->skip & SKIP_ONE_ROW))
+			;   // BRAID_PROFILE_SKIP=one-row
+		else if (one && cb->att_cluster) {
 			CK(k_attention_rows(cb->q, cb->kv, tables, tab_off, pos, n_rows, rows, c->n_heads, cb->g, l,
 					    cb->att_cluster, cb->att_cluster_early, cb->att, cb->st));
 		} else if (one) {
@@ -679,8 +681,10 @@ enqueue_pass(struct cuda_backend *cb, int rows, int nlog)
 			CK(k_rmsnorm(cb->x, NULL, n_rows, L->mlp_norm, rows, d, c->rms_eps, cb->xb, cb->st));
 		// The GEMV, where it serves the gate-up projection, writes silu(gate)
 		// * up itself (BRAID_FUSE_SWIGLU=0: the GEMV, then k_swiglu).
-		cudaError_t fe = !proj ? cudaSuccess : cb->fuse_swiglu ? k_gemm_run_swiglu(cb->gm, L->wgu, 2 * f, d, cb->xb, rows, cb->h, cb->st)
-						 : cudaErrorNotSupported;
+		cudaError_t fe = cudaSuccess;   // BRAID_PROFILE_SKIP=gemm: neither
+		if (proj)
+			fe = cb->fuse_swiglu ? k_gemm_run_swiglu(cb->gm, L->wgu, 2 * f, d, cb->xb, rows, cb->h, cb->st)
+					     : cudaErrorNotSupported;
 		if (fe == cudaErrorNotSupported) {
 			if ((rc = gemm(cb, L->wgu, 2 * f, d, cb->xb, rows, cb->gu, 0.0f)))
 				return rc;

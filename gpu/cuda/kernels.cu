@@ -1083,8 +1083,7 @@ k_attention(const float *q, const bf16 *kv, const int32_t *tables, const int32_t
 	    const k_attn_item *items, const int *n_items, int ctas, int warps, int n_heads, k_kv_geom g,
 	    int layer, float *part_ml, float *part_acc, cudaStream_t s, cudaStream_t s_warp)
 {
-	void (*kern)(const float *, const bf16 *, const int32_t *, const int32_t *, const int32_t *, const k_attn_item *,
-		     const int *, int, k_kv_geom, int, float *, float *, int) =
+	const auto kern =
 		g.head_dim <= 64 ? attention_kernel<64> : g.head_dim <= 128 ? attention_kernel<128> : attention_kernel<0>;
 	cudaError_t e = ctas <= 0 ? cudaSuccess
 				  : k_launch(kern, dim3(ctas), dim3(K_ATT_THREADS), k_attention_smem(g.head_dim),
@@ -1442,13 +1441,14 @@ k_init(int hd)
 {
 	// The attribute is per process: allow the largest head_dim's need, so
 	// that backends of different models can share the process.
-	size_t need = k_attention_smem(hd), most = k_attention_smem(K_MAX_HEAD_DIM);
+	const size_t need = k_attention_smem(hd), most = k_attention_smem(K_MAX_HEAD_DIM);
+	const int amost = (int)(need > most ? need : most);
 	cudaError_t e = cudaSuccess;
 	const void *attk[] = { (const void *)attention_kernel<64>, (const void *)attention_kernel<128>,
 			       (const void *)attention_kernel<0> };
 	for (const void *f : attk)
 		if (e == cudaSuccess)
-			e = cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(need > most ? need : most));
+			e = cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, amost);
 	// The one-warp kernels: a warp's queries (up to 8 heads) and tile.
 	const int wmost = (int)(ATTW_WARPS * attw_warp_smem(K_MAX_HEAD_DIM, 8));
 	const void *attw[] = { (const void *)attention_warp_kernel<1>, (const void *)attention_warp_kernel<2>,
