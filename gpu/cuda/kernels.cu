@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include <cooperative_groups.h>
 
@@ -859,6 +860,50 @@ attw_copy_rows(bf16 *ks, bf16 *vs, const bf16 *kv, const k_kv_geom &g, int layer
 	}
 }
 
+// DPL consecutive bf16 at p (aligned to their size: DPL x 2 bytes) as f32,
+// in one load; zeros where !ok.
+template <int DPL>
+static __device__ __forceinline__ void
+bf16_lanes(const bf16 *p, bool ok, float (&f)[DPL])
+{
+	if constexpr (DPL == 8 || DPL == 4 || DPL == 2) {
+		// The raw bits in a vector variable, read as bf16 (as the K rows are).
+		typedef typename std::conditional<DPL == 8, uint4, typename std::conditional<DPL == 4, uint2, uint32_t>::type>::type
+			raw_t;
+		raw_t raw;
+		memset(&raw, 0, sizeof raw);
+		if (ok)
+			raw = *(const raw_t *)p;
+		const bf16 *e = (const bf16 *)&raw;
+#pragma unroll
+		for (int k = 0; k < DPL; k++)
+			f[k] = __bfloat162float(e[k]);
+	} else {
+#pragma unroll
+		for (int k = 0; k < DPL; k++)
+			f[k] = ok ? __bfloat162float(p[k]) : 0.0f;
+	}
+}
+
+// DPL consecutive f32 to p (aligned to 16 bytes, 8 for DPL 2) in 16- or
+// 8-byte stores.
+template <int DPL>
+static __device__ __forceinline__ void
+f32_lanes(float *p, const float (&v)[DPL])
+{
+	if constexpr (DPL % 4 == 0) {
+#pragma unroll
+		for (int k = 0; k < DPL; k += 4)
+			*(float4 *)(p + k) = make_float4(v[k], v[k + 1], v[k + 2], v[k + 3]);
+	} else if constexpr (DPL == 2) {
+		*(float2 *)p = make_float2(v[0], v[1]);
+	} else {
+#pragma unroll
+		for (int k = 0; k < DPL; k++)
+			p[k] = v[k];
+	}
+}
+
 // The one-warp tile loop: a query row's group q heads (pre-scaled, in qs)
 // against positions [kv0, end) of kv head kvh (table: the row's block
 // table), online softmax from an empty state into m, l and acc (lane-owned
@@ -949,13 +994,8 @@ attw_run(const bf16 *kv, const int32_t *table, const k_kv_geom &g, int layer, in
 		for (int j0 = 0; j0 < n; j0 += 8) {
 			float vf[8][DPL];
 #pragma unroll
-			for (int u = 0; u < 8; u++) {
-				const int j = j0 + u;
-				const bf16 *vr = vs + j * hd + lane * DPL;
-#pragma unroll
-				for (int k = 0; k < DPL; k++)
-					vf[u][k] = dims && j < n ? __bfloat162float(vr[k]) : 0.0f;
-			}
+			for (int u = 0; u < 8; u++)
+				bf16_lanes<DPL>(vs + (j0 + u) * hd + lane * DPL, dims && j0 + u < n, vf[u]);
 #pragma unroll
 			for (int u = 0; u < 8; u++) {
 #pragma unroll
@@ -1002,11 +1042,8 @@ attention_warp_unit(const float *q, const bf16 *kv, const int32_t *tables, const
 		if (gq >= group)
 			break;
 		const size_t slot = (size_t)it.part0 * n_heads + kvh * group + gq;
-		if (dims) {
-#pragma unroll
-			for (int k = 0; k < DPL; k++)
-				part_acc[slot * hd + lane * DPL + k] = acc[gq][k];
-		}
+		if (dims)
+			f32_lanes<DPL>(part_acc + slot * hd + lane * DPL, acc[gq]);
 		if (lane == 0) {
 			part_ml[slot * 2] = m[gq];
 			part_ml[slot * 2 + 1] = l[gq];
