@@ -240,6 +240,24 @@ k_qkv_post(const float *qkv, const float *b, const float *qn, const float *kn, c
 //   blk (ATT_BLKS)    the unit's block ids (ints)
 #define ATT_BLKS 256
 
+// Tile of the bf16 unit (positions) and its shared-memory row stride in
+// bf16 (16 bytes of padding: the 8 rows an ldmatrix reads fall in different
+// banks).
+#define ATTB_TILE 32
+#define ATTB_STRIDE(hd) ((hd) + 8)
+
+// Shared memory of the bf16 unit, in bytes: the queries (QCAP rows, a high
+// and a low bf16 part), two stages of K and V tiles (bf16), rows and
+// positions, block ids.  At the end of a unit the stages hold the second
+// half's partial results (4 x hd / 8 x 32 float4 and 4 x 32 more: exactly
+// the stages' size for ATTB_TILE 32).
+static __host__ __device__ size_t
+attb_smem(int hd)
+{
+	return sizeof(bf16) * ((size_t)2 * K_ATT_QMAX * ATTB_STRIDE(hd) + 4 * ATTB_TILE * ATTB_STRIDE(hd)) +
+	       sizeof(int32_t) * (2 * K_ATT_QMAX + ATT_BLKS);
+}
+
 static __host__ __device__ int
 att_qcap(int hd)
 {
@@ -251,8 +269,10 @@ size_t
 k_attention_smem(int hd)
 {
 	const size_t qcap = (size_t)att_qcap(hd), hs = (size_t)hd + 4;
-	return sizeof(float) * (qcap * hs + 2 * K_ATT_TILE * hs + K_ATT_TILE * (qcap + 4) + 3 * qcap) +
-	       sizeof(int32_t) * (2 * qcap + ATT_BLKS);
+	const size_t f = sizeof(float) * (qcap * hs + 2 * K_ATT_TILE * hs + K_ATT_TILE * (qcap + 4) + 3 * qcap) +
+			 sizeof(int32_t) * (2 * qcap + ATT_BLKS);
+	const size_t b = hd == 64 || hd == 128 ? attb_smem(hd) : 0;
+	return f > b ? f : b;
 }
 
 int
@@ -316,13 +336,27 @@ att_store(const uint4 *pre, float *Ks, float *Vs, int hd)
 	}
 }
 
-// f32 rounded to the nearest tf32 (10-bit mantissa), as a float.
-static __device__ __forceinline__ float
-to_tf32(float x)
+// A unit's metadata into shared memory: its rows, their positions and the
+// block ids of its range (the first ATT_BLKS); out: the range's first block
+// and how many ids blk_s holds.  Ends with a barrier.
+static __device__ __forceinline__ void
+att_meta(const int32_t *table, const int32_t *pos, const int32_t *item_rows, const k_attn_item &it,
+	 const k_kv_geom &g, int32_t *rows_s, int32_t *pos_s, int32_t *blk_s, int *blk0_out, int *nblk_s_out)
 {
-	uint32_t r;
-	asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
-	return __uint_as_float(r);
+	const int tid = threadIdx.x;
+	const int blk0 = it.kv0 / g.block_tokens;
+	const int nblk = (it.kv1 - 1) / g.block_tokens - blk0 + 1;
+	const int nblk_s = nblk < ATT_BLKS ? nblk : ATT_BLKS;
+	for (int i = tid; i < it.n_rows; i += K_ATT_THREADS) {
+		const int r = item_rows[it.row0 + i];
+		rows_s[i] = r;
+		pos_s[i] = pos[r];
+	}
+	for (int i = tid; i < nblk_s; i += K_ATT_THREADS)
+		blk_s[i] = table[blk0 + i];
+	__syncthreads();
+	*blk0_out = blk0;
+	*nblk_s_out = nblk_s;
 }
 
 // A unit's prologue: its rows, their positions and the block ids of its
@@ -337,17 +371,8 @@ att_begin(uint4 *pre, const float *q, const bf16 *kv, const int32_t *table, cons
 	const int tid = threadIdx.x, hd = g.head_dim, hs = hd + 4, group = n_heads / g.n_kv_heads;
 	const int n_q = it.n_rows * group;
 	const float scale = LOG2E / sqrtf((float)hd);
-	const int blk0 = it.kv0 / g.block_tokens;
-	const int nblk = (it.kv1 - 1) / g.block_tokens - blk0 + 1;
-	const int nblk_s = nblk < ATT_BLKS ? nblk : ATT_BLKS;
-	for (int i = tid; i < it.n_rows; i += K_ATT_THREADS) {
-		const int r = item_rows[it.row0 + i];
-		rows_s[i] = r;
-		pos_s[i] = pos[r];
-	}
-	for (int i = tid; i < nblk_s; i += K_ATT_THREADS)
-		blk_s[i] = table[blk0 + i];
-	__syncthreads();
+	int blk0, nblk_s;
+	att_meta(table, pos, item_rows, it, g, rows_s, pos_s, blk_s, &blk0, &nblk_s);
 	att_fetch<PRE>(pre, kv, blk_s, table, blk0, nblk_s, it.kv0, it.kv1, kvh, g, layer);
 	for (int i = tid; i < n_q * (hd / 4); i += K_ATT_THREADS) {
 		const int qi = i / (hd / 4), d4 = i % (hd / 4), j = qi / group, gq = qi % group;
@@ -559,99 +584,210 @@ attention_unit(const float *q, const bf16 *kv, const int32_t *tables, const int3
 	__syncthreads();                 // shared memory is reused by the next unit
 }
 
-// ---- the tensor-core unit: many queries against a range (prefill, shared prefixes) ----
+// ---- the bf16 tensor-core unit --------------------------------------------------------
 
-// d += a (16x8, row) . b (8x8, col), tf32 in, f32 accumulate.
+// cp.async of 16 bytes that reads `bytes` of them (16 or 0: a zero fill),
+// and the group operations of the double-buffered tiles.
 static __device__ __forceinline__ void
-mma_tf32(float *d, const uint32_t *a, const uint32_t *b)
+cp_async16_zfill(void *smem, const void *gmem, int bytes)
 {
-	asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+	const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(a), "l"(gmem), "r"(bytes) : "memory");
+}
+
+static __device__ __forceinline__ void
+cp_async_commit(void)
+{
+	asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+template <int N>
+static __device__ __forceinline__ void
+cp_async_wait(void)
+{
+	asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
+// Four 8x8 bf16 matrices from shared memory (lanes 8i .. 8i + 7 give the
+// rows of matrix i), as mma fragments; trans: transposed.
+static __device__ __forceinline__ void
+ldsm4(uint32_t (&r)[4], const bf16 *p)
+{
+	const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(a));
+}
+
+static __device__ __forceinline__ void
+ldsm4_trans(uint32_t (&r)[4], const bf16 *p)
+{
+	const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+		     : "r"(a));
+}
+
+// d += a (16x16, row) . b (16x8, col), bf16 in, f32 accumulate.
+static __device__ __forceinline__ void
+mma_bf16(float *d, const uint32_t *a, uint32_t b0, uint32_t b1)
+{
+	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
 		     "{%0,%1,%2,%3};"
 		     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// An A operand: x0..x3 rounded to tf32.
+static __device__ __forceinline__ uint32_t
+pack_bf16(float lo, float hi)
+{
+	const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+	return *(const uint32_t *)&v;
+}
+
+// x and y as a high bf16 pair (rounded) and a low one (the remainder,
+// rounded): hi + lo holds 16 bits of mantissa.
 static __device__ __forceinline__ void
-tf32_a(float x0, float x1, float x2, float x3, uint32_t *a)
+split_bf16(float x, float y, uint32_t &hi, uint32_t &lo)
 {
-	a[0] = __float_as_uint(to_tf32(x0));
-	a[1] = __float_as_uint(to_tf32(x1));
-	a[2] = __float_as_uint(to_tf32(x2));
-	a[3] = __float_as_uint(to_tf32(x3));
+	const __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+	const float2 hf = __bfloat1622float2(h);
+	hi = *(const uint32_t *)&h;
+	lo = pack_bf16(x - hf.x, y - hf.y);
 }
 
-// The same unit as attention_unit's big path, on tensor cores: tf32 mma with
-// f32 accumulation, the queries and the probabilities rounded to tf32
-// (K and V are bf16, exact in tf32).  tf32 keeps 10 bits of mantissa,
-// bf16 7: the rounding is below what the bf16 cache and the bf16 output
-// lose (a high and a low tf32 part, two products each, cost twice the
-// products for accuracy the output drops; the kernel checks' largest
-// differences stayed within their bf16 tolerance without it).  Warp w owns
-// queries 16 qb .. 16 qb + 15 (qb = w / DS) and output dims DW ds .. DW ds +
-// DW - 1 (ds = w % DS): it computes its queries' scores over the whole tile
-// itself (the DS warps of a query block repeat that small product and its
-// softmax, identically, so no warp waits on another), then its slice of the
-// output.  Fragment layouts are mma.m16n8k8's: gr = lane / 4 (row), t =
-// lane % 4.  The probabilities go from the score accumulators straight into
-// the A operand of P.V by taking the 8 positions of a k step in the order
-// 0, 2, 4, 6, 1, 3, 5, 7 (the order the accumulators hold them), with V's
-// rows read in the same order.
-template <int HD, int PRE>
-static __device__ void
-attention_unit_mma(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
-		   const int32_t *item_rows, const k_attn_item &it, int kvh, int n_heads, k_kv_geom g, int layer,
-		   float *part_ml, float *part_acc, float *sm)
+// Copy the tile at t0 of kv head kvh into stage K/V rows (zeros past kv1),
+// all of a thread's copies in one group.
+template <int HD>
+static __device__ __forceinline__ void
+attb_fetch(bf16 *ks, bf16 *vs, const bf16 *kv, const int32_t *blk_s, const int32_t *table, int blk0, int nblk_s,
+	   int t0, int kv1, int kvh, const k_kv_geom &g, int layer)
 {
-	constexpr int HS = HD + 4, QCAP = (K_ATT_QMAX_ELEMS / HD < K_ATT_QMAX ? K_ATT_QMAX_ELEMS / HD : K_ATT_QMAX);
-	constexpr int QB = QCAP / 16, DS = (K_ATT_THREADS / 32) / QB, DW = HD / DS, NT = K_ATT_TILE / 8;
-	static_assert(QB * DS == K_ATT_THREADS / 32 && DW % 8 == 0, "warp split");
-	const int group = n_heads / g.n_kv_heads, n_q = it.n_rows * group;
-	float *Qs = sm;
-	float *Ks = Qs + (size_t)QCAP * HS;
-	float *Vs = Ks + (size_t)K_ATT_TILE * HS;
-	int32_t *rows_s = (int32_t *)(Vs + (size_t)K_ATT_TILE * HS), *pos_s = rows_s + QCAP, *blk_s = pos_s + QCAP;
-	const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, gr = lane >> 2, t = lane & 3;
-	const int qb = w / DS, ds = w % DS;
+	constexpr int CPR = HD / 8, RSTEP = K_ATT_THREADS / CPR, ROWS = ATTB_TILE / RSTEP;
+	static_assert(K_ATT_THREADS % CPR == 0 && ATTB_TILE % RSTEP == 0, "copy split");
+	const int c = threadIdx.x % CPR, r0 = threadIdx.x / CPR;
+#pragma unroll
+	for (int k = 0; k < ROWS; k++) {
+		const int r = r0 + k * RSTEP;
+		const int32_t p = t0 + r;
+		const bf16 *src_k = kv, *src_v = kv;
+		int bytes = 0;
+		if (p < kv1) {
+			const int bi = p / g.block_tokens;
+			const int32_t b = bi - blk0 < nblk_s ? blk_s[bi - blk0] : table[bi];
+			src_k = kv + k_kv_offset(g, b, layer, 0, kvh, p % g.block_tokens) + c * 8;
+			src_v = src_k + (size_t)g.n_kv_heads * g.block_tokens * HD;
+			bytes = 16;
+		}
+		cp_async16_zfill(ks + r * ATTB_STRIDE(HD) + c * 8, src_k, bytes);
+		cp_async16_zfill(vs + r * ATTB_STRIDE(HD) + c * 8, src_v, bytes);
+	}
+	cp_async_commit();
+}
+
+// The unit of many queries on bf16 tensor cores (mma.m16n8k16, f32
+// accumulation).  The queries (pre-scaled) and the probabilities are
+// split into a high and a low bf16 part (split_bf16), each multiplied by
+// the bf16 K or V: bf16 alone lost more than the kernel checks' tolerance
+// on the queries, and the one-warp unit's decode drifted from the CPU-core
+// path by 6x the engine checks' tolerance with bf16 probabilities; the
+// tensor cores have the throughput to spare.
+// K and V tiles of ATTB_TILE positions stay bf16 in shared memory, copied
+// by cp.async one tile ahead of the one being computed and read as
+// fragments by ldmatrix.  Warp w owns queries 16 qb .. 16 qb + 15 (qb =
+// w % 4) and half h = w / 4 of every tile: each warp's scores are its own
+// (no product is repeated), and the two halves' running max, sum and
+// output meet once, at the end of the unit, through shared memory.  The
+// probabilities go from the score accumulators straight into P.V's A
+// operand (an n8 accumulator pair is a k16 A fragment).
+template <int HD>
+static __device__ void
+attention_unit_bf16(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
+		    const int32_t *item_rows, const k_attn_item &it, int kvh, int n_heads, k_kv_geom g, int layer,
+		    float *part_ml, float *part_acc, float *sm)
+{
+	constexpr int QCAP = K_ATT_QMAX, S = ATTB_STRIDE(HD), ND = HD / 8, T = ATTB_TILE, HALF = T / 2;
+	constexpr int NT = HALF / 8;     // n8 score tiles of a warp's half
+	static_assert(QCAP == 64 && K_ATT_THREADS == 256 && K_ATT_QMAX_ELEMS / HD >= QCAP, "warp split");
+	static_assert(HALF % 16 == 0, "a half is whole k16 steps of P.V");
+	const int group = n_heads / g.n_kv_heads, n_q = it.n_rows * group, tid = threadIdx.x;
+	bf16 *Qh = (bf16 *)sm, *Ql = Qh + QCAP * S;
+	bf16 *stage = Ql + QCAP * S;             // stage s: K at stage + 2 s T S, V T S after
+	int32_t *rows_s = (int32_t *)(stage + 4 * T * S), *pos_s = rows_s + QCAP, *blk_s = pos_s + QCAP;
+	const int lane = tid & 31, w = tid >> 5, gr = lane >> 2, t = lane & 3;
+	const int qb = w & 3, h = w >> 2;
 	const int32_t *table = tables + it.tab;
 
-	uint4 pre[PRE];
 	int blk0, nblk_s;
-	att_begin<PRE>(pre, q, kv, table, pos, item_rows, it, kvh, n_heads, g, layer, Qs, rows_s, pos_s, blk_s,
-		       &blk0, &nblk_s);
-	// This thread's two query rows (g and g + 8 of the block): their
-	// visible limit (-1: no such query, nothing visible).
+	att_meta(table, pos, item_rows, it, g, rows_s, pos_s, blk_s, &blk0, &nblk_s);
+	if (it.kv0 < it.kv1)
+		attb_fetch<HD>(stage, stage + T * S, kv, blk_s, table, blk0, nblk_s, it.kv0, it.kv1, kvh, g, layer);
+	// The queries, scaled to the log2 domain, as hi + lo bf16 (zeros past
+	// n_q).
+	const float scale = LOG2E / sqrtf((float)HD);
+	for (int i = tid; i < QCAP * (HD / 4); i += K_ATT_THREADS) {
+		const int qi = i / (HD / 4), d4 = i % (HD / 4);
+		float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+		if (qi < n_q) {
+			const int j = qi / group, gq = qi % group;
+			v = *(const float4 *)(q + ((size_t)rows_s[j] * n_heads + kvh * group + gq) * HD + d4 * 4);
+		}
+		uint2 hi, lo;
+		split_bf16(v.x * scale, v.y * scale, hi.x, lo.x);
+		split_bf16(v.z * scale, v.w * scale, hi.y, lo.y);
+		*(uint2 *)(Qh + qi * S + d4 * 4) = hi;
+		*(uint2 *)(Ql + qi * S + d4 * 4) = lo;
+	}
+
 	const int qa = qb * 16 + gr, qc = qa + 8;
 	const int32_t lim_a = qa < n_q ? pos_s[qa / group] : -1;
 	const int32_t lim_c = qc < n_q ? pos_s[qc / group] : -1;
 	const bool active = qb * 16 < n_q;
+	// ldmatrix lane addresses (matrix mi = lane / 8, its row r8): A (the
+	// queries) rows 8 (mi & 1) + r8, columns 8 (mi >> 1); K (B, not
+	// transposed) rows 8 (mi >> 1) + r8, columns 8 (mi & 1); V (B,
+	// transposed) rows 8 (mi & 1) + r8, columns 8 (mi >> 1).
+	const int mi = lane >> 3, r8 = lane & 7;
+	const int q_ld = (qb * 16 + (mi & 1) * 8 + r8) * S + (mi >> 1) * 8;
+	const int k_ld = (h * HALF + (mi >> 1) * 8 + r8) * S + (mi & 1) * 8;
+	const int v_ld = (h * HALF + (mi & 1) * 8 + r8) * S + (mi >> 1) * 8;
 
-	float o[DW / 8][4];
+	float o[ND][4];
 #pragma unroll
-	for (int n = 0; n < DW / 8; n++)
+	for (int n = 0; n < ND; n++)
 		o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
 	float m_a = -INFINITY, m_c = -INFINITY, l_a = 0.0f, l_c = 0.0f;   // l: this thread's share
 
-	for (int t0 = it.kv0; t0 < it.kv1; t0 += K_ATT_TILE) {
-		att_store<PRE>(pre, Ks, Vs, HD);
+	int st = 0;
+	for (int t0 = it.kv0; t0 < it.kv1; t0 += T, st ^= 1) {
+		if (t0 + T < it.kv1) {
+			bf16 *nx = stage + (st ^ 1) * 2 * T * S;
+			attb_fetch<HD>(nx, nx + T * S, kv, blk_s, table, blk0, nblk_s, t0 + T, it.kv1, kvh, g, layer);
+			cp_async_wait<1>();
+		} else {
+			cp_async_wait<0>();
+		}
 		__syncthreads();
-		if (t0 + K_ATT_TILE < it.kv1)
-			att_fetch<PRE>(pre, kv, blk_s, table, blk0, nblk_s, t0 + K_ATT_TILE, it.kv1, kvh, g, layer);
-		if (active) {
+		const int32_t p0 = t0 + h * HALF;   // this warp's first position
+		if (active && p0 < it.kv1) {
+			const bf16 *Ks = stage + st * 2 * T * S, *Vs = Ks + T * S;
 			float sc[NT][4];
 #pragma unroll
 			for (int n = 0; n < NT; n++)
 				sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
-			const float *qa_s = Qs + (size_t)qa * HS, *qc_s = Qs + (size_t)qc * HS;
-#pragma unroll 1
-			for (int k0 = 0; k0 < HD; k0 += 8) {
-				uint32_t a[4];
-				tf32_a(qa_s[k0 + t], qc_s[k0 + t], qa_s[k0 + t + 4], qc_s[k0 + t + 4], a);
 #pragma unroll
-				for (int n = 0; n < NT; n++) {
-					const float *kr = Ks + (size_t)(n * 8 + gr) * HS + k0;
-					const uint32_t b[2] = { __float_as_uint(kr[t]), __float_as_uint(kr[t + 4]) };
-					mma_tf32(sc[n], a, b);
+			for (int kk = 0; kk < HD / 16; kk++) {
+				uint32_t ah[4], al[4];
+				ldsm4(ah, Qh + q_ld + kk * 16);
+				ldsm4(al, Ql + q_ld + kk * 16);
+#pragma unroll
+				for (int np = 0; np < NT / 2; np++) {
+					uint32_t b[4];
+					ldsm4(b, Ks + k_ld + np * 16 * S + kk * 16);
+					mma_bf16(sc[2 * np], ah, b[0], b[1]);
+					mma_bf16(sc[2 * np + 1], ah, b[2], b[3]);
+					mma_bf16(sc[2 * np], al, b[0], b[1]);
+					mma_bf16(sc[2 * np + 1], al, b[2], b[3]);
 				}
 			}
 			// Mask, then the online softmax of rows a and c; a quad of
@@ -661,7 +797,7 @@ attention_unit_mma(const float *q, const bf16 *kv, const int32_t *tables, const 
 			for (int n = 0; n < NT; n++)
 #pragma unroll
 				for (int e = 0; e < 2; e++) {
-					const int32_t p = t0 + n * 8 + 2 * t + e;
+					const int32_t p = p0 + n * 8 + 2 * t + e;
 					const bool in = p < it.kv1;
 					sc[n][e] = in && p <= lim_a ? sc[n][e] : -INFINITY;
 					sc[n][2 + e] = in && p <= lim_c ? sc[n][2 + e] : -INFINITY;
@@ -679,73 +815,102 @@ attention_unit_mma(const float *q, const bf16 *kv, const int32_t *tables, const 
 			m_a = mn_a;
 			m_c = mn_c;
 			float s_a = 0.0f, s_c = 0.0f;
+			uint32_t ph[NT / 2][4], pl[NT / 2][4];   // P (hi + lo) as k16 A fragments
 #pragma unroll
-			for (int n = 0; n < NT; n++)
+			for (int n = 0; n < NT; n++) {
+				float pr[4];
 #pragma unroll
 				for (int e = 0; e < 2; e++) {
-					const float pa = mn_a == -INFINITY ? 0.0f : exp2f(sc[n][e] - mn_a);
-					const float pc = mn_c == -INFINITY ? 0.0f : exp2f(sc[n][2 + e] - mn_c);
-					sc[n][e] = pa;
-					sc[n][2 + e] = pc;
-					s_a += pa;
-					s_c += pc;
+					pr[e] = mn_a == -INFINITY ? 0.0f : exp2f(sc[n][e] - mn_a);
+					pr[2 + e] = mn_c == -INFINITY ? 0.0f : exp2f(sc[n][2 + e] - mn_c);
+					s_a += pr[e];
+					s_c += pr[2 + e];
 				}
+				split_bf16(pr[0], pr[1], ph[n >> 1][(n & 1) * 2], pl[n >> 1][(n & 1) * 2]);
+				split_bf16(pr[2], pr[3], ph[n >> 1][(n & 1) * 2 + 1], pl[n >> 1][(n & 1) * 2 + 1]);
+			}
 			l_a = l_a * cor_a + s_a;
 			l_c = l_c * cor_c + s_c;
 #pragma unroll
-			for (int n = 0; n < DW / 8; n++) {
+			for (int n = 0; n < ND; n++) {
 				o[n][0] *= cor_a;
 				o[n][1] *= cor_a;
 				o[n][2] *= cor_c;
 				o[n][3] *= cor_c;
 			}
-			// O += P . V over the tile: k step n is positions 8n .. 8n + 7.
 #pragma unroll
-			for (int n = 0; n < NT; n++) {
-				uint32_t a[4];
-				tf32_a(sc[n][0], sc[n][2], sc[n][1], sc[n][3], a);
-				const float *v0 = Vs + (size_t)(n * 8 + 2 * t) * HS + ds * DW + gr;
+			for (int kk = 0; kk < NT / 2; kk++)
 #pragma unroll
-				for (int d = 0; d < DW / 8; d++) {
-					const uint32_t b[2] = { __float_as_uint(v0[d * 8]), __float_as_uint(v0[HS + d * 8]) };
-					mma_tf32(o[d], a, b);
+				for (int dp = 0; dp < HD / 16; dp++) {
+					uint32_t b[4];
+					ldsm4_trans(b, Vs + v_ld + kk * 16 * S + dp * 16);
+					mma_bf16(o[2 * dp], ph[kk], b[0], b[1]);
+					mma_bf16(o[2 * dp + 1], ph[kk], b[2], b[3]);
+					mma_bf16(o[2 * dp], pl[kk], b[0], b[1]);
+					mma_bf16(o[2 * dp + 1], pl[kk], b[2], b[3]);
 				}
-			}
 		}
-		__syncthreads();
+		__syncthreads();                 // stage st is refilled two tiles on
 	}
 
-	// Shared memory is reused by the next unit (with no tile, an empty
-	// range, no barrier has followed the prologue's reads yet).
-	__syncthreads();
-	if (!active)
-		return;
+	// The halves meet: half 1's max, sum and output in the stages (free
+	// now), in fragment order, then half 0 combines and writes.
 #pragma unroll
 	for (int off = 1; off <= 2; off <<= 1) {
 		l_a += __shfl_xor_sync(0xffffffffu, l_a, off);
 		l_c += __shfl_xor_sync(0xffffffffu, l_c, off);
 	}
+	static_assert((4 * ND * 32 + 4 * 32) * sizeof(float4) <= 4 * T * S * sizeof(bf16), "the halves' exchange");
+	float4 *xo = (float4 *)stage + qb * ND * 32 + lane;
+	float4 *xm = (float4 *)stage + 4 * ND * 32 + qb * 32 + lane;
+	if (active && h == 1) {
 #pragma unroll
-	for (int hv = 0; hv < 2; hv++) {
-		const int qi = hv ? qc : qa;
-		if (qi >= n_q)
-			continue;
-		const int j = qi / group, gq = qi % group;
-		const size_t slot = (size_t)(it.part0 + j) * n_heads + kvh * group + gq;
-		float *dst = part_acc + slot * HD + ds * DW + 2 * t;
+		for (int n = 0; n < ND; n++)
+			xo[n * 32] = make_float4(o[n][0], o[n][1], o[n][2], o[n][3]);
+		*xm = make_float4(m_a, m_c, l_a, l_c);
+	}
+	__syncthreads();
+	if (active && h == 0) {
+		const float4 pm = *xm;
+		const float nm_a = fmaxf(m_a, pm.x), nm_c = fmaxf(m_c, pm.y);
+		// Weights of this half (0) and the other (1); a half that saw
+		// nothing has m -inf, zero output and sum.
+		const float w0a = nm_a == -INFINITY ? 0.0f : exp2f(m_a - nm_a);
+		const float w1a = nm_a == -INFINITY ? 0.0f : exp2f(pm.x - nm_a);
+		const float w0c = nm_c == -INFINITY ? 0.0f : exp2f(m_c - nm_c);
+		const float w1c = nm_c == -INFINITY ? 0.0f : exp2f(pm.y - nm_c);
 #pragma unroll
-		for (int d = 0; d < DW / 8; d++)
-			*(float2 *)(dst + d * 8) = make_float2(o[d][2 * hv], o[d][2 * hv + 1]);
-		if (ds == 0 && t == 0) {
-			part_ml[slot * 2] = hv ? m_c : m_a;
-			part_ml[slot * 2 + 1] = hv ? l_c : l_a;
+		for (int n = 0; n < ND; n++) {
+			const float4 x = xo[n * 32];
+			o[n][0] = o[n][0] * w0a + x.x * w1a;
+			o[n][1] = o[n][1] * w0a + x.y * w1a;
+			o[n][2] = o[n][2] * w0c + x.z * w1c;
+			o[n][3] = o[n][3] * w0c + x.w * w1c;
+		}
+		const float sl_a = l_a * w0a + pm.z * w1a, sl_c = l_c * w0c + pm.w * w1c;
+#pragma unroll
+		for (int hv = 0; hv < 2; hv++) {
+			const int qi = hv ? qc : qa;
+			if (qi >= n_q)
+				continue;
+			const int j = qi / group, gq = qi % group;
+			const size_t slot = (size_t)(it.part0 + j) * n_heads + kvh * group + gq;
+			float *dst = part_acc + slot * HD + 2 * t;
+#pragma unroll
+			for (int n = 0; n < ND; n++)
+				*(float2 *)(dst + n * 8) = make_float2(o[n][2 * hv], o[n][2 * hv + 1]);
+			if (t == 0) {
+				part_ml[slot * 2] = hv ? nm_c : nm_a;
+				part_ml[slot * 2 + 1] = hv ? sl_c : sl_a;
+			}
 		}
 	}
+	__syncthreads();                 // shared memory is reused by the next unit
 }
 
-// 1: units of many queries (head_dim 64, 128) go to the tensor-core unit;
-// 0: all to attention_unit.  Set by k_init from BRAID_ATT_MMA; passed to
-// attention_kernel by k_attention.
+// 1: units of many queries and one-warp decode units (head_dim 64, 128)
+// go to the bf16 tensor-core units; 0: all to the CUDA-core units
+// (attention_unit, attention_warp_unit).  Set by k_init from BRAID_ATT_MMA.
 static int att_mma = 1;
 
 // Persistent: CTA b does work units b, b + gridDim.x, ... where unit u is
@@ -770,23 +935,23 @@ attention_kernel(const float *q, const bf16 *kv, const int32_t *tables, const in
 		const bool small = it.n_rows * group <= 8;
 #define ATT_UNIT(S, P) attention_unit<S, P>(q, kv, tables, pos, item_rows, it, kvh, n_heads, g, layer, \
 					    part_ml, part_acc, sm)
-#define ATT_MMA(D, P) attention_unit_mma<D, P>(q, kv, tables, pos, item_rows, it, kvh, n_heads, g, layer, \
-					       part_ml, part_acc, sm)
+#define ATT_BF16(D) attention_unit_bf16<D>(q, kv, tables, pos, item_rows, it, kvh, n_heads, g, layer, part_ml, \
+					  part_acc, sm)
 		const bool mma = !small && use_mma;
 		if (HDC == 64) {
 			if (mma && g.head_dim == 64)
-				ATT_MMA(64, 2);
+				ATT_BF16(64);
 			else
 				small ? ATT_UNIT(true, 2) : ATT_UNIT(false, 2);
 		} else if (HDC == 128) {
 			if (mma && g.head_dim == 128)
-				ATT_MMA(128, 4);
+				ATT_BF16(128);
 			else
 				small ? ATT_UNIT(true, 4) : ATT_UNIT(false, 4);
 		} else {
 			small ? ATT_UNIT(true, ATT_PRE) : ATT_UNIT(false, ATT_PRE);
 		}
-#undef ATT_MMA
+#undef ATT_BF16
 #undef ATT_UNIT
 	}
 }
@@ -828,8 +993,10 @@ cp_async_wait_all(void)
 static __host__ __device__ size_t
 attw_warp_smem(int hd, int group)
 {
-	return (size_t)group * hd * sizeof(float) + (size_t)32 * (hd + 8) * sizeof(bf16) +
-	       (size_t)32 * hd * sizeof(bf16);
+	const size_t f = (size_t)group * hd * sizeof(float) + (size_t)32 * (hd + 8) * sizeof(bf16) +
+			 (size_t)32 * hd * sizeof(bf16);
+	const size_t b = (size_t)2 * 32 * ATTB_STRIDE(hd) * sizeof(bf16);   // the tensor-core unit's
+	return f > b ? f : b;
 }
 
 // The K rows of the warp's shared memory whose queries start at qs (V's
@@ -1052,9 +1219,199 @@ attention_warp_unit(const float *q, const bf16 *kv, const int32_t *tables, const
 	__syncwarp();                    // qs is reused by the warp's next unit
 }
 
+// Rows [j0, j1) of the tile at t0 (lane j's block blk) of kv head kvh into
+// the warp's K and V rows (ATTB_STRIDE apart), all in flight at once: lane
+// copies 16-byte chunk lane % CPR of rows lane / CPR, + 32 / CPR, ... (whole
+// rows a copy instruction: coalesced).  Every lane takes part in the
+// shuffle.
+template <int HD>
+static __device__ __forceinline__ void
+attwm_copy(bf16 *ks, bf16 *vs, const bf16 *kv, const k_kv_geom &g, int layer, int kvh, int32_t t0, int32_t blk,
+	   int j0, int j1)
+{
+	constexpr int CPR = HD / 8, RPI = 32 / CPR, S = ATTB_STRIDE(HD);
+	const int lane = threadIdx.x & 31, c = lane % CPR;
+	const size_t bstride = (size_t)g.n_layers * 2 * g.n_kv_heads * g.block_tokens * HD;
+	const size_t lk = ((size_t)layer * 2 * g.n_kv_heads + kvh) * g.block_tokens * HD + c * 8;
+	const size_t vk = (size_t)g.n_kv_heads * g.block_tokens * HD;
+	for (int j = j0 + lane / CPR; j - lane / CPR < j1; j += RPI) {
+		const int32_t bj = __shfl_sync(0xffffffffu, blk, min(j, 31));
+		if (j < j1) {
+			const bf16 *src = kv + (size_t)bj * bstride + lk + (size_t)((t0 + j) % g.block_tokens) * HD;
+			cp_async16(ks + j * S + c * 8, src);
+			cp_async16(vs + j * S + c * 8, src + vk);
+		}
+	}
+}
+
+// A decode unit (one query row, its group <= 8 q heads, against positions
+// [kv0, min(kv1, pos + 1)) of kv head kvh) on one warp's bf16 tensor cores.
+// The q heads are rows 0 .. 7 of a 16-row A operand and rows 8 .. 15 hold
+// a second part of the same heads, so that one mma does two parts' work:
+// the queries (pre-scaled) in three bf16 parts - high in rows 0 .. 7 and
+// middle in 8 .. 15 of one mma, low in rows 0 .. 7 of a second - and the
+// probabilities in two, high and low, in one mma; a lane holds row g's
+// accumulators and row g + 8's, and adds them.  Three parts hold 24 bits of
+// mantissa, as f32: a decode row's scores then match the CUDA-core path's
+// (the cluster kernel's, which N = 1 passes use) closely enough that a
+// sequence's tokens do not depend on the batch it runs in - with two parts
+// the engine checks' greedy logprobs of a sequence alone and batched
+// differed by 0.007 of the largest logit, 7x their tolerance.  The query
+// fragments stay in registers for the whole unit; tiles of 32 positions go
+// through shared memory (cp.async in, ldmatrix out).  Lane quad gr holds q
+// head gr's scores, running max and sum.  The first tile's rows below pre
+// are already in flight.  The tile loop (attwm_run) is the cluster
+// kernel's too: a row's decode then sums alike in N = 1 passes and in
+// batches where the split points agree.
+//
+// attwm_run: row r's queries (q heads kvh * group ..) against positions
+// [kv0, end) of kv head kvh (table: the row's block table) from an empty
+// state; out: lane quad gr's head's m and l (an empty range leaves l 0)
+// and its output, dims 8 d + 2 t (+1) in o[d][0..1].
+template <int HD>
+static __device__ __forceinline__ void
+attwm_run(const float *q, const bf16 *kv, const int32_t *table, const k_kv_geom &g, int layer, int r, int kvh,
+	  int n_heads, int32_t kv0, int32_t end, int pre, bf16 *ks, float &m_out, float &l_out,
+	  float (&o)[HD / 8][4])
+{
+	constexpr int S = ATTB_STRIDE(HD), ND = HD / 8, KK = HD / 16;
+	const int lane = threadIdx.x & 31, gr = lane >> 2, t = lane & 3, group = n_heads / g.n_kv_heads;
+	bf16 *vs = ks + 32 * S;
+	const bool head = gr < group;
+	// Per k16 step: the high + middle A fragment and the low one (rows 8 ..
+	// 15 zero); rows past the group zero.
+	uint32_t qa[KK][4], qb[KK][2];
+	{
+		const float scale = LOG2E / sqrtf((float)HD);
+		const float *qr = q + ((size_t)r * n_heads + kvh * group + (head ? gr : 0)) * HD + 2 * t;
+#pragma unroll
+		for (int kk = 0; kk < KK; kk++)
+#pragma unroll
+			for (int j = 0; j < 2; j++) {
+				const float2 v = head ? *(const float2 *)(qr + kk * 16 + j * 8) : make_float2(0.0f, 0.0f);
+				const float x = v.x * scale, y = v.y * scale;
+				const __nv_bfloat162 hi = __floats2bfloat162_rn(x, y);
+				const float2 hf = __bfloat1622float2(hi);
+				qa[kk][2 * j] = *(const uint32_t *)&hi;
+				split_bf16(x - hf.x, y - hf.y, qa[kk][2 * j + 1], qb[kk][j]);
+			}
+	}
+	const int mi = lane >> 3, r8 = lane & 7;
+	const int k_ld = ((mi >> 1) * 8 + r8) * S + (mi & 1) * 8;
+	const int v_ld = ((mi & 1) * 8 + r8) * S + (mi >> 1) * 8;
+
+#pragma unroll
+	for (int n = 0; n < ND; n++)
+		o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+	float m = -INFINITY, l = 0.0f;   // l: this lane's share
+	for (int32_t t0 = kv0; t0 < end; t0 += 32) {
+		const int32_t p = t0 + lane;
+		const int32_t blk = p < end ? table[p / g.block_tokens] : 0;
+		const int n = min(32, end - t0);
+		attwm_copy<HD>(ks, vs, kv, g, layer, kvh, t0, blk, t0 == kv0 ? pre : 0, n);
+		// V rows past the range: zeros (a zero probability times
+		// whatever the shared memory held could be NaN).
+		for (int i = n * (HD / 8) + lane; i < 32 * (HD / 8); i += 32)
+			*(uint4 *)(vs + (i / (HD / 8)) * S + (i % (HD / 8)) * 8) = make_uint4(0, 0, 0, 0);
+		cp_async_wait_all();
+		__syncwarp();
+		float sc[4][4];
+#pragma unroll
+		for (int k = 0; k < 4; k++)
+			sc[k][0] = sc[k][1] = sc[k][2] = sc[k][3] = 0.0f;
+#pragma unroll
+		for (int kk = 0; kk < KK; kk++) {
+			uint32_t b0[4], b1[4];
+			ldsm4(b0, ks + k_ld + kk * 16);
+			ldsm4(b1, ks + k_ld + 16 * S + kk * 16);
+			const uint32_t al[4] = { qb[kk][0], 0u, qb[kk][1], 0u };
+			mma_bf16(sc[0], qa[kk], b0[0], b0[1]);
+			mma_bf16(sc[1], qa[kk], b0[2], b0[3]);
+			mma_bf16(sc[2], qa[kk], b1[0], b1[1]);
+			mma_bf16(sc[3], qa[kk], b1[2], b1[3]);
+			mma_bf16(sc[0], al, b0[0], b0[1]);
+			mma_bf16(sc[1], al, b0[2], b0[3]);
+			mma_bf16(sc[2], al, b1[0], b1[1]);
+			mma_bf16(sc[3], al, b1[2], b1[3]);
+		}
+		// Head gr's scores: rows gr and gr + 8 added, at positions t0 + 8 k
+		// + 2 t (+1); position t0 < end, so every row's new max is finite.
+		float mx = -INFINITY;
+#pragma unroll
+		for (int k = 0; k < 4; k++)
+#pragma unroll
+			for (int e = 0; e < 2; e++) {
+				sc[k][e] = t0 + k * 8 + 2 * t + e < end ? sc[k][e] + sc[k][2 + e] : -INFINITY;
+				mx = fmaxf(mx, sc[k][e]);
+			}
+		mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+		mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+		const float mn = fmaxf(m, mx), cor = exp2f(m - mn);
+		m = mn;
+		float s = 0.0f;
+		uint32_t pa[2][4];       // P as k16 A fragments: high part rows 0 .. 7, low rows 8 .. 15
+#pragma unroll
+		for (int k = 0; k < 4; k++) {
+			const float p0 = exp2f(sc[k][0] - mn), p1 = exp2f(sc[k][1] - mn);
+			s += p0 + p1;
+			split_bf16(p0, p1, pa[k >> 1][(k & 1) * 2], pa[k >> 1][(k & 1) * 2 + 1]);
+		}
+		l = l * cor + s;
+#pragma unroll
+		for (int d = 0; d < ND; d++)
+#pragma unroll
+			for (int e = 0; e < 4; e++)
+				o[d][e] *= cor;
+#pragma unroll
+		for (int kk = 0; kk < 2; kk++)
+#pragma unroll
+			for (int dp = 0; dp < KK; dp++) {
+				uint32_t b[4];
+				ldsm4_trans(b, vs + v_ld + kk * 16 * S + dp * 16);
+				mma_bf16(o[2 * dp], pa[kk], b[0], b[1]);
+				mma_bf16(o[2 * dp + 1], pa[kk], b[2], b[3]);
+			}
+		__syncwarp();            // every lane is done with the tile's rows
+	}
+	l += __shfl_xor_sync(0xffffffffu, l, 1);
+	l += __shfl_xor_sync(0xffffffffu, l, 2);
+#pragma unroll
+	for (int d = 0; d < ND; d++) {
+		o[d][0] += o[d][2];
+		o[d][1] += o[d][3];
+	}
+	m_out = m;
+	l_out = l;
+	__syncwarp();                    // the tile rows are reused by the warp's next run
+}
+
+template <int HD>
+static __device__ void
+attention_warp_unit_mma(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
+			const int32_t *item_rows, const k_attn_item &it, int kvh, int n_heads, k_kv_geom g,
+			int layer, float *part_ml, float *part_acc, bf16 *ks, int pre)
+{
+	const int lane = threadIdx.x & 31, gr = lane >> 2, t = lane & 3, group = n_heads / g.n_kv_heads;
+	const int r = item_rows[it.row0];
+	float m, l, o[HD / 8][4];
+	attwm_run<HD>(q, kv, tables + it.tab, g, layer, r, kvh, n_heads, it.kv0, min(it.kv1, pos[r] + 1), pre, ks, m,
+		      l, o);
+	if (gr < group) {
+		const size_t slot = (size_t)it.part0 * n_heads + kvh * group + gr;
+		float *dst = part_acc + slot * HD + 2 * t;
+#pragma unroll
+		for (int d = 0; d < HD / 8; d++)
+			*(float2 *)(dst + d * 8) = make_float2(o[d][0], o[d][1]);
+		if (t == 0) {
+			part_ml[slot * 2] = m;
+			part_ml[slot * 2 + 1] = l;
+		}
+	}
+}
+
 // ATTW_WARPS warps a block; warp unit u = item n_items[0] + u / n_kv_heads,
 // kv head u % n_kv_heads, for u < n_items[1] * n_kv_heads.
-template <int DPL>
+template <int DPL, bool MMA>
 static __global__ void __launch_bounds__(ATTW_WARPS * 32)
 attention_warp_kernel(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
 		      const int32_t *item_rows, const k_attn_item *items, const int *n_items, int n_heads,
@@ -1062,6 +1419,7 @@ attention_warp_kernel(const float *q, const bf16 *kv, const int32_t *tables, con
 {
 	k_pdl_trigger();
 	extern __shared__ __align__(16) float attw_sm[];
+	constexpr int HDM = DPL * 32;    // head_dim, for the tensor-core unit (64, 128)
 	const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, group = n_heads / g.n_kv_heads;
 	const int first = n_items[0], units = n_items[1] * g.n_kv_heads, u0 = blockIdx.x * ATTW_WARPS + w;
 	float *qs = (float *)((char *)attw_sm + w * attw_warp_smem(g.head_dim, group));
@@ -1078,14 +1436,27 @@ attention_warp_kernel(const float *q, const bf16 *kv, const int32_t *tables, con
 			const int32_t p = it.kv0 + lane;
 			const int32_t blk = p < end ? tables[it.tab + p / g.block_tokens] : 0;
 			pre = max(0, min(min(32, end - it.kv0), pr - it.kv0));
-			bf16 *ks = attw_ks(qs, g.head_dim, group);
-			attw_copy_rows(ks, ks + 32 * (g.head_dim + 8), kv, g, layer, u0 % g.n_kv_heads, it.kv0, blk, 0, pre);
+			if constexpr (MMA) {
+				bf16 *ks = (bf16 *)qs;
+				attwm_copy<HDM>(ks, ks + 32 * ATTB_STRIDE(HDM), kv, g, layer, u0 % g.n_kv_heads, it.kv0, blk, 0,
+						pre);
+			} else {
+				bf16 *ks = attw_ks(qs, g.head_dim, group);
+				attw_copy_rows(ks, ks + 32 * (g.head_dim + 8), kv, g, layer, u0 % g.n_kv_heads, it.kv0, blk, 0,
+					       pre);
+			}
 		}
 	}
 	k_pdl_wait();
-	for (int u = u0; u < units; u += gridDim.x * ATTW_WARPS)
-		attention_warp_unit<DPL>(q, kv, tables, pos, item_rows, items[first + u / g.n_kv_heads],
-					 u % g.n_kv_heads, n_heads, g, layer, part_ml, part_acc, qs, u == u0 ? pre : 0);
+	for (int u = u0; u < units; u += gridDim.x * ATTW_WARPS) {
+		const k_attn_item &it = items[first + u / g.n_kv_heads];
+		if constexpr (MMA)
+			attention_warp_unit_mma<HDM>(q, kv, tables, pos, item_rows, it, u % g.n_kv_heads, n_heads, g, layer,
+						     part_ml, part_acc, (bf16 *)qs, u == u0 ? pre : 0);
+		else
+			attention_warp_unit<DPL>(q, kv, tables, pos, item_rows, it, u % g.n_kv_heads, n_heads, g, layer,
+						 part_ml, part_acc, qs, u == u0 ? pre : 0);
+	}
 }
 
 // The one-warp kernel for head_dim g.head_dim on `warps` warps, launched
@@ -1099,10 +1470,10 @@ launch_warp(const float *q, const bf16 *kv, const int32_t *tables, const int32_t
 		     const k_attn_item *, const int *, int, k_kv_geom, int, float *, float *);
 	switch (g.head_dim) {
 	case 16:
-	case 32: kern = attention_warp_kernel<1>; break;
-	case 64: kern = attention_warp_kernel<2>; break;
-	case 128: kern = attention_warp_kernel<4>; break;
-	case 256: kern = attention_warp_kernel<8>; break;
+	case 32: kern = attention_warp_kernel<1, false>; break;
+	case 64: kern = att_mma ? attention_warp_kernel<2, true> : attention_warp_kernel<2, false>; break;
+	case 128: kern = att_mma ? attention_warp_kernel<4, true> : attention_warp_kernel<4, false>; break;
+	case 256: kern = attention_warp_kernel<8, false>; break;
 	default: return cudaSuccess;     // no item is a warp item (k_attn_warp_item)
 	}
 	const dim3 blocks((warps + ATTW_WARPS - 1) / ATTW_WARPS), threads(ATTW_WARPS * 32);
@@ -1152,7 +1523,8 @@ k_attention_decode(const float *q, const bf16 *kv, const int32_t *tables, const 
 #define ATTC_WARPS 4
 
 // Shared memory of a CTA, in bytes: the row's queries (group x hd f32),
-// each warp's K and V tile (as the one-warp unit's), then ATTC_WARPS + 1
+// each warp's K and V tile (32 rows of hd + 8 bf16 each: the one-warp
+// units' layouts fit), then ATTC_WARPS + 1
 // states of group x (hd + 2) f32 (acc, then m and l): the warps', the CTA's;
 // then the cluster merge's m, l and weight per (rank, q head) (16 x 8 f32
 // each) and l per q head (8).
@@ -1160,7 +1532,7 @@ static __host__ __device__ size_t
 attc_smem(int hd, int group)
 {
 	return (size_t)group * hd * sizeof(float) +
-	       (size_t)ATTC_WARPS * (32 * (hd + 8) + 32 * hd) * sizeof(bf16) +
+	       (size_t)ATTC_WARPS * 2 * 32 * (hd + 8) * sizeof(bf16) +
 	       (size_t)(ATTC_WARPS + 1) * group * (hd + 2) * sizeof(float) + (size_t)(3 * 16 * 8 + 8) * sizeof(float);
 }
 
@@ -1191,8 +1563,10 @@ attc_merge(const float *const *states, int n, int gq, int d, int hd, float *a_ou
 }
 
 // grid (cluster, n_kv_heads, rows), clusters (cluster, 1, 1); out(rows,
-// n_heads, hd) bf16, zeros for rows >= *n.
-template <int DPL>
+// n_heads, hd) bf16, zeros for rows >= *n.  MMA: the warps' runs on the
+// one-warp tensor-core tile loop (attwm_run, head_dim DPL x 32: 64, 128) -
+// the loop batched decode rows use.
+template <int DPL, bool MMA>
 static __global__ void __launch_bounds__(ATTC_WARPS * 32)
 attention_cluster_kernel(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *tab_off,
 			 const int32_t *pos, const int *n, int n_heads, k_kv_geom g, int layer, bf16 *out, int early)
@@ -1202,7 +1576,7 @@ attention_cluster_kernel(const float *q, const bf16 *kv, const int32_t *tables, 
 	const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, hd = g.head_dim;
 	const int group = n_heads / g.n_kv_heads, kvh = blockIdx.y, r = blockIdx.z;
 	const int rank = (int)cl.block_rank(), n_ranks = (int)cl.num_blocks();
-	const int tile_elems = 32 * (hd + 8) + 32 * hd, sst = group * (hd + 2);
+	const int tile_elems = 2 * 32 * (hd + 8), sst = group * (hd + 2);
 	float *qs = attc_sm;
 	bf16 *ks = (bf16 *)(qs + group * hd) + (size_t)w * tile_elems, *vs = ks + 32 * (hd + 8);
 	float *states = (float *)((bf16 *)(qs + group * hd) + (size_t)ATTC_WARPS * tile_elems);
@@ -1223,37 +1597,63 @@ attention_cluster_kernel(const float *q, const bf16 *kv, const int32_t *tables, 
 		const int32_t p = kv0 + lane;
 		const int32_t blk = p < end ? table[p / g.block_tokens] : 0;
 		pre = max(0, min(min(32, end - kv0), pr - kv0));
-		attw_copy_rows(ks, vs, kv, g, layer, kvh, kv0, blk, 0, pre);
+		if constexpr (MMA)
+			attwm_copy<DPL * 32>(ks, vs, kv, g, layer, kvh, kv0, blk, 0, pre);
+		else
+			attw_copy_rows(ks, vs, kv, g, layer, kvh, kv0, blk, 0, pre);
 	}
 	k_pdl_wait();
-	const float scale = LOG2E / sqrtf((float)hd);
-	if (live)
-		for (int i = threadIdx.x; i < group * hd; i += blockDim.x)
-			qs[i] = q[((size_t)r * n_heads + kvh * group) * hd + i] * scale;
-	__syncthreads();
-	float m[8], l[8], acc[8][DPL];
-	attw_run<DPL>(kv, table, g, layer, kvh, group, kv0, end, pre, qs, ks, vs, m, l, acc);
-	// With early, the next kernel may be scheduled from here on (its own
-	// early start then overlaps the merges); else only when this kernel
-	// ends.  On an H100 at N=1, early against at the end: 0.6b 791 vs 758
-	// tok/s, 1.7b 443 vs 484, 8b 157 vs 156 (0.6b and 1.7b in one call, 8b from two;
-	// docs/gpu-bench.md).
-	if (early)
-		k_pdl_trigger();
 	float *mine = states + w * sst;
-	const bool dims = lane * DPL < hd;
+	if constexpr (MMA) {
+		const int gr = lane >> 2, t = lane & 3;
+		float mm = -INFINITY, ll = 0.0f, o[DPL * 4][4];
 #pragma unroll
-	for (int gq = 0; gq < 8; gq++) {
-		if (gq >= group)
-			break;
-		if (dims) {
+		for (int d = 0; d < DPL * 4; d++)
+			o[d][0] = o[d][1] = 0.0f;
+		if (live)
+			attwm_run<DPL * 32>(q, kv, table, g, layer, r, kvh, n_heads, kv0, end, pre, ks, mm, ll, o);
+		if (early)
+			k_pdl_trigger();
+		if (gr < group) {
 #pragma unroll
-			for (int k = 0; k < DPL; k++)
-				mine[gq * (hd + 2) + lane * DPL + k] = acc[gq][k];
+			for (int d = 0; d < DPL * 4; d++) {
+				mine[gr * (hd + 2) + d * 8 + 2 * t] = o[d][0];
+				mine[gr * (hd + 2) + d * 8 + 2 * t + 1] = o[d][1];
+			}
+			if (t == 0) {
+				mine[gr * (hd + 2) + hd] = mm;
+				mine[gr * (hd + 2) + hd + 1] = ll;
+			}
 		}
-		if (lane == 0) {
-			mine[gq * (hd + 2) + hd] = m[gq];
-			mine[gq * (hd + 2) + hd + 1] = l[gq];
+	} else {
+		const float scale = LOG2E / sqrtf((float)hd);
+		if (live)
+			for (int i = threadIdx.x; i < group * hd; i += blockDim.x)
+				qs[i] = q[((size_t)r * n_heads + kvh * group) * hd + i] * scale;
+		__syncthreads();
+		float m[8], l[8], acc[8][DPL];
+		attw_run<DPL>(kv, table, g, layer, kvh, group, kv0, end, pre, qs, ks, vs, m, l, acc);
+		// With early, the next kernel may be scheduled from here on (its own
+		// early start then overlaps the merges); else only when this kernel
+		// ends.  On an H100 at N=1, early against at the end: 0.6b 791 vs 758
+		// tok/s, 1.7b 443 vs 484, 8b 157 vs 156 (0.6b and 1.7b in one call, 8b from two;
+		// docs/gpu-bench.md).
+		if (early)
+			k_pdl_trigger();
+		const bool dims = lane * DPL < hd;
+#pragma unroll
+		for (int gq = 0; gq < 8; gq++) {
+			if (gq >= group)
+				break;
+			if (dims) {
+#pragma unroll
+				for (int k = 0; k < DPL; k++)
+					mine[gq * (hd + 2) + lane * DPL + k] = acc[gq][k];
+			}
+			if (lane == 0) {
+				mine[gq * (hd + 2) + hd] = m[gq];
+				mine[gq * (hd + 2) + hd + 1] = l[gq];
+			}
 		}
 	}
 	__syncthreads();
@@ -1327,10 +1727,10 @@ attc_kernel(int hd)
 {
 	switch (hd) {
 	case 16:
-	case 32: return attention_cluster_kernel<1>;
-	case 64: return attention_cluster_kernel<2>;
-	case 128: return attention_cluster_kernel<4>;
-	case 256: return attention_cluster_kernel<8>;
+	case 32: return attention_cluster_kernel<1, false>;
+	case 64: return att_mma ? attention_cluster_kernel<2, true> : attention_cluster_kernel<2, false>;
+	case 128: return att_mma ? attention_cluster_kernel<4, true> : attention_cluster_kernel<4, false>;
+	case 256: return attention_cluster_kernel<8, false>;
 	default: return nullptr;
 	}
 }
@@ -1488,16 +1888,21 @@ k_init(int hd)
 			e = cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, amost);
 	// The one-warp kernels: a warp's queries (up to 8 heads) and tile.
 	const int wmost = (int)(ATTW_WARPS * attw_warp_smem(K_MAX_HEAD_DIM, 8));
-	const void *attw[] = { (const void *)attention_warp_kernel<1>, (const void *)attention_warp_kernel<2>,
-			       (const void *)attention_warp_kernel<4>, (const void *)attention_warp_kernel<8> };
+	const void *attw[] = { (const void *)attention_warp_kernel<1, false>, (const void *)attention_warp_kernel<2, false>,
+			       (const void *)attention_warp_kernel<4, false>, (const void *)attention_warp_kernel<8, false>,
+			       (const void *)attention_warp_kernel<2, true>, (const void *)attention_warp_kernel<4, true> };
 	for (const void *f : attw)
 		if (e == cudaSuccess)
 			e = cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, wmost);
 	// The cluster kernels: up to 8 q heads of the widest head_dim; clusters
 	// of 16 where the device schedules them.
 	const int cmost = (int)attc_smem(K_MAX_HEAD_DIM, 8);
-	const void *attc[] = { (const void *)attention_cluster_kernel<1>, (const void *)attention_cluster_kernel<2>,
-			       (const void *)attention_cluster_kernel<4>, (const void *)attention_cluster_kernel<8> };
+	const void *attc[] = { (const void *)attention_cluster_kernel<1, false>,
+			       (const void *)attention_cluster_kernel<2, false>,
+			       (const void *)attention_cluster_kernel<4, false>,
+			       (const void *)attention_cluster_kernel<8, false>,
+			       (const void *)attention_cluster_kernel<2, true>,
+			       (const void *)attention_cluster_kernel<4, true> };
 	for (const void *f : attc) {
 		if (e == cudaSuccess)
 			e = cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, cmost);
