@@ -688,10 +688,10 @@ attb_fetch(bf16 *ks, bf16 *vs, const bf16 *kv, const int32_t *blk_s, const int32
 // The unit of many queries on bf16 tensor cores (mma.m16n8k16, f32
 // accumulation).  The queries (pre-scaled) and the probabilities are
 // split into a high and a low bf16 part (split_bf16), each multiplied by
-// the bf16 K or V: bf16 alone lost more than the kernel checks' tolerance
-// on the queries, and the one-warp unit's decode drifted from the CPU-core
-// path by 6x the engine checks' tolerance with bf16 probabilities; the
-// tensor cores have the throughput to spare.
+// the bf16 K or V (16 bits of mantissa): bf16 queries alone failed the
+// kernel checks' tolerance (0.0055 at prefill); bf16 probabilities passed
+// them, and are split too for accuracy at the cost of a second P.V product
+// per k step, which the tensor cores have the throughput for.
 // K and V tiles of ATTB_TILE positions stay bf16 in shared memory, copied
 // by cp.async one tile ahead of the one being computed and read as
 // fragments by ldmatrix.  Warp w owns queries 16 qb .. 16 qb + 15 (qb =
@@ -908,9 +908,10 @@ attention_unit_bf16(const float *q, const bf16 *kv, const int32_t *tables, const
 	__syncthreads();                 // shared memory is reused by the next unit
 }
 
-// 1: units of many queries and one-warp decode units (head_dim 64, 128)
-// go to the bf16 tensor-core units; 0: all to the CUDA-core units
-// (attention_unit, attention_warp_unit).  Set by k_init from BRAID_ATT_MMA.
+// 1: units of many queries, one-warp decode units and the cluster
+// kernel's runs (head_dim 64, 128) go to the bf16 tensor-core code; 0: all
+// to the CUDA-core code (attention_unit, attention_warp_unit, attw_run).
+// Set by k_init from BRAID_ATT_MMA.
 static int att_mma = 1;
 
 // Persistent: CTA b does work units b, b + gridDim.x, ... where unit u is
