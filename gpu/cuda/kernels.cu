@@ -926,7 +926,7 @@ attention_kernel(const float *q, const bf16 *kv, const int32_t *tables, const in
 		 k_kv_geom g, int layer, float *part_ml, float *part_acc, int use_mma)
 {
 	k_pdl_start();
-	extern __shared__ float sm[];
+	extern __shared__ __align__(16) float sm[];
 	const int units = *n_items * g.n_kv_heads, group = n_heads / g.n_kv_heads;
 	for (int u = blockIdx.x; u < units; u += gridDim.x) {
 		const k_attn_item it = items[u / g.n_kv_heads];
