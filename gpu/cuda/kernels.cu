@@ -676,7 +676,7 @@ attb_fetch(bf16 *ks, bf16 *vs, const bf16 *kv, const int32_t *blk_s, const int32
 			const int bi = p / g.block_tokens;
 			const int32_t b = bi - blk0 < nblk_s ? blk_s[bi - blk0] : table[bi];
 			src_k = kv + k_kv_offset(g, b, layer, 0, kvh, p % g.block_tokens) + c * 8;
-			src_v = src_k + (size_t)g.n_kv_heads * g.block_tokens * HD;
+			src_v = kv + k_kv_offset(g, b, layer, 1, kvh, p % g.block_tokens) + c * 8;
 			bytes = 16;
 		}
 		cp_async16_zfill(ks + r * ATTB_STRIDE(HD) + c * 8, src_k, bytes);
@@ -1009,21 +1009,24 @@ attw_ks(float *qs, int hd, int group)
 }
 
 // Rows [j0, j1) of the tile at position t0 (lane j's block blk) of kv head
-// kvh into the warp's shared K and V rows, all in flight at once, each copy
-// instruction 32 consecutive 16-byte chunks (whole rows: coalesced).  Every
-// lane takes part in the shuffle.
+// kvh into the warp's shared K rows (hd + 8 apart) and V rows (vrow apart:
+// hd for the CUDA-core tile loop, hd + 8 for the tensor-core one), all in
+// flight at once, each copy instruction 32 consecutive 16-byte chunks
+// (whole rows: coalesced).  Every lane takes part in the shuffle.  HD: the
+// head_dim where the caller knows it at compile time (0: g.head_dim).
+template <int HD = 0>
 static __device__ __forceinline__ void
-attw_copy_rows(bf16 *ks, bf16 *vs, const bf16 *kv, const k_kv_geom &g, int layer, int kvh, int32_t t0, int32_t blk,
-	       int j0, int j1)
+attw_copy_rows(bf16 *ks, bf16 *vs, int vrow, const bf16 *kv, const k_kv_geom &g, int layer, int kvh, int32_t t0,
+	       int32_t blk, int j0, int j1)
 {
-	const int lane = threadIdx.x & 31, hd = g.head_dim, ks_row = hd + 8, cpr = hd / 8;
+	const int lane = threadIdx.x & 31, hd = HD ? HD : g.head_dim, ks_row = hd + 8, cpr = hd / 8;
 	for (int i0 = j0 * cpr; i0 < j1 * cpr; i0 += 32) {
 		const int i = i0 + lane, j = min(i / cpr, 31), c = i % cpr;
 		const int32_t bj = __shfl_sync(0xffffffffu, blk, j);
 		if (i < j1 * cpr) {
 			const int off = (t0 + j) % g.block_tokens;
 			cp_async16(ks + j * ks_row + c * 8, kv + k_kv_offset(g, bj, layer, 0, kvh, off) + c * 8);
-			cp_async16(vs + j * hd + c * 8, kv + k_kv_offset(g, bj, layer, 1, kvh, off) + c * 8);
+			cp_async16(vs + j * vrow + c * 8, kv + k_kv_offset(g, bj, layer, 1, kvh, off) + c * 8);
 		}
 	}
 }
@@ -1098,7 +1101,7 @@ attw_run(const bf16 *kv, const int32_t *table, const k_kv_geom &g, int layer, in
 		const bool ok = p < end;
 		const int32_t blk = ok ? table[p / g.block_tokens] : 0;
 		const int n = min(32, end - t0);
-		attw_copy_rows(ks, vs, kv, g, layer, kvh, t0, blk, t0 == kv0 ? pre : 0, n);
+		attw_copy_rows(ks, vs, hd, kv, g, layer, kvh, t0, blk, t0 == kv0 ? pre : 0, n);
 		cp_async_wait_all();
 		__syncwarp();
 		float sc[8];
@@ -1220,31 +1223,6 @@ attention_warp_unit(const float *q, const bf16 *kv, const int32_t *tables, const
 	__syncwarp();                    // qs is reused by the warp's next unit
 }
 
-// Rows [j0, j1) of the tile at t0 (lane j's block blk) of kv head kvh into
-// the warp's K and V rows (ATTB_STRIDE apart), all in flight at once: lane
-// copies 16-byte chunk lane % CPR of rows lane / CPR, + 32 / CPR, ... (whole
-// rows a copy instruction: coalesced).  Every lane takes part in the
-// shuffle.
-template <int HD>
-static __device__ __forceinline__ void
-attwm_copy(bf16 *ks, bf16 *vs, const bf16 *kv, const k_kv_geom &g, int layer, int kvh, int32_t t0, int32_t blk,
-	   int j0, int j1)
-{
-	constexpr int CPR = HD / 8, RPI = 32 / CPR, S = ATTB_STRIDE(HD);
-	const int lane = threadIdx.x & 31, c = lane % CPR;
-	const size_t bstride = (size_t)g.n_layers * 2 * g.n_kv_heads * g.block_tokens * HD;
-	const size_t lk = ((size_t)layer * 2 * g.n_kv_heads + kvh) * g.block_tokens * HD + c * 8;
-	const size_t vk = (size_t)g.n_kv_heads * g.block_tokens * HD;
-	for (int j = j0 + lane / CPR; j - lane / CPR < j1; j += RPI) {
-		const int32_t bj = __shfl_sync(0xffffffffu, blk, min(j, 31));
-		if (j < j1) {
-			const bf16 *src = kv + (size_t)bj * bstride + lk + (size_t)((t0 + j) % g.block_tokens) * HD;
-			cp_async16(ks + j * S + c * 8, src);
-			cp_async16(vs + j * S + c * 8, src + vk);
-		}
-	}
-}
-
 // A decode unit (one query row, its group <= 8 q heads, against positions
 // [kv0, min(kv1, pos + 1)) of kv head kvh) on one warp's bf16 tensor cores.
 // The q heads are rows 0 .. 7 of a 16-row A operand and rows 8 .. 15 hold
@@ -1309,7 +1287,7 @@ attwm_run(const float *q, const bf16 *kv, const int32_t *table, const k_kv_geom 
 		const int32_t p = t0 + lane;
 		const int32_t blk = p < end ? table[p / g.block_tokens] : 0;
 		const int n = min(32, end - t0);
-		attwm_copy<HD>(ks, vs, kv, g, layer, kvh, t0, blk, t0 == kv0 ? pre : 0, n);
+		attw_copy_rows<HD>(ks, vs, S, kv, g, layer, kvh, t0, blk, t0 == kv0 ? pre : 0, n);
 		// V rows past the range: zeros (a zero probability times
 		// whatever the shared memory held could be NaN).
 		for (int i = n * (HD / 8) + lane; i < 32 * (HD / 8); i += 32)
@@ -1439,12 +1417,12 @@ attention_warp_kernel(const float *q, const bf16 *kv, const int32_t *tables, con
 			pre = max(0, min(min(32, end - it.kv0), pr - it.kv0));
 			if constexpr (MMA) {
 				bf16 *ks = (bf16 *)qs;
-				attwm_copy<HDM>(ks, ks + 32 * ATTB_STRIDE(HDM), kv, g, layer, u0 % g.n_kv_heads, it.kv0, blk, 0,
-						pre);
+				attw_copy_rows<HDM>(ks, ks + 32 * ATTB_STRIDE(HDM), ATTB_STRIDE(HDM), kv, g, layer,
+						    u0 % g.n_kv_heads, it.kv0, blk, 0, pre);
 			} else {
 				bf16 *ks = attw_ks(qs, g.head_dim, group);
-				attw_copy_rows(ks, ks + 32 * (g.head_dim + 8), kv, g, layer, u0 % g.n_kv_heads, it.kv0, blk, 0,
-					       pre);
+				attw_copy_rows(ks, ks + 32 * (g.head_dim + 8), g.head_dim, kv, g, layer, u0 % g.n_kv_heads,
+					       it.kv0, blk, 0, pre);
 			}
 		}
 	}
@@ -1599,9 +1577,9 @@ attention_cluster_kernel(const float *q, const bf16 *kv, const int32_t *tables, 
 		const int32_t blk = p < end ? table[p / g.block_tokens] : 0;
 		pre = max(0, min(min(32, end - kv0), pr - kv0));
 		if constexpr (MMA)
-			attwm_copy<DPL * 32>(ks, vs, kv, g, layer, kvh, kv0, blk, 0, pre);
+			attw_copy_rows<DPL * 32>(ks, vs, hd + 8, kv, g, layer, kvh, kv0, blk, 0, pre);
 		else
-			attw_copy_rows(ks, vs, kv, g, layer, kvh, kv0, blk, 0, pre);
+			attw_copy_rows(ks, vs, hd, kv, g, layer, kvh, kv0, blk, 0, pre);
 	}
 	k_pdl_wait();
 	float *mine = states + w * sst;

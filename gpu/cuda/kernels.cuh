@@ -139,9 +139,10 @@ size_t k_attention_smem(int hd);
 // head has more query heads than one CTA holds: such models are refused).
 int k_attention_max_rows(int n_heads, int n_kv_heads, int hd);
 // Set the kernel attributes (large shared memory) for head_dim hd, and the
-// attention path: k_attention's units of more than 8 queries and its
-// one-warp decode units run on bf16 tensor cores for head_dim 64 and 128,
-// unless BRAID_ATT_MMA=0 (then on the CUDA cores, for comparisons).
+// attention path: k_attention's units of more than 8 queries, its one-warp
+// decode units and k_attention_rows' clusters run on bf16 tensor cores for
+// head_dim 64 and 128, unless BRAID_ATT_MMA=0 (then on the CUDA cores, for
+// comparisons).
 cudaError_t k_init(int hd);
 
 #endif
