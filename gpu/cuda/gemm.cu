@@ -21,6 +21,7 @@ extern "C" {
 #include "cuda/gemm_check.h"
 }
 #include "cuda/gemm.cuh"
+#include "cuda/mma.cuh"
 #include "cuda/pdl.cuh"
 
 // ---- the GEMV -----------------------------------------------------------------------------
@@ -54,16 +55,6 @@ ld_stream16(const bf16 *p)
 		     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
 		     : "l"(p));
 	return v;
-}
-
-// d(16x8) += A(16x16, row-major, regs a0..a3) . B(16x8, col-major, b0..b1).
-__device__ __forceinline__ void
-mma_bf16(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1)
-{
-	asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-	    "{%0, %1, %2, %3};"
-	    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-	    : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 // w (w_rows, w_cols) bf16, x (n, w_cols) bf16, out (n, w_rows) f32; n <= 8,

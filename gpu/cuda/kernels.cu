@@ -12,6 +12,7 @@
 #include <cooperative_groups.h>
 
 #include "cuda/kernels.cuh"
+#include "cuda/mma.cuh"
 #include "cuda/pdl.cuh"
 
 namespace cg = cooperative_groups;
@@ -584,7 +585,22 @@ attention_unit(const float *q, const bf16 *kv, const int32_t *tables, const int3
 	__syncthreads();                 // shared memory is reused by the next unit
 }
 
-// ---- the bf16 tensor-core unit --------------------------------------------------------
+// ---- cp.async, ldmatrix, mma: the tensor-core and one-warp units' primitives ---------
+
+// 16 bytes from global to shared memory without a register (cp.async.cg:
+// L2 only), and the wait for all of a thread's copies.
+static __device__ __forceinline__ void
+cp_async16(void *smem, const void *gmem)
+{
+	const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(a), "l"(gmem) : "memory");
+}
+
+static __device__ __forceinline__ void
+cp_async_wait_all(void)
+{
+	asm volatile("cp.async.wait_all;" ::: "memory");
+}
 
 // cp.async of 16 bytes that reads `bytes` of them (16 or 0: a zero fill),
 // and the group operations of the double-buffered tiles.
@@ -609,33 +625,20 @@ cp_async_wait(void)
 }
 
 // Four 8x8 bf16 matrices from shared memory (lanes 8i .. 8i + 7 give the
-// rows of matrix i), as mma fragments; trans: transposed.
+// rows of matrix i), as mma fragments; TRANS: transposed.
+template <bool TRANS = false>
 static __device__ __forceinline__ void
 ldsm4(uint32_t (&r)[4], const bf16 *p)
 {
 	const unsigned a = (unsigned)__cvta_generic_to_shared(p);
-	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
-		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-		     : "r"(a));
-}
-
-static __device__ __forceinline__ void
-ldsm4_trans(uint32_t (&r)[4], const bf16 *p)
-{
-	const unsigned a = (unsigned)__cvta_generic_to_shared(p);
-	asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
-		     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-		     : "r"(a));
-}
-
-// d += a (16x16, row) . b (16x8, col), bf16 in, f32 accumulate.
-static __device__ __forceinline__ void
-mma_bf16(float *d, const uint32_t *a, uint32_t b0, uint32_t b1)
-{
-	asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-		     "{%0,%1,%2,%3};"
-		     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-		     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+	if (TRANS)
+		asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+			     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+			     : "r"(a));
+	else
+		asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+			     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+			     : "r"(a));
 }
 
 static __device__ __forceinline__ uint32_t
@@ -655,6 +658,8 @@ split_bf16(float x, float y, uint32_t &hi, uint32_t &lo)
 	hi = *(const uint32_t *)&h;
 	lo = pack_bf16(x - hf.x, y - hf.y);
 }
+
+// ---- the bf16 tensor-core unit --------------------------------------------------------
 
 // Copy the tile at t0 of kv head kvh into stage K/V rows (zeros past kv1),
 // all of a thread's copies in one group.
@@ -843,7 +848,7 @@ attention_unit_bf16(const float *q, const bf16 *kv, const int32_t *tables, const
 #pragma unroll
 				for (int dp = 0; dp < HD / 16; dp++) {
 					uint32_t b[4];
-					ldsm4_trans(b, Vs + v_ld + kk * 16 * S + dp * 16);
+					ldsm4<true>(b, Vs + v_ld + kk * 16 * S + dp * 16);
 					mma_bf16(o[2 * dp], ph[kk], b[0], b[1]);
 					mma_bf16(o[2 * dp + 1], ph[kk], b[2], b[3]);
 					mma_bf16(o[2 * dp], pl[kk], b[0], b[1]);
@@ -971,21 +976,6 @@ k_attn_warp_item(int n_rows, int n_heads, int n_kv_heads, int hd)
 // attention_kernel (79 KB each) on an SM, which 4 (72 KB) does not; 1, 2
 // and 4 measured within 3% of each other at N = 8..128.
 #define ATTW_WARPS 2
-
-// 16 bytes from global to shared memory without a register (cp.async.cg:
-// L2 only), and the wait for all of a thread's copies.
-static __device__ __forceinline__ void
-cp_async16(void *smem, const void *gmem)
-{
-	const unsigned a = (unsigned)__cvta_generic_to_shared(smem);
-	asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(a), "l"(gmem) : "memory");
-}
-
-static __device__ __forceinline__ void
-cp_async_wait_all(void)
-{
-	asm volatile("cp.async.wait_all;" ::: "memory");
-}
 
 // Shared memory of one warp of the one-warp kernel, in bytes: its queries
 // (group x hd f32), then a tile's K rows (32 x (hd + 8) bf16: the padding
@@ -1346,7 +1336,7 @@ attwm_run(const float *q, const bf16 *kv, const int32_t *table, const k_kv_geom 
 #pragma unroll
 			for (int dp = 0; dp < KK; dp++) {
 				uint32_t b[4];
-				ldsm4_trans(b, vs + v_ld + kk * 16 * S + dp * 16);
+				ldsm4<true>(b, vs + v_ld + kk * 16 * S + dp * 16);
 				mma_bf16(o[2 * dp], pa[kk], b[0], b[1]);
 				mma_bf16(o[2 * dp + 1], pa[kk], b[2], b[3]);
 			}
