@@ -850,6 +850,22 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 
 // ---- launchers ------------------------------------------------------------------
 
+// The launch of n rows on clusters of c CTAs (at holds the attribute).
+static cudaLaunchConfig_t samp_cluster_cfg(cudaLaunchAttribute (&at)[1], int c, int n, cudaStream_t st)
+{
+	cudaLaunchConfig_t cfg = {};
+	at[0].id = cudaLaunchAttributeClusterDimension;
+	at[0].val.clusterDim.x = (unsigned)c;
+	at[0].val.clusterDim.y = 1;
+	at[0].val.clusterDim.z = 1;
+	cfg.gridDim = dim3((unsigned)c, (unsigned)n);
+	cfg.blockDim = dim3(SAMP_NT);
+	cfg.stream = st;
+	cfg.attrs = at;
+	cfg.numAttrs = 1;
+	return cfg;
+}
+
 // The cluster size for n rows: the largest of 16, 8, 4 the device runs that
 // keeps n x C CTAs within about one per SM, else 1 (BRAID_SAMP_CLUSTER=0:
 // always 1; =N: N where it runs).  Read once.
@@ -868,16 +884,8 @@ static int samp_cluster_max()
 		for (int c = 16; c >= SAMP_MIN_CLUSTER; c /= 2) {
 			if (c > want)
 				continue;
-			cudaLaunchConfig_t cfg = {};
 			cudaLaunchAttribute at[1];
-			at[0].id = cudaLaunchAttributeClusterDimension;
-			at[0].val.clusterDim.x = (unsigned)c;
-			at[0].val.clusterDim.y = 1;
-			at[0].val.clusterDim.z = 1;
-			cfg.gridDim = dim3((unsigned)c, 1);
-			cfg.blockDim = dim3(SAMP_NT);
-			cfg.attrs = at;
-			cfg.numAttrs = 1;
+			const cudaLaunchConfig_t cfg = samp_cluster_cfg(at, c, 1, 0);
 			int clusters = 0;
 			const void *k = c == 4 ? ks[0] : c == 8 ? ks[1] : ks[2];
 			if (cudaOccupancyMaxActiveClusters(&clusters, k, &cfg) == cudaSuccess && clusters > 0)
@@ -903,17 +911,8 @@ static cudaError_t samp_launch(const float *logits, int vocab, const cuda_samp_r
 		samp_kernel<1><<<dim3(1, n), SAMP_NT, 0, st>>>(logits, vocab, rows, slot_limit, out, status);
 		return cudaGetLastError();
 	}
-	cudaLaunchConfig_t cfg = {};
 	cudaLaunchAttribute at[1];
-	at[0].id = cudaLaunchAttributeClusterDimension;
-	at[0].val.clusterDim.x = (unsigned)c;
-	at[0].val.clusterDim.y = 1;
-	at[0].val.clusterDim.z = 1;
-	cfg.gridDim = dim3((unsigned)c, (unsigned)n);
-	cfg.blockDim = dim3(SAMP_NT);
-	cfg.stream = st;
-	cfg.attrs = at;
-	cfg.numAttrs = 1;
+	const cudaLaunchConfig_t cfg = samp_cluster_cfg(at, c, n, st);
 	auto kern = c == 4 ? samp_kernel<4> : c == 8 ? samp_kernel<8> : samp_kernel<16>;
 	return cudaLaunchKernelEx(&cfg, kern, logits, vocab, rows, slot_limit, out, status);
 }
