@@ -1,6 +1,6 @@
 // sample.cu - token sampling on the GPU with the semantics of samp_sample()
 // (gpu/sampler.c): a row on one CTA of 1024 threads, or, for few rows, on a
-// thread-block cluster of C = 4, 8 or 16 such CTAs that split it (below).
+// thread-block cluster of C = 2, 4, 8 or 16 such CTAs that split it (below).
 // Launched from the engine thread.
 //
 // A row (up to 600 KB) does not fit in shared memory, so each step is a pass
@@ -56,7 +56,7 @@ extern "C" {
 #define SAMP_MASS_SCALE 0x1p39f      // weight (<= 1) -> integer; vocab * 2^39 < 2^63
 #define SAMP_MAX_VOCAB (1 << 24)     // ids fit the composite key's 24 bits
 #define SAMP_LOG2E 1.4426950408889634
-#define SAMP_MIN_CLUSTER 4           // the merge's slice buffers hold SAMP_HBINS / 4 bins
+#define SAMP_MIN_CLUSTER 2           // the merge's slice buffers hold SAMP_HBINS / 2 bins
 #define SAMP_SLICE (SAMP_HBINS / SAMP_MIN_CLUSTER)
 
 typedef unsigned long long u64;
@@ -458,7 +458,8 @@ static __global__ void __launch_bounds__(SAMP_NT, 1)
 samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__restrict__ rows,
 	    int slot_limit, samp_result *__restrict__ out, int32_t *__restrict__ status)
 {
-	__shared__ samp_smem S;
+	extern __shared__ __align__(16) unsigned char samp_sm[];   // sizeof(samp_smem): over 48 KB
+	samp_smem &S = *reinterpret_cast<samp_smem *>(samp_sm);
 	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 	const int r = blockIdx.y, q = C > 1 ? (int)blockIdx.x : 0;
 	const cuda_samp_row p = rows[r];
@@ -860,61 +861,77 @@ static cudaLaunchConfig_t samp_cluster_cfg(cudaLaunchAttribute (&at)[1], int c, 
 	at[0].val.clusterDim.z = 1;
 	cfg.gridDim = dim3((unsigned)c, (unsigned)n);
 	cfg.blockDim = dim3(SAMP_NT);
+	cfg.dynamicSmemBytes = sizeof(samp_smem);
 	cfg.stream = st;
 	cfg.attrs = at;
 	cfg.numAttrs = 1;
 	return cfg;
 }
 
-// The cluster size for n rows: the largest of 16, 8, 4 the device runs that
-// keeps n x C CTAs within about one per SM, else 1 (BRAID_SAMP_CLUSTER=0:
-// always 1; =N: N where it runs).  Read once.
-static int samp_cluster_max()
+typedef void (*samp_fn)(const float *, int, const cuda_samp_row *, int, samp_result *, int32_t *);
+
+// The kernel for clusters of c CTAs (1, 2, 4, 8, 16).
+static samp_fn samp_kernel_for(int c)
 {
+	return c == 1 ? samp_kernel<1> : c == 2 ? samp_kernel<2> : c == 4 ? samp_kernel<4> : c == 8 ? samp_kernel<8>
+												  : samp_kernel<16>;
+}
+
+// Once: the kernels' shared memory (over 48 KB) and clusters of 16, then
+// the largest cluster size of 16, 8, 4, 2 the device runs (BRAID_SAMP_CLUSTER=0:
+// 1, one CTA a row; =N: at most N), or 1; *e the attribute call's error.
+static int samp_init(cudaError_t *e)
+{
+	static cudaError_t err = cudaSuccess;
 	static const int cmax = [] {
-		const char *e = getenv("BRAID_SAMP_CLUSTER");
-		if (e && !strcmp(e, "0"))
+		for (int c = 1; c <= 16; c *= 2) {
+			const void *k = (const void *)samp_kernel_for(c);
+			if ((err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+							(int)sizeof(samp_smem))) != cudaSuccess)
+				return 1;
+			if (c == 16 && cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
+				cudaGetLastError();   // clusters of 16 then do not fit below
+		}
+		const char *v = getenv("BRAID_SAMP_CLUSTER");
+		if (v && !strcmp(v, "0"))
 			return 1;
-		const int want = e && *e ? atoi(e) : 16;
-		const void *ks[] = { (const void *)samp_kernel<4>, (const void *)samp_kernel<8>,
-				     (const void *)samp_kernel<16> };
-		for (const void *k : ks)
-			if (cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
-				cudaGetLastError();
+		const int want = v && *v ? atoi(v) : 16;
 		for (int c = 16; c >= SAMP_MIN_CLUSTER; c /= 2) {
 			if (c > want)
 				continue;
 			cudaLaunchAttribute at[1];
 			const cudaLaunchConfig_t cfg = samp_cluster_cfg(at, c, 1, 0);
 			int clusters = 0;
-			const void *k = c == 4 ? ks[0] : c == 8 ? ks[1] : ks[2];
-			if (cudaOccupancyMaxActiveClusters(&clusters, k, &cfg) == cudaSuccess && clusters > 0)
+			if (cudaOccupancyMaxActiveClusters(&clusters, (const void *)samp_kernel_for(c), &cfg) == cudaSuccess &&
+			    clusters > 0)
 				return c;
 			cudaGetLastError();
 		}
 		return 1;
 	}();
+	*e = err;
 	return cmax;
 }
 
+// n rows on clusters of the largest size that keeps n x C CTAs within the
+// SMs (one CTA of 1,024 threads an SM), or one CTA a row.
 static cudaError_t samp_launch(const float *logits, int vocab, const cuda_samp_row *rows, int n,
 			       int slot_limit, samp_result *out, int32_t *status, cudaStream_t st)
 {
-	int sms = 132, dev = 0;
+	cudaError_t e;
+	int c = samp_init(&e), sms = 132, dev = 0;
+	if (e != cudaSuccess)
+		return e;
 	if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) !=
 							    cudaSuccess)
 		cudaGetLastError();
-	int c = samp_cluster_max();
 	while (c >= SAMP_MIN_CLUSTER && (long long)n * c > sms)
 		c /= 2;
-	if (c < SAMP_MIN_CLUSTER || vocab < c * 128) {
-		samp_kernel<1><<<dim3(1, n), SAMP_NT, 0, st>>>(logits, vocab, rows, slot_limit, out, status);
-		return cudaGetLastError();
-	}
+	if (c < SAMP_MIN_CLUSTER || vocab < c * 128)
+		c = 1;
 	cudaLaunchAttribute at[1];
 	const cudaLaunchConfig_t cfg = samp_cluster_cfg(at, c, n, st);
-	auto kern = c == 4 ? samp_kernel<4> : c == 8 ? samp_kernel<8> : samp_kernel<16>;
-	return cudaLaunchKernelEx(&cfg, kern, logits, vocab, rows, slot_limit, out, status);
+	return cudaLaunchKernelEx(&cfg, samp_kernel_for(c), logits, vocab, rows, slot_limit, out, status);
 }
 
 // ---- C entry points ---------------------------------------------------------------
