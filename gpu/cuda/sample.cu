@@ -925,9 +925,9 @@ static cudaError_t samp_launch(const float *logits, int vocab, const cuda_samp_r
 	if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) !=
 							    cudaSuccess)
 		cudaGetLastError();
-	while (c >= SAMP_MIN_CLUSTER && (long long)n * c > sms)
+	while (c >= SAMP_MIN_CLUSTER && ((long long)n * c > sms || vocab < c * 128))
 		c /= 2;
-	if (c < SAMP_MIN_CLUSTER || vocab < c * 128)
+	if (c < SAMP_MIN_CLUSTER)
 		c = 1;
 	cudaLaunchAttribute at[1];
 	const cudaLaunchConfig_t cfg = samp_cluster_cfg(at, c, n, st);
