@@ -244,9 +244,11 @@ static __device__ __forceinline__ void samp_each(const float *__restrict__ row, 
 
 // The histograms that are on (m0: cnt[0], m1: cnt[1], mm: mass) summed over
 // the ranks into every rank's own: rank q sums slice q of every rank, then
-// every rank copies all slices.
+// every rank copies all slices.  Not inlined: inside the pass loop it
+// raised the spills under the 64-register cap (1,024 threads) from 24 to
+// 200 bytes of loads; as a call they are 88, around the call.
 template <int C>
-static __device__ void samp_cl_hist(samp_smem &S, bool m0, bool m1, bool mm)
+static __device__ __noinline__ void samp_cl_hist(samp_smem &S, bool m0, bool m1, bool mm)
 {
 	static_assert(C >= SAMP_MIN_CLUSTER && SAMP_HBINS % C == 0, "slices of SAMP_HBINS / C bins");
 	constexpr int slice = SAMP_HBINS / C;
