@@ -1,5 +1,7 @@
 // sample.cu - token sampling on the GPU with the semantics of samp_sample()
-// (gpu/sampler.c): one CTA of 1024 threads per row.  Launched from the engine thread.
+// (gpu/sampler.c): a row on one CTA of 1024 threads, or, for few rows, on a
+// thread-block cluster of C = 2, 4, 8 or 16 such CTAs that split it (below).
+// Launched from the engine thread.
 //
 // A row (up to 600 KB) does not fit in shared memory, so each step is a pass
 // over the row's logits in global memory (L2 after the first):
@@ -18,11 +20,27 @@
 //
 // Top-p ties: every kept token whose logit equals the boundary token's logit
 // is kept (the CPU sampler keeps only enough of them, lowest ids first).
+//
+// On a cluster, rank q takes the contiguous ids [q * chunk, (q + 1) * chunk)
+// (chunk a multiple of 128) in every pass; after a pass the ranks' partial
+// results meet through distributed shared memory - the argmax, the moments
+// (summed in rank order), the histograms (rank q sums bin slice q of every
+// rank, then every rank copies all slices) - so that every rank holds the
+// same merged values and takes the same decisions.  The draw's ranges are
+// the ranks' 32 warp ranges in rank order (id order as before): every rank
+// finds the range from all C x 32 sums, and the rank that owns it walks it.
+// A single pass over a row on one SM was the cost at small batches (one row
+// of 151,936 logits: about 80 us on an H100).
 #include <climits>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 #include "cuda/try.cuh"
+
+namespace cg = cooperative_groups;
 
 extern "C" {
 #include "status.h"
@@ -38,6 +56,8 @@ extern "C" {
 #define SAMP_MASS_SCALE 0x1p39f      // weight (<= 1) -> integer; vocab * 2^39 < 2^63
 #define SAMP_MAX_VOCAB (1 << 24)     // ids fit the composite key's 24 bits
 #define SAMP_LOG2E 1.4426950408889634
+#define SAMP_MIN_CLUSTER 2           // the merge's slice buffers hold SAMP_HBINS / 2 bins
+#define SAMP_SLICE (SAMP_HBINS / SAMP_MIN_CLUSTER)
 
 typedef unsigned long long u64;
 
@@ -88,6 +108,15 @@ struct samp_smem {
 	int top_cnt;
 	u64 top_ck[SAMP_MAX_TOP];
 	float top_x[SAMP_MAX_TOP];
+	// clusters: a rank's partial results, read by the others
+	int bad;
+	double part_s, part_sx;
+	unsigned slice_cnt[2][SAMP_SLICE];
+	u64 slice_mass[SAMP_SLICE];
+	// and the merged ones
+	float g_mx;
+	int g_arg, g_bad;
+	double g_s, g_sx;
 };
 
 // ---- keys and weights ----------------------------------------------------------
@@ -188,26 +217,95 @@ static __device__ double samp_block_sum(double v, samp_smem &S)
 	return r;
 }
 
-// f(i, logits[i]) for every i of the row, each thread in increasing i.
+// f(i, logits[i]) for every i in [lo, hi) (lo a multiple of 4), each thread
+// in increasing i.
 template <class F>
-static __device__ __forceinline__ void samp_each(const float *__restrict__ row, int V, F &&f)
+static __device__ __forceinline__ void samp_each(const float *__restrict__ row, int lo, int hi, F &&f)
 {
-	int i0 = 0;
-	if (((uintptr_t)row & 15) == 0) {
-		const float4 *r4 = (const float4 *)row;
-		int n4 = V >> 2;
+	int i0 = lo;
+	if (((uintptr_t)(row + lo) & 15) == 0) {
+		const float4 *r4 = (const float4 *)(row + lo);
+		int n4 = (hi - lo) >> 2;
 		for (int j = threadIdx.x; j < n4; j += SAMP_NT) {
 			float4 v = __ldg(r4 + j);
-			int i = j << 2;
+			int i = lo + (j << 2);
 			f(i, v.x);
 			f(i + 1, v.y);
 			f(i + 2, v.z);
 			f(i + 3, v.w);
 		}
-		i0 = n4 << 2;
+		i0 = lo + (n4 << 2);
 	}
-	for (int i = i0 + threadIdx.x; i < V; i += SAMP_NT)
+	for (int i = i0 + threadIdx.x; i < hi; i += SAMP_NT)
 		f(i, __ldg(row + i));
+}
+
+// ---- cluster merges (C > 1; every rank calls them at the same point) -------------
+
+// The histograms that are on (m0: cnt[0], m1: cnt[1], mm: mass) summed over
+// the ranks into every rank's own: rank q sums slice q of every rank, then
+// every rank copies all slices.  Not inlined: inside the pass loop it
+// raised the spills under the 64-register cap (1,024 threads) from 24 to
+// 200 bytes of loads; as a call they are 88, around the call.
+template <int C>
+static __device__ __noinline__ void samp_cl_hist(samp_smem &S, bool m0, bool m1, bool mm)
+{
+	static_assert(C >= SAMP_MIN_CLUSTER && SAMP_HBINS % C == 0, "slices of SAMP_HBINS / C bins");
+	constexpr int slice = SAMP_HBINS / C;
+	cg::cluster_group cl = cg::this_cluster();
+	const int b0 = (int)cl.block_rank() * slice;
+	cl.sync();   // every rank's histograms are complete
+	for (int t = threadIdx.x; t < slice; t += SAMP_NT) {
+		unsigned c0 = 0, c1 = 0;
+		u64 ms = 0;
+#pragma unroll 1
+		for (int k = 0; k < C; k++) {
+			const samp_smem *R = cl.map_shared_rank(&S, k);
+			if (m0)
+				c0 += R->cnt[0][b0 + t];
+			if (m1)
+				c1 += R->cnt[1][b0 + t];
+			if (mm)
+				ms += R->mass[b0 + t];
+		}
+		S.slice_cnt[0][t] = c0;
+		S.slice_cnt[1][t] = c1;
+		S.slice_mass[t] = ms;
+	}
+	cl.sync();   // every slice is summed; no rank reads the histograms any more
+	for (int b = threadIdx.x; b < SAMP_HBINS; b += SAMP_NT) {
+		const samp_smem *R = cl.map_shared_rank(&S, b / slice);
+		if (m0)
+			S.cnt[0][b] = R->slice_cnt[0][b % slice];
+		if (m1)
+			S.cnt[1][b] = R->slice_cnt[1][b % slice];
+		if (mm)
+			S.mass[b] = R->slice_mass[b % slice];
+	}
+	// The slices are read until every rank reaches the next merge's first
+	// cl.sync(), before which none writes them again.
+	__syncthreads();
+}
+
+// The ranks' (part_s, part_sx) summed in rank order into every rank's
+// (g_s, g_sx).
+template <int C>
+static __device__ void samp_cl_moments(samp_smem &S)
+{
+	cg::cluster_group cl = cg::this_cluster();
+	cl.sync();
+	if (threadIdx.x == 0) {
+		double a = 0.0, b = 0.0;
+#pragma unroll 1
+		for (int k = 0; k < C; k++) {
+			const samp_smem *R = cl.map_shared_rank(&S, k);
+			a += R->part_s;
+			b += R->part_sx;
+		}
+		S.g_s = a;
+		S.g_sx = b;
+	}
+	cl.sync();   // read by all; the parts may change again
 }
 
 // ---- selections -------------------------------------------------------------------
@@ -355,19 +453,25 @@ static __device__ void samp_invalid(samp_result *o, int32_t *status)
 	}
 }
 
-// logits: (n_slots, V); rows[n]; out[n], status[n].  Block r samples rows[r].
+// logits: (n_slots, V); rows[n]; out[n], status[n].  Grid (C, n), clusters
+// (C, 1, 1): the cluster y samples rows[y], rank q its ids [lo, hi).
+template <int C>
 static __global__ void __launch_bounds__(SAMP_NT, 1)
 samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__restrict__ rows,
 	    int slot_limit, samp_result *__restrict__ out, int32_t *__restrict__ status)
 {
-	__shared__ samp_smem S;
+	extern __shared__ __align__(16) unsigned char samp_sm[];   // sizeof(samp_smem): over 48 KB
+	samp_smem &S = *reinterpret_cast<samp_smem *>(samp_sm);
 	const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-	const int r = blockIdx.x;
+	const int r = blockIdx.y, q = C > 1 ? (int)blockIdx.x : 0;
 	const cuda_samp_row p = rows[r];
 	samp_result *o = out + r;
+	const int chunk = C > 1 ? ((V + C - 1) / C + 127) & ~127 : V;
+	const int lo = min(V, q * chunk), hi = min(V, lo + chunk);
 
-	if (!samp_row_ok(p, slot_limit)) {
-		samp_invalid(o, status + r);
+	if (!samp_row_ok(p, slot_limit)) {   // the same in every rank: all leave
+		if (q == 0)
+			samp_invalid(o, status + r);
 		return;
 	}
 	const float *__restrict__ row = logits + (size_t)p.slot * (size_t)V;  // (V)
@@ -393,7 +497,7 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 	int argl = INT_MAX, bad = 0;
 	{
 		const bool cn = sn.on, ckk = sk.on;
-		samp_each(row, V, [&](int i, float x) {
+		samp_each(row, lo, hi, [&](int i, float x) {
 			bad |= (x != x) | (x == INFINITY);
 			if (x > mxl) {
 				mxl = x;
@@ -424,11 +528,47 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 			S.arg = a;
 		}
 	}
-	__syncthreads();
-	const float mx = S.mx;
-	const int arg = S.arg;
-	if (bad || mx == -INFINITY) {  // no distribution: NaN, +inf or all -inf
-		samp_invalid(o, status + r);
+	if constexpr (C > 1) {
+		if (tid == 0)
+			S.bad = bad;
+		cg::cluster_group cl = cg::this_cluster();
+		cl.sync();
+		if (warp == 0) {
+			float m = -INFINITY;
+			int a = INT_MAX, b = 0;
+			if (lane < C) {
+				const samp_smem *R = cl.map_shared_rank(&S, lane);
+				m = R->mx;
+				a = R->arg;
+				b = R->bad;
+			}
+			samp_warp_argmax(m, a);
+			b = __any_sync(SAMP_FULL, b);
+			if (lane == 0) {
+				S.g_mx = m;
+				S.g_arg = a;
+				S.g_bad = b;
+			}
+		}
+		cl.sync();   // read by all
+		if (sn.on || sk.on)
+			samp_cl_hist<C>(S, sn.on, sk.on, false);
+	} else {
+		__syncthreads();
+		if (tid == 0) {
+			S.g_mx = S.mx;
+			S.g_arg = S.arg;
+			S.g_bad = bad;
+		}
+		__syncthreads();
+	}
+	const float mx = S.g_mx;
+	const int arg = S.g_arg;
+	if (S.g_bad || mx == -INFINITY) {  // no distribution: NaN, +inf or all -inf (every rank alike)
+		if (q == 0)
+			samp_invalid(o, status + r);
+		if constexpr (C > 1)
+			cg::this_cluster().sync();   // the merges' reads of other ranks are done
 		return;
 	}
 	if (sn.on)
@@ -456,7 +596,7 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 		const int p_sh = samp_p_shift[sp.level], p_hi = p_sh + samp_p_width[sp.level];
 		const u64 p_mask = (1ull << samp_p_width[sp.level]) - 1, p_pre = sp.prefix;
 		float fs = 0.0f, fsx = 0.0f;
-		samp_each(row, V, [&](int i, float x) {
+		samp_each(row, lo, hi, [&](int i, float x) {
 			float e = 0.0f;
 			if (do_m) {
 				e = samp_weight(x, mx, c1);
@@ -488,8 +628,20 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 			s = samp_block_sum((double)fs, S);
 			sx = samp_block_sum((double)fsx, S);
 			have_moments = true;
+			if constexpr (C > 1) {
+				if (tid == 0) {
+					S.part_s = s;
+					S.part_sx = sx;
+				}
+				samp_cl_moments<C>(S);
+				s = S.g_s;
+				sx = S.g_sx;
+			}
 		}
 		__syncthreads();
+		if constexpr (C > 1)
+			if (run_n || run_k || run_p)
+				samp_cl_hist<C>(S, run_n, run_k, run_p);
 		if (run_n)
 			samp_csel_resolve(sn, S.cnt[0], S);
 		if (run_k)
@@ -502,7 +654,7 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 	const double h = log_s - sx / s;
 
 	// ---- last pass: the top n_top, and the kept weights summed per warp over
-	// contiguous id ranges (warp w: ids [w*rw, w*rw + rw))
+	// contiguous id ranges (warp w of rank q: ids [lo + w*rw, lo + w*rw + rw))
 	const u64 k_thr = sk.thr, n_thr = sn.thr;
 	const uint32_t p_thr = sp.thr;
 	auto kept = [&](int i, float x) -> float {
@@ -513,13 +665,12 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 		float w = samp_weight(x, mx, c);
 		return w >= min_p ? w : 0.0f;
 	};
-	const int rw = ((V + 31) / 32 + 31) & ~31;
-	int token = arg;
+	const int rw = ((hi - lo + 31) / 32 + 31) & ~31;
 	if (tid == 0)
 		S.top_cnt = 0;
 	__syncthreads();
 	if (n_top > 0 || !greedy) {
-		const int base = warp * rw, end = min(V, base + rw);
+		const int base = lo + warp * rw, end = min(hi, base + rw);
 		float acc = 0.0f;
 		for (int i = base + lane; i < end; i += 32) {
 			float x = __ldg(row + i);
@@ -544,39 +695,82 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 				S.red_d[warp] = ws;
 		}
 	}
-	__syncthreads();
+	if constexpr (C > 1)
+		cg::this_cluster().sync();   // every rank's warp sums and top candidates are written
+	else
+		__syncthreads();
+	// The token's writer: the rank whose range the draw falls in, else rank 0.
+	int token = arg, owner = 0;
 	if (!greedy) {
-		// the warp range where the running sum passes u * total
+		// the warp range (of C x 32, in id order) where the running sum
+		// passes u * total
 		if (warp == 0) {
-			double v = S.red_d[lane], inc = v;
-			for (int o2 = 1; o2 < 32; o2 <<= 1) {
-				double y = __shfl_up_sync(SAMP_FULL, inc, o2);
-				if (lane >= o2)
-					inc += y;
+			// the total, then the running sums again up to the range
+			auto part = [&](int kq) -> double {
+				if constexpr (C > 1)
+					return cg::this_cluster().map_shared_rank(&S, kq)->red_d[lane];
+				else
+					return S.red_d[lane];
+			};
+			auto scan = [&](double x) {
+				for (int o2 = 1; o2 < 32; o2 <<= 1) {
+					double y = __shfl_up_sync(SAMP_FULL, x, o2);
+					if (lane >= o2)
+						x += y;
+				}
+				return x;
+			};
+			double carry = 0.0;
+#pragma unroll 1
+			for (int kq = 0; kq < C; kq++)
+				carry += __shfl_sync(SAMP_FULL, scan(part(kq)), 31);
+			const double target = p.u * carry;
+			int pick = -1, last = -1;
+			double ex_pick = 0.0, ex_last = 0.0;
+			carry = 0.0;
+#pragma unroll 1
+			for (int kq = 0; kq < C; kq++) {
+				const double v = part(kq), x = scan(v);
+				double exw = __shfl_up_sync(SAMP_FULL, x, 1);
+				if (lane == 0)
+					exw = 0.0;
+				const double inc = carry + x, exc = carry + exw;
+				const unsigned hit = __ballot_sync(SAMP_FULL, v > 0.0 && inc > target);
+				const unsigned pos = __ballot_sync(SAMP_FULL, v > 0.0);
+				if (pick < 0 && hit) {
+					const int l = __ffs(hit) - 1;
+					pick = kq * 32 + l;
+					ex_pick = __shfl_sync(SAMP_FULL, exc, l);
+				}
+				if (pos) {
+					const int l = 31 - __clz(pos);
+					last = kq * 32 + l;
+					ex_last = __shfl_sync(SAMP_FULL, exc, l);
+				}
+				carry += __shfl_sync(SAMP_FULL, x, 31);
 			}
-			double ex = __shfl_up_sync(SAMP_FULL, inc, 1);
-			if (lane == 0)
-				ex = 0.0;
-			double target = p.u * __shfl_sync(SAMP_FULL, inc, 31);
-			unsigned hit = __ballot_sync(SAMP_FULL, v > 0.0 && inc > target);
-			unsigned pos = __ballot_sync(SAMP_FULL, v > 0.0);
-			int pick = hit ? __ffs(hit) - 1 : (pos ? 31 - __clz(pos) : -1);
-			double ex_pick = __shfl_sync(SAMP_FULL, ex, pick < 0 ? 0 : pick);
+			if (pick < 0) {   // rounding: the last range with weight
+				pick = last;
+				ex_pick = ex_last;
+			}
 			if (lane == 0) {
 				S.pick = pick;
 				S.resid = target > ex_pick ? target - ex_pick : 0.0;
 			}
 		}
 		__syncthreads();
-		const int pw = S.pick;
+		const int pick = S.pick;
 		const double resid = S.resid;
-		if (pw >= 0) {
+		if (pick >= 0)
+			owner = pick / 32;
+		if (pick >= 0 && owner == q) {
 			// inside it: one contiguous sub-range per thread
-			const int b0 = pw * rw, e0 = min(V, b0 + rw);
+			const int pw = pick % 32;
+			const int b0 = lo + pw * rw, e0 = min(hi, b0 + rw);
 			const int rs = (e0 - b0 + SAMP_NT - 1) / SAMP_NT;
-			const int lo = b0 + tid * rs, hi = min(e0, lo + rs);
+			const int lo2 = b0 + tid * rs, hi2 = min(e0, lo2 + rs);
 			double a = 0.0;
-			for (int i = lo; i < hi; i++)
+			for (int i = lo2; i < hi2; i++)
 				a += kept(i, __ldg(row + i));
 			if (tid == 0) {
 				S.pick2 = INT_MAX;
@@ -596,7 +790,7 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 				// and that thread walks its sub-range
 				double r2 = resid - ex, run = 0.0;
 				int tok = -1;
-				for (int i = lo; i < hi; i++) {
+				for (int i = lo2; i < hi2; i++) {
 					float w = kept(i, __ldg(row + i));
 					if (w > 0.0f) {
 						tok = i;
@@ -613,34 +807,133 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 		}
 	}
 
-	// ---- results
-	if (tid == 0) {
+	// ---- results: the token from its owner, the rest from rank 0
+	if (tid == 0 && q == owner) {
 		o->token = token;
 		o->logprob = (float)((double)__ldg(row + token) - log_z);
-		o->entropy = (float)(h > 0.0 ? h : 0.0);
-		o->n_top = n_top;
-		status[r] = ENG_OK;
 	}
-	const int got = S.top_cnt < SAMP_MAX_TOP ? S.top_cnt : SAMP_MAX_TOP;
-	if (tid < got && tid < n_top) {
-		u64 my = S.top_ck[tid];
-		int rank = 0;
-		for (int j = 0; j < got; j++)
-			rank += S.top_ck[j] > my;
-		if (rank < SAMP_MAX_TOP) {
-			o->top_ids[rank] = (int32_t)(0xFFFFFFu - (uint32_t)(my & 0xFFFFFFu));
-			o->top_logprobs[rank] = (float)((double)S.top_x[tid] - log_z);
+	if (q == 0) {
+		if (tid == 0) {
+			o->entropy = (float)(h > 0.0 ? h : 0.0);
+			o->n_top = n_top;
+			status[r] = ENG_OK;
+		}
+		if constexpr (C > 1) {
+			// every rank's candidates (exactly n_top keys are >= n_thr)
+			if (tid == 0 && n_top > 0) {
+				int got = 0;
+#pragma unroll 1
+				for (int kq = 0; kq < C; kq++) {
+					const samp_smem *R = cg::this_cluster().map_shared_rank(&S, kq);
+					const int cnt = min(R->top_cnt, SAMP_MAX_TOP);
+					for (int j2 = 0; j2 < cnt && got < SAMP_MAX_TOP; j2++, got++) {
+						S.top_ck[got] = R->top_ck[j2];   // kq == 0: in place, j2 >= got
+						S.top_x[got] = R->top_x[j2];
+					}
+				}
+				S.top_cnt = got;
+			}
+			__syncthreads();
+		}
+		const int got = S.top_cnt < SAMP_MAX_TOP ? S.top_cnt : SAMP_MAX_TOP;
+		if (tid < got && tid < n_top) {
+			u64 my = S.top_ck[tid];
+			int rank = 0;
+			for (int j = 0; j < got; j++)
+				rank += S.top_ck[j] > my;
+			if (rank < SAMP_MAX_TOP) {
+				o->top_ids[rank] = (int32_t)(0xFFFFFFu - (uint32_t)(my & 0xFFFFFFu));
+				o->top_logprobs[rank] = (float)((double)S.top_x[tid] - log_z);
+			}
 		}
 	}
+	if constexpr (C > 1)
+		cg::this_cluster().sync();   // no rank leaves while rank 0 or warp 0s read its shared memory
 }
 
 // ---- launchers ------------------------------------------------------------------
 
+// The launch of n rows on clusters of c CTAs (at holds the attribute).
+static cudaLaunchConfig_t samp_cluster_cfg(cudaLaunchAttribute (&at)[1], int c, int n, cudaStream_t st)
+{
+	cudaLaunchConfig_t cfg = {};
+	at[0].id = cudaLaunchAttributeClusterDimension;
+	at[0].val.clusterDim.x = (unsigned)c;
+	at[0].val.clusterDim.y = 1;
+	at[0].val.clusterDim.z = 1;
+	cfg.gridDim = dim3((unsigned)c, (unsigned)n);
+	cfg.blockDim = dim3(SAMP_NT);
+	cfg.dynamicSmemBytes = sizeof(samp_smem);
+	cfg.stream = st;
+	cfg.attrs = at;
+	cfg.numAttrs = 1;
+	return cfg;
+}
+
+typedef void (*samp_fn)(const float *, int, const cuda_samp_row *, int, samp_result *, int32_t *);
+
+// The kernel for clusters of c CTAs (1, 2, 4, 8, 16).
+static samp_fn samp_kernel_for(int c)
+{
+	return c == 1 ? samp_kernel<1> : c == 2 ? samp_kernel<2> : c == 4 ? samp_kernel<4> : c == 8 ? samp_kernel<8>
+												  : samp_kernel<16>;
+}
+
+// Once: the kernels' shared memory (over 48 KB) and clusters of 16, then
+// the largest cluster size of 16, 8, 4, 2 the device runs (BRAID_SAMP_CLUSTER=0:
+// 1, one CTA a row; =N: at most N), or 1; *e the attribute call's error.
+static int samp_init(cudaError_t *e)
+{
+	static cudaError_t err = cudaSuccess;
+	static const int cmax = [] {
+		for (int c = 1; c <= 16; c *= 2) {
+			const void *k = (const void *)samp_kernel_for(c);
+			if ((err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+							(int)sizeof(samp_smem))) != cudaSuccess)
+				return 1;
+			if (c == 16 && cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess)
+				cudaGetLastError();   // clusters of 16 then do not fit below
+		}
+		const char *v = getenv("BRAID_SAMP_CLUSTER");
+		if (v && !strcmp(v, "0"))
+			return 1;
+		const int want = v && *v ? atoi(v) : 16;
+		for (int c = 16; c >= SAMP_MIN_CLUSTER; c /= 2) {
+			if (c > want)
+				continue;
+			cudaLaunchAttribute at[1];
+			const cudaLaunchConfig_t cfg = samp_cluster_cfg(at, c, 1, 0);
+			int clusters = 0;
+			if (cudaOccupancyMaxActiveClusters(&clusters, (const void *)samp_kernel_for(c), &cfg) == cudaSuccess &&
+			    clusters > 0)
+				return c;
+			cudaGetLastError();
+		}
+		return 1;
+	}();
+	*e = err;
+	return cmax;
+}
+
+// n rows on clusters of the largest size that keeps n x C CTAs within the
+// SMs (one CTA of 1,024 threads an SM), or one CTA a row.
 static cudaError_t samp_launch(const float *logits, int vocab, const cuda_samp_row *rows, int n,
 			       int slot_limit, samp_result *out, int32_t *status, cudaStream_t st)
 {
-	samp_kernel<<<n, SAMP_NT, 0, st>>>(logits, vocab, rows, slot_limit, out, status);
-	return cudaGetLastError();
+	cudaError_t e;
+	int c = samp_init(&e), sms = 132, dev = 0;
+	if (e != cudaSuccess)
+		return e;
+	if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) !=
+							    cudaSuccess)
+		cudaGetLastError();
+	while (c >= SAMP_MIN_CLUSTER && ((long long)n * c > sms || vocab < c * 128))
+		c /= 2;
+	if (c < SAMP_MIN_CLUSTER)
+		c = 1;
+	cudaLaunchAttribute at[1];
+	const cudaLaunchConfig_t cfg = samp_cluster_cfg(at, c, n, st);
+	return cudaLaunchKernelEx(&cfg, samp_kernel_for(c), logits, vocab, rows, slot_limit, out, status);
 }
 
 // ---- C entry points ---------------------------------------------------------------

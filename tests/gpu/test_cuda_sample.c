@@ -1,6 +1,8 @@
 /* test_cuda_sample.c - sampling on the GPU (gpu/cuda/sample.cu) against
  * samp_sample() and a float64 reference of the filtered distribution; times
- * 64 rows of a 151,936 vocabulary.  Exits 77 (skipped) where there is no GPU. */
+ * 64 rows of a 151,936 vocabulary.  Every check runs with all rows in one
+ * launch (one CTA a row) and with a few rows a launch (rows split over
+ * thread-block clusters).  Exits 77 (skipped) where there is no GPU. */
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -274,7 +276,13 @@ boundary_dist(const double *w, int t, double target)
 		}                                                                  \
 	} while (0)
 
-/* rows[n] on device logits (n_slots, V) through cuda_sample_launch. */
+/* Rows a launch: 0 all in one (then sampling runs one CTA a row), else
+ * launches of at most this many rows (few rows run on thread-block
+ * clusters that split each row). */
+static int g_batch;
+
+/* rows[n] on device logits (n_slots, V) through cuda_sample_launch, g_batch
+ * rows a launch. */
 static void
 gpu_sample(const float *d_logits, int V, const struct cuda_samp_row *rows, int n,
 	   struct samp_result *out, int32_t *status)
@@ -290,10 +298,13 @@ gpu_sample(const float *d_logits, int V, const struct cuda_samp_row *rows, int n
 	if (sb)
 		CU(cudaMalloc(&d_scratch, sb));
 	CU(cudaMemcpy(d_rows, rows, n * sizeof *rows, cudaMemcpyHostToDevice));
-	int rc = cuda_sample_launch(d_logits, V, d_rows, n, d_out, d_status, d_scratch, sb, NULL);
-	if (rc != 0) {
-		printf("cuda_sample_launch: %s\n", eng_strerror(rc));
-		exit(1);
+	for (int s = 0; s < n; s += g_batch ? g_batch : n) {
+		const int m = g_batch && g_batch < n - s ? g_batch : n - s;
+		int rc = cuda_sample_launch(d_logits, V, d_rows + s, m, d_out + s, d_status + s, d_scratch, sb, NULL);
+		if (rc != 0) {
+			printf("cuda_sample_launch: %s\n", eng_strerror(rc));
+			exit(1);
+		}
 	}
 	CU(cudaDeviceSynchronize());
 	CU(cudaMemcpy(out, d_out, n * sizeof *out, cudaMemcpyDeviceToHost));
@@ -453,10 +464,18 @@ test_all_rows(int V)
 			}
 		}
 		char err[256] = "";
-		int rc = cuda_sample_host(rep, n, V, hr, out, status, err, sizeof err);
-		if (rc != 0) {
-			printf("cuda_sample_host: %s %s\n", eng_strerror(rc), err);
-			exit(1);
+		for (int s = 0; s < n; s += g_batch ? g_batch : n) {
+			const int m = g_batch && g_batch < n - s ? g_batch : n - s;
+			for (int r = s; r < s + m; r++)   /* slots relative to the launch's first row */
+				if (hr[r].slot >= 0 && hr[r].slot < n)
+					hr[r].slot -= s;
+				else if (hr[r].slot >= 0)
+					hr[r].slot = m;
+			int rc = cuda_sample_host(rep + (size_t)s * V, m, V, hr + s, out + s, status + s, err, sizeof err);
+			if (rc != 0) {
+				printf("cuda_sample_host: %s %s\n", eng_strerror(rc), err);
+				exit(1);
+			}
 		}
 		free(rep);
 		free(hr);
@@ -651,8 +670,16 @@ main(void)
 	if (!gc_start())
 		return GC_SKIP;
 	static const int vocabs[] = { 1, 3, 400, 4096, 151936 };
-	for (size_t v = 0; v < sizeof vocabs / sizeof vocabs[0]; v++)
-		test_all_rows(vocabs[v]);
+	/* every row in one launch (one CTA a row), then 4 rows a launch (rows
+	 * split over clusters of CTAs where the vocabulary is large enough) */
+	static const int batches[] = { 0, 4 };
+	for (size_t b = 0; b < 2; b++) {
+		g_batch = batches[b];
+		printf("-- %s\n", g_batch ? "4 rows a launch" : "all rows in one launch");
+		for (size_t v = 0; v < sizeof vocabs / sizeof vocabs[0]; v++)
+			test_all_rows(vocabs[v]);
+	}
+	g_batch = 0;
 
 	static const struct { int V, kind; struct pset ps; } dist[] = {
 		{ 400, SL_TIES, { 1.0f, 5, 1.0f, 0.0f, 0 } },
@@ -667,8 +694,13 @@ main(void)
 		{ 151936, SL_NORMAL1, { 1.0f, 0, 1.0f, 0.1f, 0 } },
 		{ 151936, SL_NORMAL3, { 1.5f, 20, 0.8f, 0.02f, 0 } },
 	};
-	for (size_t j = 0; j < sizeof dist / sizeof dist[0]; j++)
-		test_distribution(dist[j].V, dist[j].kind, &dist[j].ps);
+	for (size_t b = 0; b < 2; b++) {
+		g_batch = b ? 8 : 0;
+		printf("-- %s\n", g_batch ? "8 draws a launch" : "all draws in one launch");
+		for (size_t j = 0; j < sizeof dist / sizeof dist[0]; j++)
+			test_distribution(dist[j].V, dist[j].kind, &dist[j].ps);
+	}
+	g_batch = 0;
 
 	time_launches();
 	if (n_fail)
