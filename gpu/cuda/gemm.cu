@@ -94,9 +94,21 @@ gv_warp_sum(float v)
 // (k < V / GV_THREADS), whose warps are (t >> 5) + GV_WARPS k with the same
 // lanes: element j belongs to k = j % (V / GV_THREADS), in order, so every
 // warp sum and the final sum over V / 32 warp sums repeat its arithmetic.
-// red: 32 floats.
+// nwv: the thread's elements of nw, loaded before the kernel's wait (the
+// weights are not the previous kernel's output; gemv_norm_w).  red: 32
+// floats.
 __device__ __forceinline__ void
-gemv_norm(const gemv_norm_in &in, int d, bf16 *dst, float *red)
+gemv_norm_w(const gemv_norm_in &in, int d, float (&nwv)[GV_NORM_PER])
+{
+#pragma unroll
+	for (int j = 0; j < GV_NORM_PER; j++) {
+		const int i = threadIdx.x + GV_THREADS * j;
+		nwv[j] = i < d ? in.nw[i] : 0.0f;
+	}
+}
+
+__device__ __forceinline__ void
+gemv_norm(const gemv_norm_in &in, int d, const float (&nwv)[GV_NORM_PER], bf16 *dst, float *red)
 {
 	const int V = d >= 1024 ? 1024 : 256, per = V / GV_THREADS, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 	float xv[GV_NORM_PER];
@@ -122,7 +134,7 @@ gemv_norm(const gemv_norm_in &in, int d, bf16 *dst, float *red)
 	for (int j = 0; j < GV_NORM_PER; j++) {
 		const int i = threadIdx.x + GV_THREADS * j;
 		if (i < d)
-			dst[i] = __float2bfloat16(xv[j] * inv * in.nw[i]);
+			dst[i] = __float2bfloat16(xv[j] * inv * nwv[j]);
 	}
 	__syncthreads();   // dst complete; red free again
 }
@@ -185,9 +197,12 @@ gemv_kernel(const bf16 *__restrict__ w, int w_rows, int w_cols, const bf16 *__re
 		if (s0 + u < s1 && c < lim)
 			asm volatile("prefetch.global.L2 [%0];" ::"l"(wp + c));
 	}
+	float nwv[GV_NORM_PER];
+	if (NORM)
+		gemv_norm_w(nin, w_cols, nwv);
 	k_pdl_wait();
 	if (NORM)
-		gemv_norm(nin, w_cols, gv_xs, red[0]);
+		gemv_norm(nin, w_cols, nwv, gv_xs, red[0]);
 
 	float acc[4][4];
 #pragma unroll
