@@ -122,7 +122,7 @@ gemv_norm(const gemv_norm_in &in, int d, const float (&nwv)[GV_NORM_PER], bf16 *
 #pragma unroll
 		for (int j = 0; j < GV_NORM_PER; j++)
 			if (j % per == k && threadIdx.x + GV_THREADS * j < d)
-				ss += xv[j] * xv[j];
+				ss = __fmaf_rn(xv[j], xv[j], ss);   // as rmsnorm_kernel: one rounding a step
 		ss = gv_warp_sum(ss);
 		if (lane == 0)
 			red[warp + GV_WARPS * k] = ss;
