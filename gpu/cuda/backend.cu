@@ -80,7 +80,7 @@ struct cuda_backend {
 	const struct model *m;
 	struct model_config c;
 	int qd, kd, qkvd;            // nh*hd, nkv*hd, qd + 2*kd
-	int max_rows, max_seqs, use_graphs, n_sm, ctas, warps, one_stream, one_warps, att_cluster, fuse_swiglu;
+	int max_rows, max_seqs, use_graphs, n_sm, ctas, warps, one_stream, one_warps, att_cluster, fuse_swiglu, fuse_norm;
 	bool att_cluster_early;      // BRAID_ATT_CLUSTER_EARLY=1 (k_attention_rows' early)
 	unsigned skip;               // BRAID_PROFILE_SKIP: SKIP_* kinds of kernels left out
 	bool warp_items;             // one-row items go to the one-warp kernel (k_attn_warp_item)
@@ -569,6 +569,31 @@ gemm(struct cuda_backend *cb, const bf16 *w, int w_rows, int w_cols, const bf16 
 	return 0;
 }
 
+// A one-row pass's projection with its input normalised in the GEMV
+// (k_gemm_run_norm) when on: *done when it was enqueued; not when on is
+// false or the GEMV does not serve the shape (then run k_rmsnorm and the
+// plain projection).  0 or an ENG_ERR_ code.  h != NULL: the gate-up
+// projection writing silu(gate) * up.
+static int
+norm_gemm(struct cuda_backend *cb, bool on, const float *nw, const bf16 *w, int w_rows, float *out, bf16 *h,
+	  bool *done)
+{
+	*done = false;
+	if (!on)
+		return 0;
+	const int d = cb->c.hidden_size;
+	cudaError_t e = k_gemm_run_norm(cb->gm, w, w_rows, d, cb->x, nw, cb->c.rms_eps, out, 0.0f, h, cb->st);
+	if (e == cudaErrorNotSupported)
+		return 0;
+	if (e != cudaSuccess) {
+		snprintf(cb->err, sizeof cb->err, "CUDA: GEMM with RMSNorm %dx%d, 1 row: %s", w_rows, d,
+			 *k_gemm_error(cb->gm) ? k_gemm_error(cb->gm) : cudaGetErrorString(e));
+		return ENG_ERR_DEVICE;
+	}
+	*done = true;
+	return 0;
+}
+
 // BRAID_PROFILE_SKIP=kind,...: kernels left out of every pass, so that a
 // benchmark's step time without them shows what they cost on the critical
 // path (the outputs are wrong: for timing only).
@@ -639,10 +664,19 @@ enqueue_pass(struct cuda_backend *cb, int rows, int nlog)
 	for (int l = 0; l < c->n_layers; l++) {
 		const struct cl_layer *L = &cb->L[l];
 		const bool small = !(cb->skip & SKIP_SMALL), proj = !(cb->skip & SKIP_GEMM);
-		if (small)
-			CK(k_rmsnorm(cb->x, NULL, n_rows, L->attn_norm, rows, d, c->rms_eps, cb->xb, cb->st));
-		if (proj && (rc = gemm(cb, L->wqkv, cb->qkvd, d, cb->xb, rows, cb->qkv, 0.0f)))
+		// A one-row pass's qkv and gate-up GEMVs normalise the row
+		// themselves where the GEMV serves them (k_gemm_run_norm: the
+		// values k_rmsnorm writes, bit for bit).
+		const bool fnorm = rows == 1 && cb->fuse_norm && small && proj;
+		bool done;
+		if ((rc = norm_gemm(cb, fnorm, L->attn_norm, L->wqkv, cb->qkvd, cb->qkv, nullptr, &done)))
 			return rc;
+		if (!done) {
+			if (small)
+				CK(k_rmsnorm(cb->x, NULL, n_rows, L->attn_norm, rows, d, c->rms_eps, cb->xb, cb->st));
+			if (proj && (rc = gemm(cb, L->wqkv, cb->qkvd, d, cb->xb, rows, cb->qkv, 0.0f)))
+				return rc;
+		}
 		if (small)
 			CK(k_qkv_post(cb->qkv, L->bqkv, L->qn, L->kn, cb->inv_freq, pos, tab_off, tables, n_rows, rows,
 			      c->n_heads, c->rms_eps, cb->g, l, cb->kv, cb->q, cb->st));
@@ -677,12 +711,14 @@ enqueue_pass(struct cuda_backend *cb, int rows, int nlog)
 					cb->att, cb->st));
 		if (proj && (rc = gemm(cb, L->wo, d, cb->qd, cb->att, rows, cb->x, 1.0f)))
 			return rc;
-		if (small)
-			CK(k_rmsnorm(cb->x, NULL, n_rows, L->mlp_norm, rows, d, c->rms_eps, cb->xb, cb->st));
 		// The GEMV, where it serves the gate-up projection, writes silu(gate)
 		// * up itself (BRAID_FUSE_SWIGLU=0: the GEMV, then k_swiglu).
 		cudaError_t fe = cudaSuccess;   // BRAID_PROFILE_SKIP=gemm: neither
-		if (proj)
+		if ((rc = norm_gemm(cb, fnorm && cb->fuse_swiglu, L->mlp_norm, L->wgu, 2 * f, nullptr, cb->h, &done)))
+			return rc;
+		if (!done && small)
+			CK(k_rmsnorm(cb->x, NULL, n_rows, L->mlp_norm, rows, d, c->rms_eps, cb->xb, cb->st));
+		if (!done && proj)
 			fe = cb->fuse_swiglu ? k_gemm_run_swiglu(cb->gm, L->wgu, 2 * f, d, cb->xb, rows, cb->h, cb->st)
 					     : cudaErrorNotSupported;
 		if (fe == cudaErrorNotSupported) {
@@ -1120,6 +1156,11 @@ create(struct cuda_backend *cb, const struct cuda_backend_params *p, size_t *wei
 	// separate kernel.
 	const char *fs = getenv("BRAID_FUSE_SWIGLU");
 	cb->fuse_swiglu = !fs || strcmp(fs, "0");
+	// One-row passes: the qkv and gate-up GEMVs normalise their row
+	// themselves (k_gemm_run_norm) instead of after a k_rmsnorm;
+	// BRAID_FUSE_NORM=0 keeps the separate kernel.
+	const char *fn = getenv("BRAID_FUSE_NORM");
+	cb->fuse_norm = !fn || strcmp(fn, "0");
 	// One-row passes' attention on clusters merged in distributed shared
 	// memory (k_attention_rows) instead of the one-warp kernel and the
 	// merge: the largest clusters the device runs, BRAID_ATT_CLUSTER=N

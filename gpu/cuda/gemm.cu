@@ -21,6 +21,7 @@ extern "C" {
 #include "cuda/gemm_check.h"
 }
 #include "cuda/gemm.cuh"
+#include "cuda/kernels.cuh"
 #include "cuda/mma.cuh"
 #include "cuda/pdl.cuh"
 
@@ -57,6 +58,89 @@ ld_stream16(const bf16 *p)
 	return v;
 }
 
+// The GEMV's input computed in the kernel (NORM): x's row 0 (f32, w_cols)
+// RMS-normalised and scaled by nw, rounded to bf16 - k_rmsnorm's values.
+struct gemv_norm_in {
+	const float *x, *nw;
+	float eps;
+};
+
+__device__ __forceinline__ float
+gv_warp_sum(float v)
+{
+	for (int o = 16; o > 0; o >>= 1)
+		v += __shfl_xor_sync(0xffffffffu, v, o);
+	return v;
+}
+
+// Widest row the NORM form takes: GV_NORM_PER elements a thread.
+#define GV_NORM_PER 16
+#define GV_NORM_MAX_D (GV_NORM_PER * GV_THREADS)
+
+// k_rmsnorm's row 0 into dst (shared, d <= GV_NORM_MAX_D bf16), bit for bit:
+// the same sums in the same order.  rmsnorm_kernel runs V = 1024 threads a
+// row for d >= 1024, else 256, thread v summing elements v, v + V, ...; here
+// thread t holds elements t + GV_THREADS j (all loaded at once: one L2
+// latency, not one an element) and stands for the threads t + GV_THREADS k
+// (k < V / GV_THREADS), whose warps are (t >> 5) + GV_WARPS k with the same
+// lanes: element j belongs to k = j % (V / GV_THREADS), in order, so every
+// warp sum and the final sum over V / 32 warp sums repeat its arithmetic.
+// nwv: the thread's elements of nw, loaded before the kernel's wait (the
+// weights are not the previous kernel's output; gemv_norm_w).  red: 32
+// floats.
+__device__ __forceinline__ void
+gemv_norm_w(const gemv_norm_in &in, int d, float (&nwv)[GV_NORM_PER])
+{
+#pragma unroll
+	for (int j = 0; j < GV_NORM_PER; j++) {
+		const int i = threadIdx.x + GV_THREADS * j;
+		nwv[j] = i < d ? in.nw[i] : 0.0f;
+	}
+}
+
+__device__ __forceinline__ void
+gemv_norm(const gemv_norm_in &in, int d, const float (&nwv)[GV_NORM_PER], bf16 *dst, float *red)
+{
+	const int V = d >= 1024 ? 1024 : 256, per = V / GV_THREADS, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	float xv[GV_NORM_PER];
+#pragma unroll
+	for (int j = 0; j < GV_NORM_PER; j++) {
+		const int i = threadIdx.x + GV_THREADS * j;
+		xv[j] = i < d ? in.x[i] : 0.0f;
+	}
+	for (int k = 0; k < per; k++) {
+		float ss = 0.0f;
+#pragma unroll
+		for (int j = 0; j < GV_NORM_PER; j++)
+			if (j % per == k && threadIdx.x + GV_THREADS * j < d)
+				ss = __fmaf_rn(xv[j], xv[j], ss);   // as rmsnorm_kernel: one rounding a step
+		ss = gv_warp_sum(ss);
+		if (lane == 0)
+			red[warp + GV_WARPS * k] = ss;
+	}
+	__syncthreads();
+	const float ss = gv_warp_sum(lane < V / 32 ? red[lane] : 0.0f);
+	const float inv = rsqrtf(ss / (float)d + in.eps);
+#pragma unroll
+	for (int j = 0; j < GV_NORM_PER; j++) {
+		const int i = threadIdx.x + GV_THREADS * j;
+		if (i < d)
+			dst[i] = __float2bfloat16(xv[j] * inv * nwv[j]);
+	}
+	__syncthreads();   // dst complete; red free again
+}
+
+// 16 bytes of x: through the read-only path from global memory, or from
+// shared memory (NORM).
+template <bool NORM>
+__device__ __forceinline__ uint4
+gv_ldx(const bf16 *p)
+{
+	if (NORM)
+		return *(const uint4 *)p;
+	return __ldg((const uint4 *)p);
+}
+
 // w (w_rows, w_cols) bf16, x (n, w_cols) bf16, out (n, w_rows) f32; n <= 8,
 // or <= 16 when WIDE; w_cols % 8 == 0, w and x 16-byte aligned; ks in
 // {1, 2, 4, 8}.  Grid: ceil(w_rows / (8 * GV_WARPS / ks)) CTAs.
@@ -64,12 +148,15 @@ ld_stream16(const bf16 *p)
 // SWIGLU: W's rows interleave gate and up (row 2j gate j, row 2j+1 up j) and
 // the output is h(n, w_rows / 2) bf16 = silu(gate) * up instead of out (the
 // pair's sums are the same floats the plain kernel writes; beta unused).
-template <int U, bool WIDE, bool SWIGLU>
+template <int U, bool WIDE, bool SWIGLU, bool NORM>
 __global__ void __launch_bounds__(GV_THREADS, 2)
 gemv_kernel(const bf16 *__restrict__ w, int w_rows, int w_cols, const bf16 *__restrict__ x, int n,
-	    float *__restrict__ out, float beta, int ks, bf16 *__restrict__ h)
+	    float *__restrict__ out, float beta, int ks, bf16 *__restrict__ h, gemv_norm_in nin)
 {
 	__shared__ float red[GV_WARPS][128];   // per warp: lane*4 + accumulator
+	extern __shared__ __align__(16) bf16 gv_xs[];   // NORM: the normalised row
+	if (NORM)
+		x = gv_xs;
 	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 	const int groups = GV_WARPS / ks;
 	const int rg = warp / ks, kz = warp - rg * ks;
@@ -101,7 +188,12 @@ gemv_kernel(const bf16 *__restrict__ w, int w_rows, int w_cols, const bf16 *__re
 		if (s0 + u < s1 && c < lim)
 			asm volatile("prefetch.global.L2 [%0];" ::"l"(wp + c));
 	}
+	float nwv[GV_NORM_PER];
+	if (NORM)
+		gemv_norm_w(nin, w_cols, nwv);
 	k_pdl_wait();
+	if (NORM)
+		gemv_norm(nin, w_cols, nwv, gv_xs, red[0]);
 
 	float acc[4][4];
 #pragma unroll
@@ -117,7 +209,7 @@ gemv_kernel(const bf16 *__restrict__ w, int w_rows, int w_cols, const bf16 *__re
 #pragma unroll
 		for (int u = 0; u < U; u++) {
 			const int c = (s + u) * 32;
-			xa[u] = __ldg((const uint4 *)(s + u < s1 && c < lim ? xp0 + c : x0row));
+			xa[u] = gv_ldx<NORM>(s + u < s1 && c < lim ? xp0 + c : x0row);
 		}
 #pragma unroll
 		for (int u = 0; u < U; u++) {
@@ -126,7 +218,7 @@ gemv_kernel(const bf16 *__restrict__ w, int w_rows, int w_cols, const bf16 *__re
 			const uint4 wu = ok ? wv[u] : zero, a = ok && has0 ? xa[u] : zero;
 			uint4 b = zero;
 			if (WIDE) {
-				b = __ldg((const uint4 *)(ok ? xp1 + c : x1row));
+				b = gv_ldx<NORM>(ok ? xp1 + c : x1row);
 				b = ok && has1 ? b : zero;
 			}
 			// Columns +0..3 of the thread, then +4..7 (see above).
@@ -199,26 +291,35 @@ gemv_config_ok(int ks, int unroll)
 	return (ks == 1 || ks == 2 || ks == 4 || ks == 8) && (unroll == 4 || unroll == 8);
 }
 
-// The GEMV; h != NULL: the SWIGLU form (out unused).
+// The GEMV; h != NULL: the SWIGLU form (out unused); nin != NULL: the NORM
+// form (n == 1, x unused).
 static cudaError_t
 gemv_launch(const bf16 *w, int w_rows, int w_cols, const bf16 *x, int n, float *out, float beta, int ks, int unroll,
-	    cudaStream_t st, bf16 *h = nullptr)
+	    cudaStream_t st, bf16 *h = nullptr, const gemv_norm_in *nin = nullptr)
 {
 	const long long rows_per_cta = 8LL * (GV_WARPS / ks);
 	const dim3 ctas((unsigned)((w_rows + rows_per_cta - 1) / rows_per_cta)), threads(GV_THREADS);
-	void (*kern)(const bf16 *, int, int, const bf16 *, int, float *, float, int, bf16 *);
-	const int which = (unroll == 8 ? 4 : 0) + (n > 8 ? 2 : 0) + (h ? 1 : 0);
+	void (*kern)(const bf16 *, int, int, const bf16 *, int, float *, float, int, bf16 *, gemv_norm_in);
+	if (nin && (n != 1 || w_cols > GV_NORM_MAX_D))
+		return cudaErrorInvalidValue;
+	const int which = (unroll == 8 ? 4 : 0) + (n > 8 ? 2 : 0) + (h ? 1 : 0) + (nin ? 8 : 0);
 	switch (which) {
-	case 0: kern = gemv_kernel<4, false, false>; break;
-	case 1: kern = gemv_kernel<4, false, true>; break;
-	case 2: kern = gemv_kernel<4, true, false>; break;
-	case 3: kern = gemv_kernel<4, true, true>; break;
-	case 4: kern = gemv_kernel<8, false, false>; break;
-	case 5: kern = gemv_kernel<8, false, true>; break;
-	case 6: kern = gemv_kernel<8, true, false>; break;
-	default: kern = gemv_kernel<8, true, true>; break;
+	case 0: kern = gemv_kernel<4, false, false, false>; break;
+	case 1: kern = gemv_kernel<4, false, true, false>; break;
+	case 2: kern = gemv_kernel<4, true, false, false>; break;
+	case 3: kern = gemv_kernel<4, true, true, false>; break;
+	case 4: kern = gemv_kernel<8, false, false, false>; break;
+	case 5: kern = gemv_kernel<8, false, true, false>; break;
+	case 6: kern = gemv_kernel<8, true, false, false>; break;
+	case 7: kern = gemv_kernel<8, true, true, false>; break;
+	case 8: kern = gemv_kernel<4, false, false, true>; break;
+	case 9: kern = gemv_kernel<4, false, true, true>; break;
+	case 12: kern = gemv_kernel<8, false, false, true>; break;
+	default: kern = gemv_kernel<8, false, true, true>; break;
 	}
-	return k_launch(kern, ctas, threads, 0, st, w, w_rows, w_cols, x, n, out, beta, ks, h);
+	const gemv_norm_in none = {};
+	return k_launch(kern, ctas, threads, nin ? (size_t)w_cols * sizeof(bf16) : 0, st, w, w_rows, w_cols, x, n, out,
+			beta, ks, h, nin ? *nin : none);
 }
 
 // The untuned configuration: split K over more warps while that still adds
@@ -531,6 +632,22 @@ k_gemm_run_swiglu(k_gemm *g, const bf16 *w, int w_rows, int w_cols, const bf16 *
 	if (!gemv_choice(g, tuned(g, w_rows, w_cols, n), w_rows, w_cols, n, &ks, &unroll) || !gemv_fits(w_cols, n, w, in))
 		return cudaErrorNotSupported;
 	return cuda_fail(g, gemv_launch(w, w_rows, w_cols, in, n, nullptr, 0.0f, ks, unroll, st, h), "gemv swiglu");
+}
+
+cudaError_t
+k_gemm_run_norm(k_gemm *g, const bf16 *w, int w_rows, int w_cols, const float *x, const float *nw, float eps,
+		float *out, float beta, bf16 *h, cudaStream_t st)
+{
+	if (!g || !w || !x || !nw || (!out && !h) || w_rows <= 0 || w_cols <= 0 || (h && w_rows % 2))
+		return cudaErrorInvalidValue;
+	g->msg[0] = '\0';
+	int ks, unroll;   // gemv_choice declines for a plain k_gemm
+	if (!gemv_choice(g, tuned(g, w_rows, w_cols, 1), w_rows, w_cols, 1, &ks, &unroll) || !gemv_shape(w_cols, 1) ||
+	    !aligned(w, 16) || w_cols > GV_NORM_MAX_D)
+		return cudaErrorNotSupported;
+	const gemv_norm_in nin = { x, nw, eps };
+	return cuda_fail(g, gemv_launch(w, w_rows, w_cols, nullptr, 1, h ? nullptr : out, beta, ks, unroll, st, h, &nin),
+			 h ? "gemv norm swiglu" : "gemv norm");
 }
 
 // One candidate (or k_gemm_run itself for PATH_AUTO).
@@ -1077,6 +1194,67 @@ kc_gemm_gemv_swiglu(const float *w, int rows, int cols, const float *x, int n, i
 	for (size_t i = 0; i < nh; i++)
 		h[i] = __bfloat162float(hb[i]);
 done:
+	kc_end(&R);
+	return rc;
+}
+
+extern "C" int
+kc_gemm_gemv_norm(const float *w, int rows, int cols, const float *x, const float *nw, float eps, int ks, int unroll,
+		  int swiglu, float beta, float *y, int *identical, char *err, int errlen)
+{
+	const char *fn = "kc_gemm_gemv_norm";
+	if (!w || !x || !nw || !y || !identical || rows <= 0 || (swiglu && rows % 2) || cols <= 0)
+		return kc_err(err, errlen, ENG_ERR_INVALID, "%s: bad arguments (rows %d, cols %d)", fn, rows, cols);
+	if (!gemv_config_ok(ks, unroll))
+		return kc_err(err, errlen, ENG_ERR_INVALID, "%s: no GEMV configuration ks %d unroll %d", fn, ks, unroll);
+	if (!gemv_shape(cols, 1) || cols > GV_NORM_MAX_D)
+		return kc_err(err, errlen, ENG_ERR_UNSUPPORTED, "%s: the GEMV takes cols %% 8 == 0, <= %d", fn,
+			      GV_NORM_MAX_D);
+	kc_run R = { fn, err, errlen };
+	int rc = 0;
+	cudaError_t e;
+	const size_t ny = swiglu ? (size_t)rows / 2 : (size_t)rows, ybytes = ny * (swiglu ? sizeof(bf16) : sizeof(float));
+	const gemv_norm_in none = {};
+	gemv_norm_in nin = none;
+	float *xf = NULL, *dnw = NULL;
+	bf16 *xb = NULL;
+	std::vector<unsigned char> a(ybytes), b(ybytes);
+	KC(cudaStreamCreateWithFlags(&R.s, cudaStreamNonBlocking));
+	KC(kc_upload_bf16(&R.w, w, (size_t)rows * cols, R.s));
+	KC(cudaMalloc((void **)&xf, (size_t)cols * sizeof(float)));
+	KC(cudaMalloc((void **)&dnw, (size_t)cols * sizeof(float)));
+	KC(cudaMalloc((void **)&xb, (size_t)cols * sizeof(bf16)));
+	KC(cudaMalloc((void **)&R.y, ybytes));
+	KC(cudaMalloc((void **)&R.y0, ybytes));
+	KC(cudaMemcpyAsync(xf, x, (size_t)cols * sizeof(float), cudaMemcpyHostToDevice, R.s));
+	KC(cudaMemcpyAsync(dnw, nw, (size_t)cols * sizeof(float), cudaMemcpyHostToDevice, R.s));
+	nin = gemv_norm_in{ xf, dnw, eps };
+	// The separate kernels, then the fused GEMV, each from the same y.
+	for (int pass = 0; pass < 2; pass++) {
+		if (swiglu)
+			KC(cudaMemsetAsync(R.y, 0xff, ybytes, R.s));   // NaNs: an element not written shows
+		else
+			KC(cudaMemcpyAsync(R.y, y, ybytes, cudaMemcpyHostToDevice, R.s));
+		if (pass == 0) {
+			KC(k_rmsnorm(xf, NULL, NULL, dnw, 1, cols, eps, xb, R.s));
+			KC(gemv_launch(R.w, rows, cols, xb, 1, swiglu ? nullptr : (float *)R.y, beta, ks, unroll, R.s,
+				       swiglu ? (bf16 *)R.y : nullptr));
+		} else {
+			KC(gemv_launch(R.w, rows, cols, nullptr, 1, swiglu ? nullptr : (float *)R.y, beta, ks, unroll, R.s,
+				       swiglu ? (bf16 *)R.y : nullptr, &nin));
+		}
+		KC(cudaMemcpyAsync(pass ? b.data() : a.data(), R.y, ybytes, cudaMemcpyDeviceToHost, R.s));
+		KC(cudaStreamSynchronize(R.s));
+	}
+	*identical = memcmp(a.data(), b.data(), ybytes) == 0;
+	for (size_t i = 0; i < ny; i++)
+		y[i] = swiglu ? __bfloat162float(((const bf16 *)b.data())[i]) : ((const float *)b.data())[i];
+done:
+	if (R.s)
+		cudaStreamSynchronize(R.s);
+	cudaFree(xf);
+	cudaFree(dnw);
+	cudaFree(xb);
 	kc_end(&R);
 	return rc;
 }

@@ -63,6 +63,17 @@ cudaError_t k_gemm_run(k_gemm *g, const bf16 *w, int w_rows, int w_cols, const b
 cudaError_t k_gemm_run_swiglu(k_gemm *g, const bf16 *w, int w_rows, int w_cols, const bf16 *in, int n, bf16 *h,
 			      cudaStream_t st);
 
+// For one row (n = 1) where k_gemm_run would take the GEMV: its input
+// computed in the kernel from x (f32, w_cols: row 0) as k_rmsnorm(x, nw,
+// eps) writes it - the same bf16 values, bit for bit - so that the norm
+// needs no kernel of its own; out (+)= as k_gemm_run, or, with h != NULL,
+// h = silu(gate) * up as k_gemm_run_swiglu (out unused).  w_cols <= 4096.
+// cudaErrorNotSupported where k_gemm_run would not take
+// the GEMV (then run k_rmsnorm and the plain call); enqueues on st like
+// k_gemm_run.
+cudaError_t k_gemm_run_norm(k_gemm *g, const bf16 *w, int w_rows, int w_cols, const float *x, const float *nw,
+			    float eps, float *out, float beta, bf16 *h, cudaStream_t st);
+
 // With plain != 0 every k_gemm_run takes cublasGemmEx, tuned or not (for
 // comparisons with the GEMV and cuBLASLt paths).
 void k_gemm_set_plain(k_gemm *g, int plain);

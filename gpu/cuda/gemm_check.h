@@ -39,6 +39,15 @@ int kc_gemm_gemv(const float *w, int rows, int cols, const float *x, int n, floa
 int kc_gemm_gemv_swiglu(const float *w, int rows, int cols, const float *x, int n, int ks, int unroll, float *h,
 			char *err, int errlen);
 
+/* One row through the GEMV in configuration (ks, unroll) with its input
+ * normalised in the kernel (k_gemm_run_norm's kernel): x (cols, f32) RMS-
+ * normalised with nw and eps (cols <= 4096).  y gets the fused kernel's result: y(rows) =
+ * . + beta * y, or with swiglu h(rows / 2) as f32 (rows interleave gate and
+ * up); *identical 1 when k_rmsnorm followed by the plain GEMV gave the same
+ * bits. */
+int kc_gemm_gemv_norm(const float *w, int rows, int cols, const float *x, const float *nw, float eps, int ks,
+		      int unroll, int swiglu, float beta, float *y, int *identical, char *err, int errlen);
+
 /* runs (>= 2) calls of k_gemm_run on one k_gemm (tuned for n when tune),
  * each from the same y; y gets the first result, *identical 1 when every
  * run gave the same bits, else 0. */

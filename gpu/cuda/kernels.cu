@@ -89,7 +89,7 @@ rmsnorm_kernel(const float *x, const int32_t *idx, const int *n, const float *w,
 	const float *src = x + (size_t)row * d;
 	float ss = 0.0f;
 	for (int i = threadIdx.x; i < d; i += blockDim.x)
-		ss += src[i] * src[i];
+		ss = __fmaf_rn(src[i], src[i], ss);   // explicit: gemv_norm repeats it bit for bit
 	ss = block_sum(ss, red);
 	const float inv = rsqrtf(ss / (float)d + eps);
 	bf16 *dst = out + (size_t)r * d;

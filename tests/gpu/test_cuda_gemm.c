@@ -7,7 +7,8 @@
  * For every shape (the 0.6B and 8B projections, odd ones) and n: the
  * untuned and the tuned path with beta 0 (y starts as NaN: every element
  * must be written, none read) and beta 1 (accumulates into random y); every
- * GEMV configuration at a few n; calls repeated on one k_gemm must give the
+ * GEMV configuration at a few n, and at n = 1 with its input normalised in
+ * the kernel (bit for bit k_rmsnorm's); calls repeated on one k_gemm must give the
  * same bits.  An element passes when |got - want| <= GEMM_TOL * (sum |w x|
  * + |beta y|); each line prints the largest difference, absolute and
  * relative to that scale.  Then, for information only, times per call. */
@@ -193,6 +194,81 @@ check_gemv_swiglu(const struct shape *s, int n, int ks, int unroll)
 	free(h);
 }
 
+/* One row through the GEMV with its input normalised in the kernel: bit for
+ * bit what k_rmsnorm and the plain GEMV give, and near the float64 product
+ * of W and the CPU's normalised row (tolerance NORM_TOL: the device's rsqrtf
+ * may round a rare element of the bf16 row the other way). */
+#define NORM_TOL 1e-4
+static void
+check_gemv_norm(const struct shape *s, int ks, int unroll, int swiglu, float beta)
+{
+	const int cols = s->cols, rows = s->rows, ny = swiglu ? rows / 2 : rows;
+	const float *x = s->x;   /* row 0, f32 (bf16-valued; the norm reads f32) */
+	float *nw = gc_frand((size_t)cols, 0.5f, 1.5f, 0), *y0 = y_init((size_t)ny, swiglu ? 0.0f : beta);
+	float *y = gc_xmalloc((size_t)ny * sizeof *y);
+	double *xr = gc_xmalloc((size_t)cols * sizeof *xr);
+	const float eps = 1e-6f;
+	memcpy(y, y0, (size_t)ny * sizeof *y);
+	double ss = 0.0;
+	for (int i = 0; i < cols; i++)
+		ss += (double)x[i] * x[i];
+	const double inv = 1.0 / sqrt(ss / cols + eps);
+	for (int i = 0; i < cols; i++)
+		xr[i] = gc_bf((float)(x[i] * inv * nw[i]));
+	char path[40];
+	int same = 0;
+	snprintf(path, sizeof path, "norm%s %d/%d", swiglu ? "+swiglu" : "", ks, unroll);
+	if (gc_called(kc_gemm_gemv_norm(s->w, rows, cols, x, nw, eps, ks, unroll, swiglu, beta, y, &same, err,
+					sizeof err),
+		      "kc_gemm_gemv_norm", err)) {
+		double max_rel = 0.0;
+		int bad = -1;
+		for (int j = 0; j < ny; j++) {
+			double want, scale;
+			if (swiglu) {
+				double d2[2], m2[2];
+				for (int k = 0; k < 2; k++) {
+					const float *wr = s->w + (size_t)(2 * j + k) * cols;
+					d2[k] = m2[k] = 0.0;
+					for (int i = 0; i < cols; i++) {
+						d2[k] += wr[i] * xr[i];
+						m2[k] += fabs(wr[i] * xr[i]);
+					}
+				}
+				const double sg = d2[0] / (1.0 + exp(-d2[0]));
+				want = sg * d2[1];
+				scale = 0.01 * fabs(want) / NORM_TOL + 1.1 * m2[0] * fabs(d2[1]) + fabs(sg) * m2[1] + 1e-30;
+			} else {
+				const float *wr = s->w + (size_t)j * cols;
+				double d = 0.0, m = 0.0;
+				for (int i = 0; i < cols; i++) {
+					d += wr[i] * xr[i];
+					m += fabs(wr[i] * xr[i]);
+				}
+				want = d + (beta != 0.0f ? (double)beta * y0[j] : 0.0);
+				scale = m + (beta != 0.0f ? fabs((double)beta * y0[j]) : 0.0);
+			}
+			double rel = fabs((double)y[j] - want) / scale;
+			if (isnan(rel))
+				rel = INFINITY;
+			if (!(rel <= NORM_TOL) && bad < 0)
+				bad = j;
+			if (rel > max_rel)
+				max_rel = rel;
+		}
+		char shape[64];
+		snprintf(shape, sizeof shape, "%s %dx%d n 1 beta %g", s->name, rows, cols, swiglu ? 0.0 : (double)beta);
+		gc_check(bad < 0 && same, "%-38s %-14s max rel %-9.3g %s", shape, path, max_rel,
+			 same ? "(= k_rmsnorm + GEMV, bit for bit)" : "(DIFFERS from k_rmsnorm + GEMV)");
+		if (bad >= 0)
+			printf("     first bad element %d: got %.9g\n", bad, (double)y[bad]);
+	}
+	free(nw);
+	free(y0);
+	free(y);
+	free(xr);
+}
+
 /* ns[0..nn) rows; big: fewer paths per n (the host work and uploads of a
  * 100M-element W add up). */
 static void
@@ -218,6 +294,11 @@ check_shape(const char *name, int rows, int cols, const int *ns, int nn, int big
 					check_gemv(&s, n, (ks == 1) != (u == 8) ? 1.0f : 0.0f, ks, u);
 					if (!big && rows % 2 == 0 && (n == 1 || n == 9))
 						check_gemv_swiglu(&s, n, ks, u);
+					if (!big && n == 1 && cols <= 4096) {
+						check_gemv_norm(&s, ks, u, 0, (ks == 1) != (u == 8) ? 1.0f : 0.0f);
+						if (rows % 2 == 0)
+							check_gemv_norm(&s, ks, u, 1, 0.0f);
+					}
 				}
 	}
 	shape_free(&s);
@@ -238,6 +319,9 @@ check_errors(void)
 	gc_check(rc == ENG_ERR_UNSUPPORTED, "errors   GEMV with cols %% 8 != 0: %s (%s)", eng_strerror(rc), err);
 	rc = kc_gemm_gemv(w, 4, 16, x, 2, 0.0f, y, 3, 4, err, sizeof err);
 	gc_check(rc == ENG_ERR_INVALID, "errors   GEMV ks 3: %s (%s)", eng_strerror(rc), err);
+	int same = 0;
+	rc = kc_gemm_gemv_norm(w, 4, 20, x, x, 1e-6f, 1, 4, 0, 0.0f, y, &same, err, sizeof err);
+	gc_check(rc == ENG_ERR_UNSUPPORTED, "errors   GEMV norm with cols %% 8 != 0: %s (%s)", eng_strerror(rc), err);
 	rc = kc_gemm_gemv(w, 1, 16, x, 17, 0.0f, y, 1, 4, err, sizeof err);
 	gc_check(rc == ENG_ERR_UNSUPPORTED, "errors   GEMV n 17: %s (%s)", eng_strerror(rc), err);
 }
