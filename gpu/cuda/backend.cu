@@ -81,7 +81,7 @@ struct cuda_backend {
 	struct model_config c;
 	int qd, kd, qkvd;            // nh*hd, nkv*hd, qd + 2*kd
 	int max_rows, max_seqs, use_graphs, n_sm, ctas, warps, one_stream, one_warps, att_cluster, fuse_swiglu, fuse_norm;
-	bool att_cluster_early;      // BRAID_ATT_CLUSTER_EARLY=1 (k_attention_rows' early)
+	bool att_cluster_early;      // k_attention_rows' early (BRAID_ATT_CLUSTER_EARLY=0 / 1)
 	unsigned skip;               // BRAID_PROFILE_SKIP: SKIP_* kinds of kernels left out
 	bool warp_items;             // one-row items go to the one-warp kernel (k_attn_warp_item)
 	// Rows the buffers hold: max_rows, or the graph bucket above it (a pass
@@ -1166,12 +1166,19 @@ create(struct cuda_backend *cb, const struct cuda_backend_params *p, size_t *wei
 	// merge: the largest clusters the device runs, BRAID_ATT_CLUSTER=N
 	// clusters of N CTAs, =0 off (an H100, N=1, against off in two calls:
 	// 0.6b +4-6%, 1.7b 0-1%, 8b +1-3%; docs/gpu-bench.md).
-	// BRAID_ATT_CLUSTER_EARLY=1 lets the next kernel be scheduled before the
-	// clusters' merge (0.6b +4% more, 1.7b -8%).
+	// The next kernel (the o projection) may be scheduled before the
+	// clusters' merge where its weights are at most 8 MB (early), else only
+	// when they end; BRAID_ATT_CLUSTER_EARLY=1 / 0 forces either.  The
+	// eighth session measured 0.6b +4%, 1.7b -8%, 8b 0 and kept it off;
+	// with the twelfth session's kernels, an H100 at N=1, side by side in
+	// one call each: 0.6b (o 4 MB) 946-963 vs 910-913 tok/s, 1.7b (8 MB)
+	// 545 vs 534 and 546 vs 521-524, 8b (32 MB) 160-162 vs 165-168.  Why
+	// the large projection loses was not measured (docs/gpu-bench.md).
 	const char *ac = getenv("BRAID_ATT_CLUSTER"), *ae = getenv("BRAID_ATT_CLUSTER_EARLY");
 	const bool ac_auto = !ac || !strcmp(ac, "auto"), ac_off = ac && !strcmp(ac, "0");
 	cb->att_cluster = ac_off ? 0 : ac_auto ? k_attention_cluster_size(cb->g, c->n_heads) : atoi(ac);
-	cb->att_cluster_early = ae && !strcmp(ae, "1");
+	const bool small_o = (size_t)c->hidden_size * (size_t)cb->qd * sizeof(bf16) <= ((size_t)8 << 20);
+	cb->att_cluster_early = ae && !strcmp(ae, "0") ? false : ae && !strcmp(ae, "1") ? true : small_o;
 	const char *sk = getenv("BRAID_PROFILE_SKIP");
 	const long skip = sk ? parse_skip(sk, cb->err, sizeof cb->err) : 0;
 	if (skip < 0)
