@@ -24,6 +24,7 @@ extern "C" {
 #include "cuda/kernels.cuh"
 #include "cuda/mma.cuh"
 #include "cuda/pdl.cuh"
+#include "cuda/warp.cuh"
 
 // ---- the GEMV -----------------------------------------------------------------------------
 //
@@ -64,14 +65,6 @@ struct gemv_norm_in {
 	const float *x, *nw;
 	float eps;
 };
-
-__device__ __forceinline__ float
-gv_warp_sum(float v)
-{
-	for (int o = 16; o > 0; o >>= 1)
-		v += __shfl_xor_sync(0xffffffffu, v, o);
-	return v;
-}
 
 // Widest row the NORM form takes: GV_NORM_PER elements a thread.
 #define GV_NORM_PER 16
@@ -114,12 +107,12 @@ gemv_norm(const gemv_norm_in &in, int d, const float (&nwv)[GV_NORM_PER], bf16 *
 		for (int j = 0; j < GV_NORM_PER; j++)
 			if (j % per == k && threadIdx.x + GV_THREADS * j < d)
 				ss = __fmaf_rn(xv[j], xv[j], ss);   // as rmsnorm_kernel: one rounding a step
-		ss = gv_warp_sum(ss);
+		ss = warp_sum(ss);
 		if (lane == 0)
 			red[warp + GV_WARPS * k] = ss;
 	}
 	__syncthreads();
-	const float ss = gv_warp_sum(lane < V / 32 ? red[lane] : 0.0f);
+	const float ss = warp_sum(lane < V / 32 ? red[lane] : 0.0f);
 	const float inv = rsqrtf(ss / (float)d + in.eps);
 #pragma unroll
 	for (int j = 0; j < GV_NORM_PER; j++) {
@@ -1214,8 +1207,7 @@ kc_gemm_gemv_norm(const float *w, int rows, int cols, const float *x, const floa
 	int rc = 0;
 	cudaError_t e;
 	const size_t ny = swiglu ? (size_t)rows / 2 : (size_t)rows, ybytes = ny * (swiglu ? sizeof(bf16) : sizeof(float));
-	const gemv_norm_in none = {};
-	gemv_norm_in nin = none;
+	gemv_norm_in nin = {};
 	float *xf = NULL, *dnw = NULL;
 	bf16 *xb = NULL;
 	std::vector<unsigned char> a(ybytes), b(ybytes);

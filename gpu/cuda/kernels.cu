@@ -14,26 +14,11 @@
 #include "cuda/kernels.cuh"
 #include "cuda/mma.cuh"
 #include "cuda/pdl.cuh"
+#include "cuda/warp.cuh"
 
 namespace cg = cooperative_groups;
 
 #define LOG2E 1.4426950408889634f
-
-static __device__ __forceinline__ float
-warp_sum(float v)
-{
-	for (int o = 16; o > 0; o >>= 1)
-		v += __shfl_xor_sync(0xffffffffu, v, o);
-	return v;
-}
-
-static __device__ __forceinline__ float
-warp_max(float v)
-{
-	for (int o = 16; o > 0; o >>= 1)
-		v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-	return v;
-}
 
 // Sum over the block (blockDim.x a multiple of 32, <= 1024); every thread
 // gets the result.  red holds 32 floats.
