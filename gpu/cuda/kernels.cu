@@ -134,11 +134,11 @@ cudaError_t
 k_scatter_rows(const float *src, const int32_t *slots, const int *n, int rows, int width, float *dst,
 	       cudaStream_t s)
 {
-	// A few rows (one-row passes: one row of 151,936 logits) over enough
-	// CTAs that each thread copies one float4 of a row: 16 CTAs a row made
-	// it a loop of about ten dependent copies a thread.
-	const int per_row = (width / 4 + 255) / 256;
-	dim3 grid(std::max(1, std::min(per_row, std::max(16, 256 / std::max(rows, 1)))), rows);
+	// Under 16 rows, 256 / rows CTAs a row (a one-row pass: one float4 of
+	// the 151,936 logits a thread), else 16, never more than a row needs.
+	// Against 16 CTAs a row at 0.6b N=1 this measured as noise.
+	const int per_row = (width / 4 + 255) / 256, want = rows > 0 && rows < 16 ? 256 / rows : 16;
+	dim3 grid(std::max(1, std::min(per_row, want)), rows);
 	return k_launch(scatter_kernel, grid, dim3(256), 0, s, src, slots, n, width, dst);
 }
 
@@ -1593,9 +1593,8 @@ attention_cluster_kernel(const float *q, const bf16 *kv, const int32_t *tables, 
 		attw_run<DPL>(kv, table, g, layer, kvh, group, kv0, end, pre, qs, ks, vs, m, l, acc);
 		// With early, the next kernel may be scheduled from here on (its own
 		// early start then overlaps the merges); else only when this kernel
-		// ends.  On an H100 at N=1, early against at the end: 0.6b 958-960
-		// vs 888-923 tok/s, 1.7b 546 vs 521-524 (twelfth session; the
-		// eighth measured 1.7b 8% slower with early; docs/gpu-bench.md).
+		// ends.  The backend chooses by the o projection's size, from
+		// measurements (backend.cu, docs/gpu-bench.md).
 		if (early)
 			k_pdl_trigger();
 		const bool dims = lane * DPL < hd;
