@@ -881,10 +881,18 @@ static samp_fn samp_kernel_for(int c)
 
 // Once: the kernels' shared memory (over 48 KB) and clusters of 16, then
 // the largest cluster size of 16, 8, 4, 2 the device runs (BRAID_SAMP_CLUSTER=0:
-// 1, one CTA a row; =N: at most N), or 1; *e the attribute call's error.
-static int samp_init(cudaError_t *e)
+// 1, one CTA a row; =N: at most N), or 1; *e the attribute call's error,
+// *sms the device's SM count.
+static int samp_init(cudaError_t *e, int *sms)
 {
 	static cudaError_t err = cudaSuccess;
+	static const int n_sm = [] {
+		int dev = 0, v = 132;
+		if (cudaGetDevice(&dev) != cudaSuccess ||
+		    cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+			cudaGetLastError();
+		return v;
+	}();
 	static const int cmax = [] {
 		for (int c = 1; c <= 16; c *= 2) {
 			const void *k = (const void *)samp_kernel_for(c);
@@ -912,6 +920,7 @@ static int samp_init(cudaError_t *e)
 		return 1;
 	}();
 	*e = err;
+	*sms = n_sm;
 	return cmax;
 }
 
@@ -921,12 +930,9 @@ static cudaError_t samp_launch(const float *logits, int vocab, const cuda_samp_r
 			       int slot_limit, samp_result *out, int32_t *status, cudaStream_t st)
 {
 	cudaError_t e;
-	int c = samp_init(&e), sms = 132, dev = 0;
+	int sms, c = samp_init(&e, &sms);
 	if (e != cudaSuccess)
 		return e;
-	if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) !=
-							    cudaSuccess)
-		cudaGetLastError();
 	while (c >= SAMP_MIN_CLUSTER && ((long long)n * c > sms || vocab < c * 128))
 		c /= 2;
 	if (c < SAMP_MIN_CLUSTER)
