@@ -717,18 +717,27 @@ attention_unit_bf16(const float *q, const bf16 *kv, const int32_t *tables, const
 	if (it.kv0 < it.kv1)
 		attb_fetch<HD>(stage, stage + T * S, kv, blk_s, table, blk0, nblk_s, it.kv0, it.kv1, kvh, g, layer);
 	// The queries, scaled to the log2 domain, as hi + lo bf16 (zeros past
-	// n_q).
+	// n_q): every load in flight before the first is used (the loop did two
+	// at a time, and waited on each pair).
 	const float scale = LOG2E / sqrtf((float)HD);
-	for (int i = tid; i < QCAP * (HD / 4); i += K_ATT_THREADS) {
-		const int qi = i / (HD / 4), d4 = i % (HD / 4);
-		float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+	constexpr int QLD = QCAP * (HD / 4) / K_ATT_THREADS;
+	static_assert(QCAP * (HD / 4) % K_ATT_THREADS == 0, "query loads");
+	float4 qv[QLD];
+#pragma unroll
+	for (int k = 0; k < QLD; k++) {
+		const int i = tid + k * K_ATT_THREADS, qi = i / (HD / 4), d4 = i % (HD / 4);
+		qv[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 		if (qi < n_q) {
 			const int j = qi / group, gq = qi % group;
-			v = *(const float4 *)(q + ((size_t)rows_s[j] * n_heads + kvh * group + gq) * HD + d4 * 4);
+			qv[k] = *(const float4 *)(q + ((size_t)rows_s[j] * n_heads + kvh * group + gq) * HD + d4 * 4);
 		}
+	}
+#pragma unroll
+	for (int k = 0; k < QLD; k++) {
+		const int i = tid + k * K_ATT_THREADS, qi = i / (HD / 4), d4 = i % (HD / 4);
 		uint2 hi, lo;
-		split_bf16(v.x * scale, v.y * scale, hi.x, lo.x);
-		split_bf16(v.z * scale, v.w * scale, hi.y, lo.y);
+		split_bf16(qv[k].x * scale, qv[k].y * scale, hi.x, lo.x);
+		split_bf16(qv[k].z * scale, qv[k].w * scale, hi.y, lo.y);
 		*(uint2 *)(Qh + qi * S + d4 * 4) = hi;
 		*(uint2 *)(Ql + qi * S + d4 * 4) = lo;
 	}
@@ -991,7 +1000,11 @@ attw_ks(float *qs, int hd, int group)
 // kvh into the warp's shared K rows (hd + 8 apart) and V rows (vrow apart:
 // hd for the CUDA-core tile loop, hd + 8 for the tensor-core one), all in
 // flight at once, each copy instruction 32 consecutive 16-byte chunks
-// (whole rows: coalesced).  Every lane takes part in the shuffle.  HD: the
+// (whole rows: coalesced).  Lane j computes row j's K offset once (V's row
+// is a fixed distance on) and a copy takes it by shuffle: with the offset
+// computed per chunk (a division by block_tokens and the offset's products
+// every 16 bytes) this loop held a third of the one-warp kernel's stall
+// samples at 1.7b N=64.  Every lane takes part in the shuffle.  HD: the
 // head_dim where the caller knows it at compile time (0: g.head_dim).
 template <int HD = 0>
 static __device__ __forceinline__ void
@@ -999,13 +1012,16 @@ attw_copy_rows(bf16 *ks, bf16 *vs, int vrow, const bf16 *kv, const k_kv_geom &g,
 	       int32_t blk, int j0, int j1)
 {
 	const int lane = threadIdx.x & 31, hd = HD ? HD : g.head_dim, ks_row = hd + 8, cpr = hd / 8;
+	if (j0 >= j1)
+		return;
+	const unsigned long long krow = k_kv_offset(g, blk, layer, 0, kvh, (t0 + lane) % g.block_tokens);
+	const size_t vgap = (size_t)g.n_kv_heads * g.block_tokens * hd;
 	for (int i0 = j0 * cpr; i0 < j1 * cpr; i0 += 32) {
 		const int i = i0 + lane, j = min(i / cpr, 31), c = i % cpr;
-		const int32_t bj = __shfl_sync(0xffffffffu, blk, j);
+		const bf16 *src = kv + (size_t)__shfl_sync(0xffffffffu, krow, j) + c * 8;
 		if (i < j1 * cpr) {
-			const int off = (t0 + j) % g.block_tokens;
-			cp_async16(ks + j * ks_row + c * 8, kv + k_kv_offset(g, bj, layer, 0, kvh, off) + c * 8);
-			cp_async16(vs + j * vrow + c * 8, kv + k_kv_offset(g, bj, layer, 1, kvh, off) + c * 8);
+			cp_async16(ks + j * ks_row + c * 8, src);
+			cp_async16(vs + j * vrow + c * 8, src + vgap);
 		}
 	}
 }
@@ -1389,10 +1405,12 @@ attention_warp_kernel(const float *q, const bf16 *kv, const int32_t *tables, con
 	int pre = 0;
 	if (u0 < units) {
 		const k_attn_item it = items[first + u0 / g.n_kv_heads];
+		// The block is read under p < kv1 (every such position has one), not
+		// p < end: its load then goes out beside the row's and position's.
+		const int32_t p = it.kv0 + lane;
+		const int32_t blk = p < it.kv1 ? tables[it.tab + p / g.block_tokens] : 0;
 		const int32_t pr = pos[item_rows[it.row0]], end = min(it.kv1, pr + 1);
 		if (it.kv0 < end) {
-			const int32_t p = it.kv0 + lane;
-			const int32_t blk = p < end ? tables[it.tab + p / g.block_tokens] : 0;
 			pre = max(0, min(min(32, end - it.kv0), pr - it.kv0));
 			if constexpr (MMA) {
 				bf16 *ks = (bf16 *)qs;
