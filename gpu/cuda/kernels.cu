@@ -1769,8 +1769,19 @@ k_attention_rows(const float *q, const bf16 *kv, const int32_t *tables, const in
 }
 
 // grid (rows, ceil(n_heads / 4)), 128 threads: warp w merges head 4y + w
-// of row r.  Lanes read 32 partials' (m, l) at once (no chain of dependent
-// loads), then every lane sums its dims over the partials.
+// of row r; KD = head_dim / 32 rounded up to 1, 2, 4 or 8 (a lane's dims).
+// A row of at most MERGE_FAST partials (the common case: a few prefix
+// chunks and a few of its own) takes one round of loads: lane i reads
+// partial i's slot, then every partial's (m, l) and output at once - the
+// outputs do not wait for the weights.  The loads then cost three trips to
+// memory (the row's list bounds, its slots, the parts) where the loop below
+// took seven (bounds, slots, (m, l), then the outputs four partials at a
+// time).  Both paths add the partials in list order, one fma each (zero
+// weight and zero value past the last, up to a multiple of four), so they
+// give the same bits.  Longer lists: lanes read 32 partials' (m, l) at
+// once, then the outputs four partials a round.
+#define MERGE_FAST 16
+template <int KD>
 static __global__ void
 merge_kernel(const float *part_ml, const float *part_acc, const int32_t *rp_off, const int32_t *rp_idx,
 	     const int *n, int n_heads, int hd, bf16 *out)
@@ -1780,61 +1791,93 @@ merge_kernel(const float *part_ml, const float *part_acc, const int32_t *rp_off,
 	if (h >= n_heads)
 		return;
 	bf16 *dst = out + ((size_t)r * n_heads + h) * hd;
+	const int a = rp_off[r], b = rp_off[r + 1];   // rows of the padded grid have bounds too
 	if (r >= *n) {
 		for (int d = lane; d < hd; d += 32)
 			dst[d] = __float2bfloat16(0.0f);
 		return;
 	}
-	const int a = rp_off[r], b = rp_off[r + 1];
-	float m = -INFINITY;
-	for (int i = a + lane; i < b; i += 32) {
-		const float *ml = part_ml + ((size_t)rp_idx[i] * n_heads + h) * 2;
-		if (ml[1] > 0.0f)
-			m = fmaxf(m, ml[0]);
-	}
-	m = warp_max(m);
-	float o[K_MAX_HEAD_DIM / 32];
+	float o[KD];
 #pragma unroll
-	for (int k = 0; k < K_MAX_HEAD_DIM / 32; k++)
+	for (int k = 0; k < KD; k++)
 		o[k] = 0.0f;
 	float l = 0.0f;
-	for (int base = a; base < b; base += 32) {
-		int slot = -1;
-		float c = 0.0f;
-		if (base + lane < b) {
-			slot = rp_idx[base + lane];
-			const float *ml = part_ml + ((size_t)slot * n_heads + h) * 2;
-			if (ml[1] > 0.0f) {          // else no visible position in that part
-				c = exp2f(ml[0] - m);
-				l += ml[1] * c;
-			}
+	if (b - a <= MERGE_FAST) {
+		const int cnt = b - a, cnt4 = (cnt + 3) & ~3;
+		const int slot = lane < cnt ? rp_idx[a + lane] : 0;
+		float2 ml = make_float2(-INFINITY, 0.0f);
+		if (lane < cnt)
+			ml = *(const float2 *)(part_ml + ((size_t)slot * n_heads + h) * 2);
+		float v[MERGE_FAST][KD];
+#pragma unroll
+		for (int u = 0; u < MERGE_FAST; u++) {
+			const int sj = __shfl_sync(0xffffffffu, slot, u);
+			const float *acc = part_acc + ((size_t)sj * n_heads + h) * hd;
+#pragma unroll
+			for (int k = 0; k < KD; k++)
+				v[u][k] = u < cnt && lane + 32 * k < hd ? acc[lane + 32 * k] : 0.0f;
 		}
-		const int cnt = min(32, b - base);
-		// Four partials per round: their loads are independent and issued
-		// together (a zero weight multiplies a part that saw nothing).
-		for (int j = 0; j < cnt; j += 4) {
-			float cj[4], v[4][K_MAX_HEAD_DIM / 32];
+		const float m = warp_max(ml.y > 0.0f ? ml.x : -INFINITY);
+		float c = 0.0f;
+		if (ml.y > 0.0f) {               // else no visible position in that part
+			c = exp2f(ml.x - m);
+			l += ml.y * c;
+		}
 #pragma unroll
-			for (int u = 0; u < 4; u++) {
-				cj[u] = __shfl_sync(0xffffffffu, c, (j + u) & 31);
-				const int sj = __shfl_sync(0xffffffffu, slot, (j + u) & 31);
-				if (j + u >= cnt)
-					cj[u] = 0.0f;
-				const float *acc = part_acc + ((size_t)(j + u < cnt ? sj : 0) * n_heads + h) * hd;
+		for (int u = 0; u < MERGE_FAST; u++) {
+			if (u >= cnt4)
+				break;
+			const float cj = __shfl_sync(0xffffffffu, c, u);
 #pragma unroll
-				for (int k = 0; k < K_MAX_HEAD_DIM / 32; k++)
-					v[u][k] = j + u < cnt && lane + 32 * k < hd ? acc[lane + 32 * k] : 0.0f;
+			for (int k = 0; k < KD; k++)
+				o[k] = fmaf(v[u][k], cj, o[k]);
+		}
+	} else {
+		float m = -INFINITY;
+		for (int i = a + lane; i < b; i += 32) {
+			const float *ml = part_ml + ((size_t)rp_idx[i] * n_heads + h) * 2;
+			if (ml[1] > 0.0f)
+				m = fmaxf(m, ml[0]);
+		}
+		m = warp_max(m);
+		for (int base = a; base < b; base += 32) {
+			int slot = -1;
+			float c = 0.0f;
+			if (base + lane < b) {
+				slot = rp_idx[base + lane];
+				const float *ml = part_ml + ((size_t)slot * n_heads + h) * 2;
+				if (ml[1] > 0.0f) {          // else no visible position in that part
+					c = exp2f(ml[0] - m);
+					l += ml[1] * c;
+				}
 			}
+			const int cnt = min(32, b - base);
+			// Four partials per round: their loads are independent and issued
+			// together (a zero weight multiplies a part that saw nothing).
+			for (int j = 0; j < cnt; j += 4) {
+				float cj[4], v[4][KD];
 #pragma unroll
-			for (int u = 0; u < 4; u++)
+				for (int u = 0; u < 4; u++) {
+					cj[u] = __shfl_sync(0xffffffffu, c, (j + u) & 31);
+					const int sj = __shfl_sync(0xffffffffu, slot, (j + u) & 31);
+					if (j + u >= cnt)
+						cj[u] = 0.0f;
+					const float *acc = part_acc + ((size_t)(j + u < cnt ? sj : 0) * n_heads + h) * hd;
 #pragma unroll
-				for (int k = 0; k < K_MAX_HEAD_DIM / 32; k++)
-					o[k] = fmaf(v[u][k], cj[u], o[k]);
+					for (int k = 0; k < KD; k++)
+						v[u][k] = j + u < cnt && lane + 32 * k < hd ? acc[lane + 32 * k] : 0.0f;
+				}
+#pragma unroll
+				for (int u = 0; u < 4; u++)
+#pragma unroll
+					for (int k = 0; k < KD; k++)
+						o[k] = fmaf(v[u][k], cj[u], o[k]);
+			}
 		}
 	}
 	l = warp_sum(l);
 #pragma unroll
-	for (int k = 0; k < K_MAX_HEAD_DIM / 32; k++)
+	for (int k = 0; k < KD; k++)
 		if (lane + 32 * k < hd)
 			dst[lane + 32 * k] = __float2bfloat16(l > 0.0f ? o[k] / l : 0.0f);
 }
@@ -1844,7 +1887,9 @@ k_attn_merge(const float *part_ml, const float *part_acc, const int32_t *rp_off,
 	     const int *n, int rows, int n_heads, int hd, bf16 *out, cudaStream_t s)
 {
 	dim3 grid(rows, (n_heads + 3) / 4);
-	merge_kernel<<<grid, 128, 0, s>>>(part_ml, part_acc, rp_off, rp_idx, n, n_heads, hd, out);
+	const auto kern = hd <= 32 ? merge_kernel<1> : hd <= 64 ? merge_kernel<2> : hd <= 128 ? merge_kernel<4>
+											: merge_kernel<8>;
+	kern<<<grid, 128, 0, s>>>(part_ml, part_acc, rp_off, rp_idx, n, n_heads, hd, out);
 	return cudaGetLastError();
 }
 
