@@ -620,7 +620,11 @@ parse_skip(const char *v, char *err, size_t errlen)
 {
 	const size_t nk = sizeof skip_kinds / sizeof skip_kinds[0];
 	unsigned mask = 0;
-	for (const char *p = v; *v; p++) {
+	if (!*v)
+		return 0;
+	// One kind per round; the round ends past its comma (a trailing comma
+	// leaves an empty kind, which no kind matches).
+	for (const char *p = v;; p++) {
 		const size_t n = strcspn(p, ",");
 		size_t k = 0;
 		while (k < nk && (strlen(skip_kinds[k].name) != n || strncmp(skip_kinds[k].name, p, n)))
