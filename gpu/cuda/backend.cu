@@ -1126,6 +1126,14 @@ setup_gemm(struct cuda_backend *cb)
 	return 0;
 }
 
+// A path that is on unless its switch (an environment variable) is "0".
+static bool
+switch_on(const char *name)
+{
+	const char *v = getenv(name);
+	return !v || strcmp(v, "0");
+}
+
 static int
 create(struct cuda_backend *cb, const struct cuda_backend_params *p, size_t *weight_bytes)
 {
@@ -1153,18 +1161,15 @@ create(struct cuda_backend *cb, const struct cuda_backend_params *p, size_t *wei
 	cb->warp_items = k_attn_warp_item(1, c->n_heads, c->n_kv_heads, c->head_dim) != 0;
 	// The one-row path (enqueue_pass): 4 warps an SM measured best of 2, 4
 	// and 8 (0.6b N=1); BRAID_ATT_ONE_STREAM=0 turns the path off.
-	const char *os = getenv("BRAID_ATT_ONE_STREAM");
-	cb->one_stream = !os || strcmp(os, "0");
+	cb->one_stream = switch_on("BRAID_ATT_ONE_STREAM");
 	cb->one_warps = cb->n_sm * 4;
 	// SwiGLU in the gate-up GEMV's epilogue; BRAID_FUSE_SWIGLU=0 keeps the
 	// separate kernel.
-	const char *fs = getenv("BRAID_FUSE_SWIGLU");
-	cb->fuse_swiglu = !fs || strcmp(fs, "0");
+	cb->fuse_swiglu = switch_on("BRAID_FUSE_SWIGLU");
 	// One-row passes: the qkv and gate-up GEMVs normalise their row
 	// themselves (k_gemm_run_norm) instead of after a k_rmsnorm;
 	// BRAID_FUSE_NORM=0 keeps the separate kernel.
-	const char *fn = getenv("BRAID_FUSE_NORM");
-	cb->fuse_norm = !fn || strcmp(fn, "0");
+	cb->fuse_norm = switch_on("BRAID_FUSE_NORM");
 	// One-row passes' attention on clusters merged in distributed shared
 	// memory (k_attention_rows) instead of the one-warp kernel and the
 	// merge: the largest clusters the device runs, BRAID_ATT_CLUSTER=N

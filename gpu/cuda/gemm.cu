@@ -70,17 +70,8 @@ struct gemv_norm_in {
 #define GV_NORM_PER 16
 #define GV_NORM_MAX_D (GV_NORM_PER * GV_THREADS)
 
-// k_rmsnorm's row 0 into dst (shared, d <= GV_NORM_MAX_D bf16), bit for bit:
-// the same sums in the same order.  rmsnorm_kernel runs V = 1024 threads a
-// row for d >= 1024, else 256, thread v summing elements v, v + V, ...; here
-// thread t holds elements t + GV_THREADS j (all loaded at once: one L2
-// latency, not one an element) and stands for the threads t + GV_THREADS k
-// (k < V / GV_THREADS), whose warps are (t >> 5) + GV_WARPS k with the same
-// lanes: element j belongs to k = j % (V / GV_THREADS), in order, so every
-// warp sum and the final sum over V / 32 warp sums repeat its arithmetic.
-// nwv: the thread's elements of nw, loaded before the kernel's wait (the
-// weights are not the previous kernel's output; gemv_norm_w).  red: 32
-// floats.
+// The thread's elements of nw for gemv_norm, loaded before the kernel's
+// wait: the weights are not the previous kernel's output.
 __device__ __forceinline__ void
 gemv_norm_w(const gemv_norm_in &in, int d, float (&nwv)[GV_NORM_PER])
 {
@@ -91,10 +82,19 @@ gemv_norm_w(const gemv_norm_in &in, int d, float (&nwv)[GV_NORM_PER])
 	}
 }
 
+// k_rmsnorm's row 0 into dst (shared, d <= GV_NORM_MAX_D bf16), bit for bit:
+// the same sums in the same order.  rmsnorm_kernel runs V =
+// k_rmsnorm_threads(d) threads a row, thread v summing elements v, v + V, ...; here
+// thread t holds elements t + GV_THREADS j (all loaded at once: one L2
+// latency, not one an element) and stands for the threads t + GV_THREADS k
+// (k < V / GV_THREADS), whose warps are (t >> 5) + GV_WARPS k with the same
+// lanes: element j belongs to k = j % (V / GV_THREADS), in order, so every
+// warp sum and the final sum over V / 32 warp sums repeat its arithmetic.
+// nwv: the thread's elements of nw (gemv_norm_w).  red: 32 floats.
 __device__ __forceinline__ void
 gemv_norm(const gemv_norm_in &in, int d, const float (&nwv)[GV_NORM_PER], bf16 *dst, float *red)
 {
-	const int V = d >= 1024 ? 1024 : 256, per = V / GV_THREADS, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	const int V = k_rmsnorm_threads(d), per = V / GV_THREADS, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 	float xv[GV_NORM_PER];
 #pragma unroll
 	for (int j = 0; j < GV_NORM_PER; j++) {

@@ -86,7 +86,7 @@ cudaError_t
 k_rmsnorm(const float *x, const int32_t *idx, const int *n, const float *w, int rows, int d, float eps,
 	  bf16 *out, cudaStream_t s)
 {
-	return k_launch(rmsnorm_kernel, dim3(rows), dim3(d >= 1024 ? 1024 : 256), 0, s, x, idx, n, w, d, eps, out);
+	return k_launch(rmsnorm_kernel, dim3(rows), dim3(k_rmsnorm_threads(d)), 0, s, x, idx, n, w, d, eps, out);
 }
 
 // gu's rows hold (gate j, up j) pairs.
@@ -717,27 +717,18 @@ attention_unit_bf16(const float *q, const bf16 *kv, const int32_t *tables, const
 	if (it.kv0 < it.kv1)
 		attb_fetch<HD>(stage, stage + T * S, kv, blk_s, table, blk0, nblk_s, it.kv0, it.kv1, kvh, g, layer);
 	// The queries, scaled to the log2 domain, as hi + lo bf16 (zeros past
-	// n_q): every load in flight before the first is used (the loop did two
-	// at a time, and waited on each pair).
+	// n_q).
 	const float scale = LOG2E / sqrtf((float)HD);
-	constexpr int QLD = QCAP * (HD / 4) / K_ATT_THREADS;
-	static_assert(QCAP * (HD / 4) % K_ATT_THREADS == 0, "query loads");
-	float4 qv[QLD];
-#pragma unroll
-	for (int k = 0; k < QLD; k++) {
-		const int i = tid + k * K_ATT_THREADS, qi = i / (HD / 4), d4 = i % (HD / 4);
-		qv[k] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+	for (int i = tid; i < QCAP * (HD / 4); i += K_ATT_THREADS) {
+		const int qi = i / (HD / 4), d4 = i % (HD / 4);
+		float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 		if (qi < n_q) {
 			const int j = qi / group, gq = qi % group;
-			qv[k] = *(const float4 *)(q + ((size_t)rows_s[j] * n_heads + kvh * group + gq) * HD + d4 * 4);
+			v = *(const float4 *)(q + ((size_t)rows_s[j] * n_heads + kvh * group + gq) * HD + d4 * 4);
 		}
-	}
-#pragma unroll
-	for (int k = 0; k < QLD; k++) {
-		const int i = tid + k * K_ATT_THREADS, qi = i / (HD / 4), d4 = i % (HD / 4);
 		uint2 hi, lo;
-		split_bf16(qv[k].x * scale, qv[k].y * scale, hi.x, lo.x);
-		split_bf16(qv[k].z * scale, qv[k].w * scale, hi.y, lo.y);
+		split_bf16(v.x * scale, v.y * scale, hi.x, lo.x);
+		split_bf16(v.z * scale, v.w * scale, hi.y, lo.y);
 		*(uint2 *)(Qh + qi * S + d4 * 4) = hi;
 		*(uint2 *)(Ql + qi * S + d4 * 4) = lo;
 	}
@@ -1015,7 +1006,7 @@ attw_copy_rows(bf16 *ks, bf16 *vs, int vrow, const bf16 *kv, const k_kv_geom &g,
 	if (j0 >= j1)
 		return;
 	const unsigned long long krow = k_kv_offset(g, blk, layer, 0, kvh, (t0 + lane) % g.block_tokens);
-	const size_t vgap = (size_t)g.n_kv_heads * g.block_tokens * hd;
+	const size_t vgap = k_kv_offset(g, 0, 0, 1, 0, 0);   // V's row past K's, in any block
 	for (int i0 = j0 * cpr; i0 < j1 * cpr; i0 += 32) {
 		const int i = i0 + lane, j = min(i / cpr, 31), c = i % cpr;
 		const bf16 *src = kv + (size_t)__shfl_sync(0xffffffffu, krow, j) + c * 8;

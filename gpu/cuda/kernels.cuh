@@ -55,7 +55,15 @@ cudaError_t k_embed(const bf16 *emb, const int32_t *tokens, const int *n, int ro
 		    cudaStream_t s);
 
 // out(rows, d) bf16 = rmsnorm(x[idx ? idx[r] : r]) * w (w f32 (d)); rows < *n
-// (n NULL: all rows).
+// (n NULL: all rows).  One CTA of k_rmsnorm_threads(d) threads a row, thread
+// v summing elements v, v + threads, ...: the GEMV's in-kernel norm
+// (gemm.cu, gemv_norm) repeats that order to give the same bits.
+__host__ __device__ static inline int
+k_rmsnorm_threads(int d)
+{
+	return d >= 1024 ? 1024 : 256;
+}
+
 cudaError_t k_rmsnorm(const float *x, const int32_t *idx, const int *n, const float *w, int rows, int d,
 		      float eps, bf16 *out, cudaStream_t s);
 
