@@ -73,6 +73,7 @@ struct meta_layout {
 
 struct graph_entry {
 	int rows, logits;
+	bool warp_pass;              // the pass's attention on the one-warp kernel alone
 	cudaGraphExec_t exec;
 };
 
@@ -84,6 +85,14 @@ struct cuda_backend {
 	bool att_cluster_early;      // k_attention_rows' early (BRAID_ATT_CLUSTER_EARLY=0 / 1)
 	unsigned skip;               // BRAID_PROFILE_SKIP: SKIP_* kinds of kernels left out
 	bool warp_items;             // one-row items go to the one-warp kernel (k_attn_warp_item)
+	// Rows a shared-prefix item of a decode pass carries on the one-warp
+	// kernel (k_attn_warp_rows; 1: such items go to the CTA kernel, as do
+	// all with BRAID_ATT_PREFIX_WARP=0).
+	int warp_rows;
+	// The current pass: every row the only one of its sequence and every
+	// item a one-warp item, so its attention is the one-warp kernel alone,
+	// on st with programmatic dependent launch (k_attention_decode).
+	bool warp_pass;
 	// Rows the buffers hold: max_rows, or the graph bucket above it (a pass
 	// of max_rows or fewer rows runs padded to its bucket).
 	int rows_cap;
@@ -303,10 +312,12 @@ struct seq_span {
 struct task {                // rows against positions [kv0, kv1) of table tab
 	int rows0, n_rows;       // into the task-row list
 	int tab, kv0, kv1;
+	bool warp;               // to the one-warp kernel
 };
 
 struct plan {
 	int n_items, n_parts, n_tables;
+	bool warp_pass;          // as cuda_backend's
 };
 
 // Sequences whose tables start with the same blocks share the KV of those
@@ -314,7 +325,7 @@ struct plan {
 // over the common prefix when the cost rule says it pays.
 static void
 plan_cascades(const struct cuda_backend *cb, std::vector<seq_span> &sp, std::vector<task> &tasks,
-	      std::vector<int32_t> &task_rows, int max_rows_item)
+	      std::vector<int32_t> &task_rows, int max_rows_item, bool decode)
 {
 	const int bt = cb->g.block_tokens, group = cb->c.n_heads / cb->c.n_kv_heads;
 	std::vector<int> order;
@@ -356,8 +367,13 @@ plan_cascades(const struct cuda_backend *cb, std::vector<seq_span> &sp, std::vec
 					for (int r = s.r0; r < s.r1; r++)
 						task_rows.push_back(r);
 				}
-				for (int t = 0; t < rows; t += max_rows_item)
-					tasks.push_back(task{ start + t, std::min(max_rows_item, rows - t), lead.tab, 0, (int)P });
+				// A decode pass's prefix rows in one-warp items (its queries
+				// read the prefix's tiles from the L2 several times).
+				const bool w = decode && cb->warp_rows > 1;
+				const int per = w ? cb->warp_rows : max_rows_item;
+				for (int t = 0; t < rows; t += per)
+					tasks.push_back(task{ start + t, std::min(per, rows - t), lead.tab, 0, (int)P,
+							      w || (std::min(per, rows - t) == 1 && cb->warp_items) });
 			}
 		}
 		i = j;
@@ -417,7 +433,8 @@ make_plan(struct cuda_backend *cb, const struct fwd_batch *b, const int32_t *slo
 	const int max_rows_item = k_attention_max_rows(cb->c.n_heads, cb->c.n_kv_heads, cb->c.head_dim);
 	std::vector<task> tasks;
 	std::vector<int32_t> task_rows;
-	plan_cascades(cb, sp, tasks, task_rows, max_rows_item);
+	const bool decode = (int)sp.size() == b->n_rows;   // every row its sequence's only one
+	plan_cascades(cb, sp, tasks, task_rows, max_rows_item, decode);
 	for (const seq_span &s : sp) {
 		for (int r = s.r0; r < s.r1; r += max_rows_item) {
 			int n = std::min(max_rows_item, s.r1 - r);
@@ -426,7 +443,7 @@ make_plan(struct cuda_backend *cb, const struct fwd_batch *b, const int32_t *slo
 				task_rows.push_back(r + k);
 			int kv1 = b->pos[r + n - 1] + 1;
 			if (kv1 > s.prefix)
-				tasks.push_back(task{ start, n, s.tab, s.prefix, kv1 });
+				tasks.push_back(task{ start, n, s.tab, s.prefix, kv1, n == 1 && cb->warp_items });
 		}
 	}
 
@@ -439,13 +456,16 @@ make_plan(struct cuda_backend *cb, const struct fwd_batch *b, const int32_t *slo
 	const long target = 4L * cb->ctas;     // units in flight: CTAs and warps
 	long ch = (work * cb->c.n_kv_heads + target - 1) / target;
 	ch = std::max<long>(ATT_MIN_CHUNK, (ch + K_ATT_TILE - 1) / K_ATT_TILE * K_ATT_TILE);
-	auto is_warp = [&](const task &t) { return t.n_rows == 1 && cb->warp_items; };
-	// The one-warp kernel's chunks: ch / ATT_WARP_SPLIT.
+	auto is_warp = [&](const task &t) { return t.warp; };
+	// The one-warp kernel's chunks: ch / ATT_WARP_SPLIT for decode items;
+	// ch for items of several rows (ch / 3 measured 1-5% slower at 1.7b N =
+	// 32..128, an H100).
 	long chw = std::max<long>(ATT_MIN_CHUNK, (ch / ATT_WARP_SPLIT + K_ATT_TILE - 1) / K_ATT_TILE * K_ATT_TILE);
+	auto chunk = [&](const task &t) { return t.warp && t.n_rows == 1 ? chw : ch; };
 	for (;; ch *= 2, chw *= 2) {
 		long ni = 0, np = 0;
 		for (const task &t : tasks) {
-			const long c = is_warp(t) ? chw : ch;
+			const long c = chunk(t);
 			long k = (t.kv1 - t.kv0 + c - 1) / c;
 			ni += k;
 			np += k * t.n_rows;
@@ -459,7 +479,7 @@ make_plan(struct cuda_backend *cb, const struct fwd_batch *b, const int32_t *slo
 	std::vector<int> per_row(pad_rows + 1, 0);
 	std::vector<k_attn_item> warp_items;
 	for (const task &t : tasks) {
-		const long c = is_warp(t) ? chw : ch;
+		const long c = chunk(t);
 		for (long a = t.kv0; a < t.kv1; a += c) {
 			const k_attn_item it = { np, t.n_rows, t.tab, (int32_t)a, (int32_t)std::min<long>(a + c, t.kv1), np };
 			if (is_warp(t))
@@ -491,6 +511,7 @@ make_plan(struct cuda_backend *cb, const struct fwd_batch *b, const int32_t *slo
 	pl->n_tables = tab;
 	pl->n_items = ni;
 	pl->n_parts = np;
+	pl->warp_pass = decode && n_cta == 0 && b->n_rows > 1 && cb->warp_items && cb->one_stream;
 	return 0;
 }
 
@@ -684,11 +705,15 @@ enqueue_pass(struct cuda_backend *cb, int rows, int nlog)
 		if (small)
 			CK(k_qkv_post(cb->qkv, L->bqkv, L->qn, L->kn, cb->inv_freq, pos, tab_off, tables, n_rows, rows,
 			      c->n_heads, c->rms_eps, cb->g, l, cb->kv, cb->q, cb->st));
-		// A one-row pass has only decode items: the one-warp kernel alone,
-		// on st with programmatic dependent launch, so it is scheduled
-		// while qkv_post runs and fetches the older K/V rows before it
-		// waits (k_attention_decode).  Otherwise the decode units run on a
-		// second stream beside the CTA units.  Either way the merge is
+		// A one-row pass has only decode items, and a decode pass (each
+		// row its sequence's only one) only one-warp items where its shared
+		// prefixes go to units of several rows (warp_pass): the one-warp
+		// kernel alone, on st with programmatic dependent launch, so it is
+		// scheduled while qkv_post runs and fetches the older K/V rows
+		// before it waits (k_attention_decode).  Otherwise the one-warp
+		// units run on a second stream beside the CTA units (side by side,
+		// an H100, 1.7b N = 8..128: the decode pass on two streams measured
+		// 0-2% slower than on one).  Either way the merge is
 		// launched plainly: that ends the chain of early-scheduled kernels
 		// at each layer (with the merge launched early too, the later
 		// kernels' early starts cost 8b N=1 13%).
@@ -701,6 +726,10 @@ enqueue_pass(struct cuda_backend *cb, int rows, int nlog)
 		} else if (one) {
 			CK(k_attention_decode(cb->q, cb->kv, tables, pos, item_rows, items, n_items, cb->one_warps, c->n_heads,
 					      cb->g, l, cb->part_ml, cb->part_acc, cb->st));
+		} else if (cb->warp_pass) {
+			if (!(cb->skip & SKIP_WARP))
+				CK(k_attention_decode(cb->q, cb->kv, tables, pos, item_rows, items, n_items, cb->warps,
+						      c->n_heads, cb->g, l, cb->part_ml, cb->part_acc, cb->st));
 		} else {
 			CK(cudaEventRecord(cb->ev_fork, cb->st));
 			CK(cudaStreamWaitEvent(cb->st2, cb->ev_fork, 0));
@@ -769,7 +798,7 @@ static int
 graph_for(struct cuda_backend *cb, int rows, int nlog, cudaGraphExec_t *exec)
 {
 	for (const graph_entry &ge : *cb->graphs)
-		if (ge.rows == rows && ge.logits == nlog) {
+		if (ge.rows == rows && ge.logits == nlog && ge.warp_pass == cb->warp_pass) {
 			*exec = ge.exec;
 			return 0;
 		}
@@ -788,7 +817,7 @@ graph_for(struct cuda_backend *cb, int rows, int nlog, cudaGraphExec_t *exec)
 	cudaGraphDestroy(graph);
 	if (e != cudaSuccess)
 		return fail(cb, e, "cudaGraphInstantiate");
-	cb->graphs->push_back(graph_entry{ rows, nlog, *exec });
+	cb->graphs->push_back(graph_entry{ rows, nlog, cb->warp_pass, *exec });
 	return 0;
 }
 
@@ -826,6 +855,7 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 	struct plan pl;
 	if ((rc = make_plan(cb, b, slots, rows, nlog, cap, &pl)))
 		return rc;
+	cb->warp_pass = pl.warp_pass;
 	if (cb->timing)
 		CK(cudaEventRecord(cb->ev_t[0], cb->st));
 	if ((rc = upload_plan(cb, rows, &pl)))
@@ -1163,6 +1193,12 @@ create(struct cuda_backend *cb, const struct cuda_backend_params *p, size_t *wei
 	// and 8 (0.6b N=1); BRAID_ATT_ONE_STREAM=0 turns the path off.
 	cb->one_stream = switch_on("BRAID_ATT_ONE_STREAM");
 	cb->one_warps = cb->n_sm * 4;
+	// A decode pass's shared-prefix rows in one-warp units of several rows
+	// instead of CTA units on a second stream (an H100, against
+	// BRAID_ATT_PREFIX_WARP=0 side by side: 1.7b N = 8 / 32 / 64 / 128 +1-4%
+	// / +5% / +3% / +3%, 0.6b N = 8 / 64 / 128 +10% / +5% / +4%, 8b N = 8 /
+	// 64 +5% / +3%; docs/gpu-bench.md).
+	cb->warp_rows = switch_on("BRAID_ATT_PREFIX_WARP") ? k_attn_warp_rows(c->n_heads, c->n_kv_heads, c->head_dim) : 1;
 	// SwiGLU in the gate-up GEMV's epilogue; BRAID_FUSE_SWIGLU=0 keeps the
 	// separate kernel.
 	cb->fuse_swiglu = switch_on("BRAID_FUSE_SWIGLU");

@@ -229,7 +229,17 @@ kc_kv_offset(const struct kc_geom *g, int32_t blk, int l, int kv, int h, int off
 extern "C" int
 kc_attn_warp_item(int n_rows, int n_heads, int n_kv_heads, int head_dim)
 {
+	if (n_rows > 1 && k_init(head_dim) != cudaSuccess)
+		return 0;
 	return k_attn_warp_item(n_rows, n_heads, n_kv_heads, head_dim);
+}
+
+extern "C" int
+kc_attn_warp_rows(int n_heads, int n_kv_heads, int head_dim)
+{
+	if (k_init(head_dim) != cudaSuccess)
+		return 1;
+	return k_attn_warp_rows(n_heads, n_kv_heads, head_dim);
 }
 
 extern "C" int
@@ -505,8 +515,10 @@ kc_attention(const struct kc_attn_args *a, float *out, char *err, int errlen)
 			rp_off[a->item_rows[it->row0 + j] + 1]++;
 		}
 	}
-	// Decode items (one row) go after the others, to the one-warp kernel,
-	// as backend.cu's plan puts them.
+	// One-warp items (decode items, and items of a few rows where the
+	// kernel runs them: k_attn_warp_item reads k_init's settings) go after
+	// the others, to the one-warp kernel, as backend.cu's plan puts them.
+	CK(&R, k_init(hd));
 	n_cta = 0;
 	for (int pass = 0; pass < 2; pass++) {
 		for (int i = 0; i < a->n_items; i++) {
@@ -554,7 +566,6 @@ kc_attention(const struct kc_attn_args *a, float *out, char *err, int errlen)
 	CK(&R, cudaMemsetAsync(d_ml, 0xff, (size_t)n_parts * nh * 2 * sizeof(float), R.s));
 	CK(&R, cudaMemsetAsync(d_acc, 0xff, (size_t)n_parts * nh * hd * sizeof(float), R.s));
 
-	CK(&R, k_init(hd));
 	if (a->decode_path == 2) {
 		int32_t *tab_off = NULL, *d_taboff = NULL;
 		TRY(h_alloc(&R, (void **)&tab_off, (size_t)a->rows * sizeof(int32_t)));

@@ -113,8 +113,12 @@ struct kc_attn_args {
 	int cluster;
 };
 
-/* 1 if an item of n_rows rows goes to the one-warp decode kernel. */
+/* 1 if an item of n_rows rows goes to the one-warp kernel (for n_rows > 1,
+ * as BRAID_ATT_MMA says now). */
 int kc_attn_warp_item(int n_rows, int n_heads, int n_kv_heads, int head_dim);
+/* Rows an item of several rows may carry on one warp (k_attn_warp_rows;
+ * 1: none), as BRAID_ATT_MMA says now. */
+int kc_attn_warp_rows(int n_heads, int n_kv_heads, int head_dim);
 
 /* out (rows, n_heads*head_dim), in/out, gets the merged attention (rounded
  * to bf16).  The wrapper builds the merge's CSR lists from the items: row

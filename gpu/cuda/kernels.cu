@@ -954,9 +954,18 @@ attention_kernel(const float *q, const bf16 *kv, const int32_t *tables, const in
 // ---- decode units, one warp each ------------------------------------------------------
 
 int
+k_attn_warp_rows(int n_heads, int n_kv_heads, int hd)
+{
+	const int group = n_heads / n_kv_heads;
+	return att_mma && (hd == 64 || hd == 128) && group <= 8 && 16 % group == 0 ? 16 / group : 1;
+}
+
+int
 k_attn_warp_item(int n_rows, int n_heads, int n_kv_heads, int hd)
 {
 	const int group = n_heads / n_kv_heads;
+	if (n_rows > 1)
+		return n_rows <= k_attn_warp_rows(n_heads, n_kv_heads, hd);
 	return n_rows == 1 && group <= 8 && (hd == 16 || hd == 32 || hd == 64 || hd == 128 || hd == 256);
 }
 
@@ -969,13 +978,15 @@ k_attn_warp_item(int n_rows, int n_heads, int n_kv_heads, int hd)
 // Shared memory of one warp of the one-warp kernel, in bytes: its queries
 // (group x hd f32), then a tile's K rows (32 x (hd + 8) bf16: the padding
 // keeps a lane's 16-byte reads of its own row free of bank conflicts) and
-// V rows (32 x hd bf16).
+// V rows (32 x hd bf16).  The tensor-core kernel (mma) also runs units of
+// several rows: a tile's K and V rows, then 16 query rows in a high and a
+// low part, all hd + 8 bf16 apart.
 static __host__ __device__ size_t
-attw_warp_smem(int hd, int group)
+attw_warp_smem(int hd, int group, bool mma)
 {
 	const size_t f = (size_t)group * hd * sizeof(float) + (size_t)32 * (hd + 8) * sizeof(bf16) +
 			 (size_t)32 * hd * sizeof(bf16);
-	const size_t b = (size_t)2 * 32 * ATTB_STRIDE(hd) * sizeof(bf16);   // the tensor-core unit's
+	const size_t b = (size_t)(mma ? 2 * 32 + 2 * 16 : 2 * 32) * ATTB_STRIDE(hd) * sizeof(bf16);
 	return f > b ? f : b;
 }
 
@@ -1374,6 +1385,189 @@ attention_warp_unit_mma(const float *q, const bf16 *kv, const int32_t *tables, c
 	}
 }
 
+// A unit of several rows on one warp's bf16 tensor cores: the item's n_rows
+// rows x group q heads (at most 16 queries, k_attn_warp_rows) against
+// positions [kv0, kv1) of kv head kvh, each row up to its own position -
+// the shared-prefix items of decode passes, which in the CTA kernel ran
+// one long unit per CTA (16-21 us at 1.7b N=64, a third of it instruction
+// fetch) beside this kernel's units, on a second stream.  Query slot i
+// (row i / group, head i % group) is row i of the A operand; the queries
+// (pre-scaled) and the probabilities in a high and a low bf16 part, as the
+// CTA unit (attention_unit_bf16) has them.  The queries go to shared memory
+// (read by ldmatrix each tile: in registers they would cost the kernel its
+// occupancy), after the tile's K and V rows; tiles of 32 positions as in
+// attwm_run.  The first tile's rows below pre are already in flight.
+template <int HD>
+static __device__ void
+attention_warp_unit_rows(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
+			 const int32_t *item_rows, const k_attn_item &it, int kvh, int n_heads, k_kv_geom g,
+			 int layer, float *part_ml, float *part_acc, bf16 *ks, int pre)
+{
+	constexpr int S = ATTB_STRIDE(HD), ND = HD / 8, KK = HD / 16, QL = HD / 8;
+	const int lane = threadIdx.x & 31, gr = lane >> 2, t = lane & 3, group = n_heads / g.n_kv_heads;
+	const int n_q = it.n_rows * group;
+	bf16 *vs = ks + 32 * S, *Qh = vs + 32 * S, *Ql = Qh + 16 * S;
+	const int32_t *table = tables + it.tab;
+	// Lane j < n_rows: row j and its position; the range ends past the
+	// last row's.
+	const int row_l = item_rows[it.row0 + min(lane, it.n_rows - 1)];
+	const int32_t pos_l = pos[row_l];
+	int32_t pmax = pos_l;
+#pragma unroll
+	for (int off = 16; off > 0; off >>= 1)
+		pmax = max(pmax, __shfl_xor_sync(0xffffffffu, pmax, off));
+	const int32_t end = min(it.kv1, pmax + 1);
+	{
+		// 16 query slots x HD / 4 float4, QL a lane: every load in flight
+		// before the first is split and stored.
+		const float scale = LOG2E / sqrtf((float)HD);
+		float4 v[QL];
+#pragma unroll
+		for (int k = 0; k < QL; k++) {
+			const int i = lane + 32 * k, qi = i / (HD / 4), d4 = i % (HD / 4);
+			const int r = __shfl_sync(0xffffffffu, row_l, qi / group);
+			v[k] = qi < n_q ? *(const float4 *)(q + ((size_t)r * n_heads + kvh * group + qi % group) * HD + d4 * 4)
+					: make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+		}
+#pragma unroll
+		for (int k = 0; k < QL; k++) {
+			const int i = lane + 32 * k, qi = i / (HD / 4), d4 = i % (HD / 4);
+			uint2 hi, lo;
+			split_bf16(v[k].x * scale, v[k].y * scale, hi.x, lo.x);
+			split_bf16(v[k].z * scale, v[k].w * scale, hi.y, lo.y);
+			*(uint2 *)(Qh + qi * S + d4 * 4) = hi;
+			*(uint2 *)(Ql + qi * S + d4 * 4) = lo;
+		}
+	}
+	// Rows a (query slot gr) and c (gr + 8) of the accumulators: their
+	// last visible positions (-1: no query).
+	const int qa = gr, qc = gr + 8;
+	const int32_t lim_a = __shfl_sync(0xffffffffu, pos_l, qa / group);
+	const int32_t lim_c = __shfl_sync(0xffffffffu, pos_l, min(qc / group, 31));
+	const int32_t la = qa < n_q ? lim_a : -1, lc = qc < n_q ? lim_c : -1;
+	const int mi = lane >> 3, r8 = lane & 7;
+	const int q_ld = ((mi & 1) * 8 + r8) * S + (mi >> 1) * 8;
+	const int k_ld = ((mi >> 1) * 8 + r8) * S + (mi & 1) * 8;
+	const int v_ld = ((mi & 1) * 8 + r8) * S + (mi >> 1) * 8;
+	float o[ND][4];
+#pragma unroll
+	for (int n = 0; n < ND; n++)
+		o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+	float m_a = -INFINITY, m_c = -INFINITY, l_a = 0.0f, l_c = 0.0f;   // l: this lane's share
+	__syncwarp();
+	for (int32_t t0 = it.kv0; t0 < end; t0 += 32) {
+		const int32_t p = t0 + lane;
+		const int32_t blk = p < end ? table[p / g.block_tokens] : 0;
+		const int n = min(32, end - t0);
+		attw_copy_rows<HD>(ks, vs, S, kv, g, layer, kvh, t0, blk, t0 == it.kv0 ? pre : 0, n);
+		for (int i = n * (HD / 8) + lane; i < 32 * (HD / 8); i += 32)
+			*(uint4 *)(vs + (i / (HD / 8)) * S + (i % (HD / 8)) * 8) = make_uint4(0, 0, 0, 0);
+		cp_async_wait_all();
+		__syncwarp();
+		float sc[4][4];
+#pragma unroll
+		for (int k = 0; k < 4; k++)
+			sc[k][0] = sc[k][1] = sc[k][2] = sc[k][3] = 0.0f;
+#pragma unroll
+		for (int kk = 0; kk < KK; kk++) {
+			uint32_t ah[4], al[4], b0[4], b1[4];
+			ldsm4(ah, Qh + q_ld + kk * 16);
+			ldsm4(al, Ql + q_ld + kk * 16);
+			ldsm4(b0, ks + k_ld + kk * 16);
+			ldsm4(b1, ks + k_ld + 16 * S + kk * 16);
+			mma_bf16(sc[0], ah, b0[0], b0[1]);
+			mma_bf16(sc[1], ah, b0[2], b0[3]);
+			mma_bf16(sc[2], ah, b1[0], b1[1]);
+			mma_bf16(sc[3], ah, b1[2], b1[3]);
+			mma_bf16(sc[0], al, b0[0], b0[1]);
+			mma_bf16(sc[1], al, b0[2], b0[3]);
+			mma_bf16(sc[2], al, b1[0], b1[1]);
+			mma_bf16(sc[3], al, b1[2], b1[3]);
+		}
+		// Mask, then the online softmax of rows a and c; a quad of lanes
+		// holds a row.
+		float mx_a = -INFINITY, mx_c = -INFINITY;
+#pragma unroll
+		for (int k = 0; k < 4; k++)
+#pragma unroll
+			for (int e = 0; e < 2; e++) {
+				const int32_t pp = t0 + k * 8 + 2 * t + e;
+				const bool in = pp < end;
+				sc[k][e] = in && pp <= la ? sc[k][e] : -INFINITY;
+				sc[k][2 + e] = in && pp <= lc ? sc[k][2 + e] : -INFINITY;
+				mx_a = fmaxf(mx_a, sc[k][e]);
+				mx_c = fmaxf(mx_c, sc[k][2 + e]);
+			}
+#pragma unroll
+		for (int off = 1; off <= 2; off <<= 1) {
+			mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, off));
+			mx_c = fmaxf(mx_c, __shfl_xor_sync(0xffffffffu, mx_c, off));
+		}
+		const float mn_a = fmaxf(m_a, mx_a), mn_c = fmaxf(m_c, mx_c);
+		const float cor_a = mn_a == -INFINITY ? 1.0f : exp2f(m_a - mn_a);
+		const float cor_c = mn_c == -INFINITY ? 1.0f : exp2f(m_c - mn_c);
+		m_a = mn_a;
+		m_c = mn_c;
+		float s_a = 0.0f, s_c = 0.0f;
+		uint32_t ph[2][4], pl[2][4];     // P (hi + lo) as k16 A fragments
+#pragma unroll
+		for (int k = 0; k < 4; k++) {
+			float pr[4];
+#pragma unroll
+			for (int e = 0; e < 2; e++) {
+				pr[e] = mn_a == -INFINITY ? 0.0f : exp2f(sc[k][e] - mn_a);
+				pr[2 + e] = mn_c == -INFINITY ? 0.0f : exp2f(sc[k][2 + e] - mn_c);
+				s_a += pr[e];
+				s_c += pr[2 + e];
+			}
+			split_bf16(pr[0], pr[1], ph[k >> 1][(k & 1) * 2], pl[k >> 1][(k & 1) * 2]);
+			split_bf16(pr[2], pr[3], ph[k >> 1][(k & 1) * 2 + 1], pl[k >> 1][(k & 1) * 2 + 1]);
+		}
+		l_a = l_a * cor_a + s_a;
+		l_c = l_c * cor_c + s_c;
+#pragma unroll
+		for (int d = 0; d < ND; d++) {
+			o[d][0] *= cor_a;
+			o[d][1] *= cor_a;
+			o[d][2] *= cor_c;
+			o[d][3] *= cor_c;
+		}
+#pragma unroll
+		for (int kk = 0; kk < 2; kk++)
+#pragma unroll
+			for (int dp = 0; dp < KK; dp++) {
+				uint32_t b[4];
+				ldsm4<true>(b, vs + v_ld + kk * 16 * S + dp * 16);
+				mma_bf16(o[2 * dp], ph[kk], b[0], b[1]);
+				mma_bf16(o[2 * dp + 1], ph[kk], b[2], b[3]);
+				mma_bf16(o[2 * dp], pl[kk], b[0], b[1]);
+				mma_bf16(o[2 * dp + 1], pl[kk], b[2], b[3]);
+			}
+		__syncwarp();            // every lane is done with the tile's rows
+	}
+#pragma unroll
+	for (int off = 1; off <= 2; off <<= 1) {
+		l_a += __shfl_xor_sync(0xffffffffu, l_a, off);
+		l_c += __shfl_xor_sync(0xffffffffu, l_c, off);
+	}
+#pragma unroll
+	for (int hv = 0; hv < 2; hv++) {
+		const int qi = hv ? qc : qa;
+		if (qi >= n_q)
+			continue;
+		const size_t slot = (size_t)(it.part0 + qi / group) * n_heads + kvh * group + qi % group;
+		float *dst = part_acc + slot * HD + 2 * t;
+#pragma unroll
+		for (int d = 0; d < ND; d++)
+			*(float2 *)(dst + d * 8) = make_float2(o[d][2 * hv], o[d][2 * hv + 1]);
+		if (t == 0) {
+			part_ml[slot * 2] = hv ? m_c : m_a;
+			part_ml[slot * 2 + 1] = hv ? l_c : l_a;
+		}
+	}
+	__syncwarp();                    // the queries and tile rows are reused by the warp's next unit
+}
+
 // ATTW_WARPS warps a block; warp unit u = item n_items[0] + u / n_kv_heads,
 // kv head u % n_kv_heads, for u < n_items[1] * n_kv_heads.
 template <int DPL, bool MMA>
@@ -1387,12 +1581,15 @@ attention_warp_kernel(const float *q, const bf16 *kv, const int32_t *tables, con
 	constexpr int HDM = DPL * 32;    // head_dim, for the tensor-core unit (64, 128)
 	const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, group = n_heads / g.n_kv_heads;
 	const int first = n_items[0], units = n_items[1] * g.n_kv_heads, u0 = blockIdx.x * ATTW_WARPS + w;
-	float *qs = (float *)((char *)attw_sm + w * attw_warp_smem(g.head_dim, group));
+	float *qs = (float *)((char *)attw_sm + w * attw_warp_smem(g.head_dim, group, MMA));
 	// Before the wait (launched with k_launch, the kernels before may still
 	// run): the metadata, uploaded before the pass, and the first tile's K
 	// and V rows older than the row's own position - written by earlier
-	// passes; this pass writes only a row's own position (a pass launched so
-	// has one row).  Launched plainly, everything before has finished.
+	// passes; a pass launched so writes only its rows' own positions, each
+	// row the only one of its sequence (k_attention_decode).  A unit of
+	// several rows (the tensor-core kernel) fetches the positions below
+	// every row's; its range ends past the last row's.  Launched plainly,
+	// everything before has finished.
 	int pre = 0;
 	if (u0 < units) {
 		const k_attn_item it = items[first + u0 / g.n_kv_heads];
@@ -1400,7 +1597,15 @@ attention_warp_kernel(const float *q, const bf16 *kv, const int32_t *tables, con
 		// p < end: its load then goes out beside the row's and position's.
 		const int32_t p = it.kv0 + lane;
 		const int32_t blk = p < it.kv1 ? tables[it.tab + p / g.block_tokens] : 0;
-		const int32_t pr = pos[item_rows[it.row0]], end = min(it.kv1, pr + 1);
+		int32_t pr = pos[item_rows[it.row0 + (MMA ? min(lane, it.n_rows - 1) : 0)]], pe = pr;
+		if (MMA && it.n_rows > 1) {
+#pragma unroll
+			for (int off = 16; off > 0; off >>= 1) {
+				pr = min(pr, __shfl_xor_sync(0xffffffffu, pr, off));
+				pe = max(pe, __shfl_xor_sync(0xffffffffu, pe, off));
+			}
+		}
+		const int32_t end = min(it.kv1, pe + 1);
 		if (it.kv0 < end) {
 			pre = max(0, min(min(32, end - it.kv0), pr - it.kv0));
 			if constexpr (MMA) {
@@ -1417,10 +1622,14 @@ attention_warp_kernel(const float *q, const bf16 *kv, const int32_t *tables, con
 	k_pdl_wait();
 	for (int u = u0; u < units; u += gridDim.x * ATTW_WARPS) {
 		const k_attn_item &it = items[first + u / g.n_kv_heads];
-		if constexpr (MMA)
-			attention_warp_unit_mma<HDM>(q, kv, tables, pos, item_rows, it, u % g.n_kv_heads, n_heads, g, layer,
-						     part_ml, part_acc, (bf16 *)qs, u == u0 ? pre : 0);
-		else
+		if constexpr (MMA) {
+			if (it.n_rows > 1)
+				attention_warp_unit_rows<HDM>(q, kv, tables, pos, item_rows, it, u % g.n_kv_heads, n_heads, g,
+							      layer, part_ml, part_acc, (bf16 *)qs, u == u0 ? pre : 0);
+			else
+				attention_warp_unit_mma<HDM>(q, kv, tables, pos, item_rows, it, u % g.n_kv_heads, n_heads, g,
+							     layer, part_ml, part_acc, (bf16 *)qs, u == u0 ? pre : 0);
+		} else
 			attention_warp_unit<DPL>(q, kv, tables, pos, item_rows, it, u % g.n_kv_heads, n_heads, g, layer,
 						 part_ml, part_acc, qs, u == u0 ? pre : 0);
 	}
@@ -1444,7 +1653,7 @@ launch_warp(const float *q, const bf16 *kv, const int32_t *tables, const int32_t
 	default: return cudaSuccess;     // no item is a warp item (k_attn_warp_item)
 	}
 	const dim3 blocks((warps + ATTW_WARPS - 1) / ATTW_WARPS), threads(ATTW_WARPS * 32);
-	const size_t smem = ATTW_WARPS * attw_warp_smem(g.head_dim, n_heads / g.n_kv_heads);
+	const size_t smem = ATTW_WARPS * attw_warp_smem(g.head_dim, n_heads / g.n_kv_heads, att_mma && (g.head_dim == 64 || g.head_dim == 128));
 	if (pdl)
 		return k_launch(kern, blocks, threads, smem, s, q, kv, tables, pos, item_rows, items, n_items, n_heads, g,
 				layer, part_ml, part_acc);
@@ -1898,7 +2107,8 @@ k_init(int hd)
 		if (e == cudaSuccess)
 			e = cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, amost);
 	// The one-warp kernels: a warp's queries (up to 8 heads) and tile.
-	const int wmost = (int)(ATTW_WARPS * attw_warp_smem(K_MAX_HEAD_DIM, 8));
+	const size_t wf = attw_warp_smem(K_MAX_HEAD_DIM, 8, false), wm = attw_warp_smem(128, 8, true);
+	const int wmost = (int)(ATTW_WARPS * (wf > wm ? wf : wm));
 	const void *attw[] = { (const void *)attention_warp_kernel<1, false>, (const void *)attention_warp_kernel<2, false>,
 			       (const void *)attention_warp_kernel<4, false>, (const void *)attention_warp_kernel<8, false>,
 			       (const void *)attention_warp_kernel<2, true>, (const void *)attention_warp_kernel<4, true> };

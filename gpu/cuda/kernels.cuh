@@ -79,8 +79,8 @@ cudaError_t k_qkv_post(const float *qkv, const float *b, const float *qn, const 
 
 // Attention partials (head_dim a multiple of 8) for items[n_items[0] +
 // n_items[1]]: the first n_items[0] on a persistent grid of ctas blocks of
-// K_ATT_THREADS (0: none), the other n_items[1] (decode items: k_attn_warp_item() is
-// true for them) one warp each on a persistent grid of `warps` warps (0:
+// K_ATT_THREADS (0: none), the other n_items[1] (k_attn_warp_item() is true
+// for them) one warp each on a persistent grid of `warps` warps (0:
 // none; rounded up to whole blocks) launched on
 // s_warp (s, or a stream the caller joins back: the two kernels write
 // disjoint partials and may run side by side).  For each
@@ -93,10 +93,11 @@ cudaError_t k_attention(const float *q, const bf16 *kv, const int32_t *tables, c
 			float *part_acc, cudaStream_t s, cudaStream_t s_warp);
 
 // k_attention's one-warp kernel alone on `warps` warps, on s with
-// programmatic dependent launch: for one-row passes (only decode items, see
-// k_attn_warp_item).  Before it waits for the kernel before, each warp
-// reads its first unit's metadata and fetches that tile's K/V rows older
-// than the row's position; so the pass may write no other position.
+// programmatic dependent launch: for passes whose items are all one-warp
+// items (k_attn_warp_item) and whose rows are each the only one of their
+// sequence.  Before it waits for the kernel before, each warp reads its
+// first unit's metadata and fetches that tile's K/V rows older than its
+// rows' positions; so the pass may write no other position.
 cudaError_t k_attention_decode(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
 			       const int32_t *item_rows, const k_attn_item *items, const int *n_items, int warps,
 			       int n_heads, k_kv_geom g, int layer, float *part_ml, float *part_acc, cudaStream_t s);
@@ -123,9 +124,15 @@ int k_attention_cluster_size(k_kv_geom g, int n_heads);
 // After k_init.
 int k_attention_cluster_fits(k_kv_geom g, int n_heads, int size);
 
-// 1 if an item of n_rows rows goes to the one-warp decode kernel: a single
-// row, at most 8 q heads per kv head, head_dim 16, 32, 64, 128 or 256.
+// 1 if an item of n_rows rows goes to the one-warp kernel: a single row,
+// at most 8 q heads per kv head, head_dim 16, 32, 64, 128 or 256; or up to
+// k_attn_warp_rows rows.  After k_init.
 int k_attn_warp_item(int n_rows, int n_heads, int n_kv_heads, int hd);
+// Rows an item of several rows may carry on one warp (16 query heads:
+// 16 / group) where the kernel runs such units - on the tensor cores
+// (BRAID_ATT_MMA not 0), head_dim 64 or 128, 1, 2, 4 or 8 q heads per kv
+// head; else 1.  After k_init.
+int k_attn_warp_rows(int n_heads, int n_kv_heads, int hd);
 
 // out(rows, nh*hd) bf16 = merge of row r's partials rp_idx[rp_off[r] ..
 // rp_off[r+1]); rows < *n (the others get zeros).

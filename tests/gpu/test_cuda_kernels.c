@@ -624,6 +624,21 @@ att_prefix(int nh, int nkv, int hd)
 		plan_chunks(&A, &rows[s], 1, s, 512, last[s] + 1, 0);
 	plan_shuffle(&A);
 	att_run(&A, "(c) shared prefix split", 7);
+	/* the prefix in items of as many rows as one warp's unit carries (a
+	 * decode pass's plan): all of them, and every per-sequence part, on the
+	 * one-warp kernel - launched as beside CTA units, then alone with
+	 * programmatic dependent launch */
+	const int wr = kc_attn_warp_rows(nh, nkv, hd);
+	if (wr > 1) {
+		plan_reset(&A);
+		for (int s = 0; s < n_seq; s += wr)
+			plan_chunks(&A, rows + s, n_seq - s < wr ? n_seq - s : wr, s, 0, 512, 96);
+		for (int s = 0; s < n_seq; s++)
+			plan_chunks(&A, &rows[s], 1, s, 512, last[s] + 1, 0);
+		plan_shuffle(&A);
+		att_run_on(&A, "(c) shared prefix, one-warp units of rows", 7, 0, 0);
+		att_run_on(&A, "(c) shared prefix, one-warp units of rows", 7, 1, 0);
+	}
 	att_free(&A);
 }
 
