@@ -459,7 +459,7 @@ make_plan(struct cuda_backend *cb, const struct fwd_batch *b, const int32_t *slo
 	auto is_warp = [&](const task &t) { return t.warp; };
 	// The one-warp kernel's chunks: ch / ATT_WARP_SPLIT for decode items;
 	// ch for items of several rows (ch / 3 measured 1-5% slower at 1.7b N =
-	// 32..128, an H100).
+	// 32..128, 2 ch 3-8% slower, an H100).
 	long chw = std::max<long>(ATT_MIN_CHUNK, (ch / ATT_WARP_SPLIT + K_ATT_TILE - 1) / K_ATT_TILE * K_ATT_TILE);
 	auto chunk = [&](const task &t) { return t.warp && t.n_rows == 1 ? chw : ch; };
 	for (;; ch *= 2, chw *= 2) {
@@ -481,7 +481,9 @@ make_plan(struct cuda_backend *cb, const struct fwd_batch *b, const int32_t *slo
 	for (const task &t : tasks) {
 		const long c = chunk(t);
 		for (long a = t.kv0; a < t.kv1; a += c) {
-			const k_attn_item it = { np, t.n_rows, t.tab, (int32_t)a, (int32_t)std::min<long>(a + c, t.kv1), np };
+			const int32_t r0 = task_rows[t.rows0];
+			const k_attn_item it = { np, t.n_rows, t.tab, (int32_t)a, (int32_t)std::min<long>(a + c, t.kv1), np,
+						 r0, b->pos[r0] };
 			if (is_warp(t))
 				warp_items.push_back(it);
 			else

@@ -533,6 +533,8 @@ kc_attention(const struct kc_attn_args *a, float *out, char *err, int errlen)
 			o->kv0 = it->kv0;
 			o->kv1 = it->kv1;
 			o->part0 = it->part0;
+			o->row = a->item_rows[it->row0];
+			o->pos = a->pos[o->row];
 		}
 		if (pass == 0)
 			n_cta = n_sorted;

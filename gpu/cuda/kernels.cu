@@ -1188,16 +1188,15 @@ attw_run(const bf16 *kv, const int32_t *table, const k_kv_geom &g, int layer, in
 // consecutive dims.
 template <int DPL>
 static __device__ void
-attention_warp_unit(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
-		    const int32_t *item_rows, const k_attn_item &it, int kvh, int n_heads, k_kv_geom g, int layer,
-		    float *part_ml, float *part_acc, float *qs, int pre)
+attention_warp_unit(const float *q, const bf16 *kv, const int32_t *tables, const k_attn_item &it, int kvh,
+		    int n_heads, k_kv_geom g, int layer, float *part_ml, float *part_acc, float *qs, int pre)
 {
 	const int lane = threadIdx.x & 31, hd = g.head_dim, group = n_heads / g.n_kv_heads;
 	const int ks_row = hd + 8;      // bf16 per ks row
 	bf16 *ks = attw_ks(qs, hd, group), *vs = ks + 32 * ks_row;
 	const float scale = LOG2E / sqrtf((float)hd);
-	const int r = item_rows[it.row0];
-	const int32_t end = min(it.kv1, pos[r] + 1);
+	const int r = it.row;
+	const int32_t end = min(it.kv1, it.pos + 1);
 	const int32_t *table = tables + it.tab;
 	for (int i = lane; i < group * hd; i += 32)
 		qs[i] = q[((size_t)r * n_heads + kvh * group) * hd + i] * scale;
@@ -1363,14 +1362,13 @@ attwm_run(const float *q, const bf16 *kv, const int32_t *table, const k_kv_geom 
 
 template <int HD>
 static __device__ void
-attention_warp_unit_mma(const float *q, const bf16 *kv, const int32_t *tables, const int32_t *pos,
-			const int32_t *item_rows, const k_attn_item &it, int kvh, int n_heads, k_kv_geom g,
-			int layer, float *part_ml, float *part_acc, bf16 *ks, int pre)
+attention_warp_unit_mma(const float *q, const bf16 *kv, const int32_t *tables, const k_attn_item &it, int kvh,
+			int n_heads, k_kv_geom g, int layer, float *part_ml, float *part_acc, bf16 *ks, int pre)
 {
 	const int lane = threadIdx.x & 31, gr = lane >> 2, t = lane & 3, group = n_heads / g.n_kv_heads;
-	const int r = item_rows[it.row0];
+	const int r = it.row;
 	float m, l, o[HD / 8][4];
-	attwm_run<HD>(q, kv, tables + it.tab, g, layer, r, kvh, n_heads, it.kv0, min(it.kv1, pos[r] + 1), pre, ks, m,
+	attwm_run<HD>(q, kv, tables + it.tab, g, layer, r, kvh, n_heads, it.kv0, min(it.kv1, it.pos + 1), pre, ks, m,
 		      l, o);
 	if (gr < group) {
 		const size_t slot = (size_t)it.part0 * n_heads + kvh * group + gr;
@@ -1597,8 +1595,9 @@ attention_warp_kernel(const float *q, const bf16 *kv, const int32_t *tables, con
 		// p < end: its load then goes out beside the row's and position's.
 		const int32_t p = it.kv0 + lane;
 		const int32_t blk = p < it.kv1 ? tables[it.tab + p / g.block_tokens] : 0;
-		int32_t pr = pos[item_rows[it.row0 + (MMA ? min(lane, it.n_rows - 1) : 0)]], pe = pr;
+		int32_t pr = it.pos, pe = pr;
 		if (MMA && it.n_rows > 1) {
+			pr = pe = pos[item_rows[it.row0 + min(lane, it.n_rows - 1)]];
 #pragma unroll
 			for (int off = 16; off > 0; off >>= 1) {
 				pr = min(pr, __shfl_xor_sync(0xffffffffu, pr, off));
@@ -1627,11 +1626,11 @@ attention_warp_kernel(const float *q, const bf16 *kv, const int32_t *tables, con
 				attention_warp_unit_rows<HDM>(q, kv, tables, pos, item_rows, it, u % g.n_kv_heads, n_heads, g,
 							      layer, part_ml, part_acc, (bf16 *)qs, u == u0 ? pre : 0);
 			else
-				attention_warp_unit_mma<HDM>(q, kv, tables, pos, item_rows, it, u % g.n_kv_heads, n_heads, g,
-							     layer, part_ml, part_acc, (bf16 *)qs, u == u0 ? pre : 0);
+				attention_warp_unit_mma<HDM>(q, kv, tables, it, u % g.n_kv_heads, n_heads, g, layer, part_ml,
+							     part_acc, (bf16 *)qs, u == u0 ? pre : 0);
 		} else
-			attention_warp_unit<DPL>(q, kv, tables, pos, item_rows, it, u % g.n_kv_heads, n_heads, g, layer,
-						 part_ml, part_acc, qs, u == u0 ? pre : 0);
+			attention_warp_unit<DPL>(q, kv, tables, it, u % g.n_kv_heads, n_heads, g, layer, part_ml, part_acc,
+						 qs, u == u0 ? pre : 0);
 	}
 }
 

@@ -42,12 +42,16 @@ k_kv_offset(const k_kv_geom &g, int32_t blk, int l, int kv, int h, int off)
 // One unit of attention work, done for every kv head: query rows
 // item_rows[row0 .. row0+n_rows) against positions [kv0, kv1) of the
 // sequence whose block table starts at tables[tab]; row j's partial result
-// goes to slot part0 + j.  Rows see only positions <= their own.
+// goes to slot part0 + j.  Rows see only positions <= their own.  row and
+// pos: the first row (item_rows[row0]) and its position, so that a one-row
+// unit starts its block-table load and tile copy without those two
+// dependent loads.
 struct k_attn_item {
 	int32_t row0, n_rows;
 	int32_t tab;
 	int32_t kv0, kv1;
 	int32_t part0;
+	int32_t row, pos;
 };
 
 // x(rows, d) f32 = emb[tokens[r]] (emb (vocab, d) bf16); rows < *n.
