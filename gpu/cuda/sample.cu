@@ -218,22 +218,30 @@ static __device__ double samp_block_sum(double v, samp_smem &S)
 }
 
 // f(i, logits[i]) for every i in [lo, hi) (lo a multiple of 4), each thread
-// in increasing i.
+// in increasing i.  Two 16-byte loads a thread in flight: with one, a pass
+// over a row's 151,936 logits on one or two CTAs waited on memory.
 template <class F>
 static __device__ __forceinline__ void samp_each(const float *__restrict__ row, int lo, int hi, F &&f)
 {
 	int i0 = lo;
 	if (((uintptr_t)(row + lo) & 15) == 0) {
 		const float4 *r4 = (const float4 *)(row + lo);
-		int n4 = (hi - lo) >> 2;
-		for (int j = threadIdx.x; j < n4; j += SAMP_NT) {
-			float4 v = __ldg(r4 + j);
-			int i = lo + (j << 2);
+		const int n4 = (hi - lo) >> 2;
+		auto four = [&](int j, const float4 &v) {
+			const int i = lo + (j << 2);
 			f(i, v.x);
 			f(i + 1, v.y);
 			f(i + 2, v.z);
 			f(i + 3, v.w);
+		};
+		int j = threadIdx.x;
+		for (; j + SAMP_NT < n4; j += 2 * SAMP_NT) {
+			const float4 v0 = __ldg(r4 + j), v1 = __ldg(r4 + j + SAMP_NT);
+			four(j, v0);
+			four(j + SAMP_NT, v1);
 		}
+		if (j < n4)
+			four(j, __ldg(r4 + j));
 		i0 = lo + (n4 << 2);
 	}
 	for (int i = i0 + threadIdx.x; i < hi; i += SAMP_NT)
@@ -672,8 +680,7 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 	if (n_top > 0 || !greedy) {
 		const int base = lo + warp * rw, end = min(hi, base + rw);
 		float acc = 0.0f;
-		for (int i = base + lane; i < end; i += 32) {
-			float x = __ldg(row + i);
+		auto one = [&](int i, float x) {
 			if (n_top > 0) {
 				u64 ck = samp_ck(x, i);
 				if (ck >= n_thr) {
@@ -686,7 +693,21 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 			}
 			if (!greedy)
 				acc += kept(i, x);
+		};
+		// A lane's ids base + lane + 32 k in increasing k, four loads in
+		// flight (one at a time, this pass was most of the kernel's time
+		// at 64 rows).
+		int i = base + lane;
+		for (; i + 96 < end; i += 128) {
+			const float x0 = __ldg(row + i), x1 = __ldg(row + i + 32), x2 = __ldg(row + i + 64),
+				    x3 = __ldg(row + i + 96);
+			one(i, x0);
+			one(i + 32, x1);
+			one(i + 64, x2);
+			one(i + 96, x3);
 		}
+		for (; i < end; i += 32)
+			one(i, __ldg(row + i));
 		if (!greedy) {
 			double ws = acc;
 			for (int o2 = 16; o2 > 0; o2 >>= 1)
