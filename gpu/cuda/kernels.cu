@@ -679,6 +679,125 @@ attb_fetch(bf16 *ks, bf16 *vs, const bf16 *kv, const int32_t *blk_s, const int32
 	cp_async_commit();
 }
 
+// The blocks the tensor-core units of many queries share (the CTA unit,
+// attention_unit_bf16, and the one-warp unit of several rows,
+// attention_warp_unit_rows).  A warp holds 16 query rows: a lane quad gr
+// holds rows a = gr and c = gr + 8 of the accumulators.
+//
+// The scores sc of the 16 rows (the queries' high and low bf16 parts at Qh
+// and Ql + q_ld, ldmatrix lane addresses) against NT x 8 K rows at Ks +
+// k_ld (n8 tile n: rows 8n .. 8n + 7), each product high part then low.
+template <int HD, int NT>
+static __device__ __forceinline__ void
+attb_scores(const bf16 *Qh, const bf16 *Ql, int q_ld, const bf16 *Ks, int k_ld, float (&sc)[NT][4])
+{
+	constexpr int S = ATTB_STRIDE(HD);
+#pragma unroll
+	for (int n = 0; n < NT; n++)
+		sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
+#pragma unroll
+	for (int kk = 0; kk < HD / 16; kk++) {
+		uint32_t ah[4], al[4];
+		ldsm4(ah, Qh + q_ld + kk * 16);
+		ldsm4(al, Ql + q_ld + kk * 16);
+#pragma unroll
+		for (int np = 0; np < NT / 2; np++) {
+			uint32_t b[4];
+			ldsm4(b, Ks + k_ld + np * 16 * S + kk * 16);
+			mma_bf16(sc[2 * np], ah, b[0], b[1]);
+			mma_bf16(sc[2 * np + 1], ah, b[2], b[3]);
+			mma_bf16(sc[2 * np], al, b[0], b[1]);
+			mma_bf16(sc[2 * np + 1], al, b[2], b[3]);
+		}
+	}
+}
+
+// One online-softmax step of rows a and c over the masked scores sc, whose
+// largest in this lane are mx_a and mx_c: the running max m, this lane's
+// share of the sum l and the output o rescaled, the probabilities as k16 A
+// fragments in a high (ph) and a low (pl) bf16 part.  A row that has seen
+// only masked positions keeps m -inf and gets zero probabilities.
+template <int NT, int ND>
+static __device__ __forceinline__ void
+attb_online(const float (&sc)[NT][4], float mx_a, float mx_c, float &m_a, float &m_c, float &l_a, float &l_c,
+	    float (&o)[ND][4], uint32_t (&ph)[NT / 2][4], uint32_t (&pl)[NT / 2][4])
+{
+#pragma unroll
+	for (int off = 1; off <= 2; off <<= 1) {
+		mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, off));
+		mx_c = fmaxf(mx_c, __shfl_xor_sync(0xffffffffu, mx_c, off));
+	}
+	const float mn_a = fmaxf(m_a, mx_a), mn_c = fmaxf(m_c, mx_c);
+	const float cor_a = mn_a == -INFINITY ? 1.0f : exp2f(m_a - mn_a);
+	const float cor_c = mn_c == -INFINITY ? 1.0f : exp2f(m_c - mn_c);
+	m_a = mn_a;
+	m_c = mn_c;
+	float s_a = 0.0f, s_c = 0.0f;
+#pragma unroll
+	for (int n = 0; n < NT; n++) {
+		float pr[4];
+#pragma unroll
+		for (int e = 0; e < 2; e++) {
+			pr[e] = mn_a == -INFINITY ? 0.0f : exp2f(sc[n][e] - mn_a);
+			pr[2 + e] = mn_c == -INFINITY ? 0.0f : exp2f(sc[n][2 + e] - mn_c);
+			s_a += pr[e];
+			s_c += pr[2 + e];
+		}
+		split_bf16(pr[0], pr[1], ph[n >> 1][(n & 1) * 2], pl[n >> 1][(n & 1) * 2]);
+		split_bf16(pr[2], pr[3], ph[n >> 1][(n & 1) * 2 + 1], pl[n >> 1][(n & 1) * 2 + 1]);
+	}
+	l_a = l_a * cor_a + s_a;
+	l_c = l_c * cor_c + s_c;
+#pragma unroll
+	for (int n = 0; n < ND; n++) {
+		o[n][0] *= cor_a;
+		o[n][1] *= cor_a;
+		o[n][2] *= cor_c;
+		o[n][3] *= cor_c;
+	}
+}
+
+// o += P . V for the probabilities' high and low parts (NT x 8 positions)
+// and the V rows at Vs + v_ld (ldmatrix, transposed).
+template <int HD, int NT>
+static __device__ __forceinline__ void
+attb_pv(const bf16 *Vs, int v_ld, const uint32_t (&ph)[NT / 2][4], const uint32_t (&pl)[NT / 2][4],
+	float (&o)[HD / 8][4])
+{
+	constexpr int S = ATTB_STRIDE(HD);
+#pragma unroll
+	for (int kk = 0; kk < NT / 2; kk++)
+#pragma unroll
+		for (int dp = 0; dp < HD / 16; dp++) {
+			uint32_t b[4];
+			ldsm4<true>(b, Vs + v_ld + kk * 16 * S + dp * 16);
+			mma_bf16(o[2 * dp], ph[kk], b[0], b[1]);
+			mma_bf16(o[2 * dp + 1], ph[kk], b[2], b[3]);
+			mma_bf16(o[2 * dp], pl[kk], b[0], b[1]);
+			mma_bf16(o[2 * dp + 1], pl[kk], b[2], b[3]);
+		}
+}
+
+// Accumulator row hv (0: a, 1: c) as query slot qi's partial (row qi /
+// group of the item, q head qi % group of kv head kvh): the output (this
+// lane's dims 8 d + 2 t, +1), and m and l from the quad's first lane.
+template <int HD>
+static __device__ __forceinline__ void
+attb_store(float *part_ml, float *part_acc, int part0, int qi, int group, int kvh, int n_heads,
+	   const float (&o)[HD / 8][4], int hv, float m, float l)
+{
+	const int t = threadIdx.x & 3;
+	const size_t slot = (size_t)(part0 + qi / group) * n_heads + kvh * group + qi % group;
+	float *dst = part_acc + slot * HD + 2 * t;
+#pragma unroll
+	for (int d = 0; d < HD / 8; d++)
+		*(float2 *)(dst + d * 8) = make_float2(o[d][2 * hv], o[d][2 * hv + 1]);
+	if (t == 0) {
+		part_ml[slot * 2] = m;
+		part_ml[slot * 2 + 1] = l;
+	}
+}
+
 // The unit of many queries on bf16 tensor cores (mma.m16n8k16, f32
 // accumulation).  The queries (pre-scaled) and the probabilities are
 // split into a high and a low bf16 part (split_bf16), each multiplied by
@@ -766,26 +885,8 @@ attention_unit_bf16(const float *q, const bf16 *kv, const int32_t *tables, const
 		if (active && p0 < it.kv1) {
 			const bf16 *Ks = stage + st * 2 * T * S, *Vs = Ks + T * S;
 			float sc[NT][4];
-#pragma unroll
-			for (int n = 0; n < NT; n++)
-				sc[n][0] = sc[n][1] = sc[n][2] = sc[n][3] = 0.0f;
-#pragma unroll
-			for (int kk = 0; kk < HD / 16; kk++) {
-				uint32_t ah[4], al[4];
-				ldsm4(ah, Qh + q_ld + kk * 16);
-				ldsm4(al, Ql + q_ld + kk * 16);
-#pragma unroll
-				for (int np = 0; np < NT / 2; np++) {
-					uint32_t b[4];
-					ldsm4(b, Ks + k_ld + np * 16 * S + kk * 16);
-					mma_bf16(sc[2 * np], ah, b[0], b[1]);
-					mma_bf16(sc[2 * np + 1], ah, b[2], b[3]);
-					mma_bf16(sc[2 * np], al, b[0], b[1]);
-					mma_bf16(sc[2 * np + 1], al, b[2], b[3]);
-				}
-			}
-			// Mask, then the online softmax of rows a and c; a quad of
-			// lanes holds a row.
+			attb_scores<HD, NT>(Qh, Ql, q_ld, Ks, k_ld, sc);
+			// Mask, then the online softmax of rows a and c.
 			float mx_a = -INFINITY, mx_c = -INFINITY;
 #pragma unroll
 			for (int n = 0; n < NT; n++)
@@ -798,51 +899,9 @@ attention_unit_bf16(const float *q, const bf16 *kv, const int32_t *tables, const
 					mx_a = fmaxf(mx_a, sc[n][e]);
 					mx_c = fmaxf(mx_c, sc[n][2 + e]);
 				}
-#pragma unroll
-			for (int off = 1; off <= 2; off <<= 1) {
-				mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, off));
-				mx_c = fmaxf(mx_c, __shfl_xor_sync(0xffffffffu, mx_c, off));
-			}
-			const float mn_a = fmaxf(m_a, mx_a), mn_c = fmaxf(m_c, mx_c);
-			const float cor_a = mn_a == -INFINITY ? 1.0f : exp2f(m_a - mn_a);
-			const float cor_c = mn_c == -INFINITY ? 1.0f : exp2f(m_c - mn_c);
-			m_a = mn_a;
-			m_c = mn_c;
-			float s_a = 0.0f, s_c = 0.0f;
 			uint32_t ph[NT / 2][4], pl[NT / 2][4];   // P (hi + lo) as k16 A fragments
-#pragma unroll
-			for (int n = 0; n < NT; n++) {
-				float pr[4];
-#pragma unroll
-				for (int e = 0; e < 2; e++) {
-					pr[e] = mn_a == -INFINITY ? 0.0f : exp2f(sc[n][e] - mn_a);
-					pr[2 + e] = mn_c == -INFINITY ? 0.0f : exp2f(sc[n][2 + e] - mn_c);
-					s_a += pr[e];
-					s_c += pr[2 + e];
-				}
-				split_bf16(pr[0], pr[1], ph[n >> 1][(n & 1) * 2], pl[n >> 1][(n & 1) * 2]);
-				split_bf16(pr[2], pr[3], ph[n >> 1][(n & 1) * 2 + 1], pl[n >> 1][(n & 1) * 2 + 1]);
-			}
-			l_a = l_a * cor_a + s_a;
-			l_c = l_c * cor_c + s_c;
-#pragma unroll
-			for (int n = 0; n < ND; n++) {
-				o[n][0] *= cor_a;
-				o[n][1] *= cor_a;
-				o[n][2] *= cor_c;
-				o[n][3] *= cor_c;
-			}
-#pragma unroll
-			for (int kk = 0; kk < NT / 2; kk++)
-#pragma unroll
-				for (int dp = 0; dp < HD / 16; dp++) {
-					uint32_t b[4];
-					ldsm4<true>(b, Vs + v_ld + kk * 16 * S + dp * 16);
-					mma_bf16(o[2 * dp], ph[kk], b[0], b[1]);
-					mma_bf16(o[2 * dp + 1], ph[kk], b[2], b[3]);
-					mma_bf16(o[2 * dp], pl[kk], b[0], b[1]);
-					mma_bf16(o[2 * dp + 1], pl[kk], b[2], b[3]);
-				}
+			attb_online<NT, ND>(sc, mx_a, mx_c, m_a, m_c, l_a, l_c, o, ph, pl);
+			attb_pv<HD, NT>(Vs, v_ld, ph, pl, o);
 		}
 		__syncthreads();                 // stage st is refilled two tiles on
 	}
@@ -885,18 +944,9 @@ attention_unit_bf16(const float *q, const bf16 *kv, const int32_t *tables, const
 #pragma unroll
 		for (int hv = 0; hv < 2; hv++) {
 			const int qi = hv ? qc : qa;
-			if (qi >= n_q)
-				continue;
-			const int j = qi / group, gq = qi % group;
-			const size_t slot = (size_t)(it.part0 + j) * n_heads + kvh * group + gq;
-			float *dst = part_acc + slot * HD + 2 * t;
-#pragma unroll
-			for (int n = 0; n < ND; n++)
-				*(float2 *)(dst + n * 8) = make_float2(o[n][2 * hv], o[n][2 * hv + 1]);
-			if (t == 0) {
-				part_ml[slot * 2] = hv ? nm_c : nm_a;
-				part_ml[slot * 2 + 1] = hv ? sl_c : sl_a;
-			}
+			if (qi < n_q)
+				attb_store<HD>(part_ml, part_acc, it.part0, qi, group, kvh, n_heads, o, hv, hv ? nm_c : nm_a,
+					       hv ? sl_c : sl_a);
 		}
 	}
 	__syncthreads();                 // shared memory is reused by the next unit
@@ -1365,22 +1415,13 @@ static __device__ void
 attention_warp_unit_mma(const float *q, const bf16 *kv, const int32_t *tables, const k_attn_item &it, int kvh,
 			int n_heads, k_kv_geom g, int layer, float *part_ml, float *part_acc, bf16 *ks, int pre)
 {
-	const int lane = threadIdx.x & 31, gr = lane >> 2, t = lane & 3, group = n_heads / g.n_kv_heads;
+	const int gr = (threadIdx.x & 31) >> 2, group = n_heads / g.n_kv_heads;
 	const int r = it.row;
 	float m, l, o[HD / 8][4];
 	attwm_run<HD>(q, kv, tables + it.tab, g, layer, r, kvh, n_heads, it.kv0, min(it.kv1, it.pos + 1), pre, ks, m,
 		      l, o);
-	if (gr < group) {
-		const size_t slot = (size_t)it.part0 * n_heads + kvh * group + gr;
-		float *dst = part_acc + slot * HD + 2 * t;
-#pragma unroll
-		for (int d = 0; d < HD / 8; d++)
-			*(float2 *)(dst + d * 8) = make_float2(o[d][0], o[d][1]);
-		if (t == 0) {
-			part_ml[slot * 2] = m;
-			part_ml[slot * 2 + 1] = l;
-		}
-	}
+	if (gr < group)
+		attb_store<HD>(part_ml, part_acc, it.part0, gr, group, kvh, n_heads, o, 0, m, l);
 }
 
 // A unit of several rows on one warp's bf16 tensor cores: the item's n_rows
@@ -1401,7 +1442,7 @@ attention_warp_unit_rows(const float *q, const bf16 *kv, const int32_t *tables, 
 			 const int32_t *item_rows, const k_attn_item &it, int kvh, int n_heads, k_kv_geom g,
 			 int layer, float *part_ml, float *part_acc, bf16 *ks, int pre)
 {
-	constexpr int S = ATTB_STRIDE(HD), ND = HD / 8, KK = HD / 16, QL = HD / 8;
+	constexpr int S = ATTB_STRIDE(HD), ND = HD / 8, QL = HD / 8;
 	const int lane = threadIdx.x & 31, gr = lane >> 2, t = lane & 3, group = n_heads / g.n_kv_heads;
 	const int n_q = it.n_rows * group;
 	bf16 *vs = ks + 32 * S, *Qh = vs + 32 * S, *Ql = Qh + 16 * S;
@@ -1463,27 +1504,8 @@ attention_warp_unit_rows(const float *q, const bf16 *kv, const int32_t *tables, 
 		cp_async_wait_all();
 		__syncwarp();
 		float sc[4][4];
-#pragma unroll
-		for (int k = 0; k < 4; k++)
-			sc[k][0] = sc[k][1] = sc[k][2] = sc[k][3] = 0.0f;
-#pragma unroll
-		for (int kk = 0; kk < KK; kk++) {
-			uint32_t ah[4], al[4], b0[4], b1[4];
-			ldsm4(ah, Qh + q_ld + kk * 16);
-			ldsm4(al, Ql + q_ld + kk * 16);
-			ldsm4(b0, ks + k_ld + kk * 16);
-			ldsm4(b1, ks + k_ld + 16 * S + kk * 16);
-			mma_bf16(sc[0], ah, b0[0], b0[1]);
-			mma_bf16(sc[1], ah, b0[2], b0[3]);
-			mma_bf16(sc[2], ah, b1[0], b1[1]);
-			mma_bf16(sc[3], ah, b1[2], b1[3]);
-			mma_bf16(sc[0], al, b0[0], b0[1]);
-			mma_bf16(sc[1], al, b0[2], b0[3]);
-			mma_bf16(sc[2], al, b1[0], b1[1]);
-			mma_bf16(sc[3], al, b1[2], b1[3]);
-		}
-		// Mask, then the online softmax of rows a and c; a quad of lanes
-		// holds a row.
+		attb_scores<HD, 4>(Qh, Ql, q_ld, ks, k_ld, sc);
+		// Mask, then the online softmax of rows a and c.
 		float mx_a = -INFINITY, mx_c = -INFINITY;
 #pragma unroll
 		for (int k = 0; k < 4; k++)
@@ -1496,51 +1518,9 @@ attention_warp_unit_rows(const float *q, const bf16 *kv, const int32_t *tables, 
 				mx_a = fmaxf(mx_a, sc[k][e]);
 				mx_c = fmaxf(mx_c, sc[k][2 + e]);
 			}
-#pragma unroll
-		for (int off = 1; off <= 2; off <<= 1) {
-			mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, off));
-			mx_c = fmaxf(mx_c, __shfl_xor_sync(0xffffffffu, mx_c, off));
-		}
-		const float mn_a = fmaxf(m_a, mx_a), mn_c = fmaxf(m_c, mx_c);
-		const float cor_a = mn_a == -INFINITY ? 1.0f : exp2f(m_a - mn_a);
-		const float cor_c = mn_c == -INFINITY ? 1.0f : exp2f(m_c - mn_c);
-		m_a = mn_a;
-		m_c = mn_c;
-		float s_a = 0.0f, s_c = 0.0f;
 		uint32_t ph[2][4], pl[2][4];     // P (hi + lo) as k16 A fragments
-#pragma unroll
-		for (int k = 0; k < 4; k++) {
-			float pr[4];
-#pragma unroll
-			for (int e = 0; e < 2; e++) {
-				pr[e] = mn_a == -INFINITY ? 0.0f : exp2f(sc[k][e] - mn_a);
-				pr[2 + e] = mn_c == -INFINITY ? 0.0f : exp2f(sc[k][2 + e] - mn_c);
-				s_a += pr[e];
-				s_c += pr[2 + e];
-			}
-			split_bf16(pr[0], pr[1], ph[k >> 1][(k & 1) * 2], pl[k >> 1][(k & 1) * 2]);
-			split_bf16(pr[2], pr[3], ph[k >> 1][(k & 1) * 2 + 1], pl[k >> 1][(k & 1) * 2 + 1]);
-		}
-		l_a = l_a * cor_a + s_a;
-		l_c = l_c * cor_c + s_c;
-#pragma unroll
-		for (int d = 0; d < ND; d++) {
-			o[d][0] *= cor_a;
-			o[d][1] *= cor_a;
-			o[d][2] *= cor_c;
-			o[d][3] *= cor_c;
-		}
-#pragma unroll
-		for (int kk = 0; kk < 2; kk++)
-#pragma unroll
-			for (int dp = 0; dp < KK; dp++) {
-				uint32_t b[4];
-				ldsm4<true>(b, vs + v_ld + kk * 16 * S + dp * 16);
-				mma_bf16(o[2 * dp], ph[kk], b[0], b[1]);
-				mma_bf16(o[2 * dp + 1], ph[kk], b[2], b[3]);
-				mma_bf16(o[2 * dp], pl[kk], b[0], b[1]);
-				mma_bf16(o[2 * dp + 1], pl[kk], b[2], b[3]);
-			}
+		attb_online<4, ND>(sc, mx_a, mx_c, m_a, m_c, l_a, l_c, o, ph, pl);
+		attb_pv<HD, 4>(vs, v_ld, ph, pl, o);
 		__syncwarp();            // every lane is done with the tile's rows
 	}
 #pragma unroll
@@ -1551,17 +1531,9 @@ attention_warp_unit_rows(const float *q, const bf16 *kv, const int32_t *tables, 
 #pragma unroll
 	for (int hv = 0; hv < 2; hv++) {
 		const int qi = hv ? qc : qa;
-		if (qi >= n_q)
-			continue;
-		const size_t slot = (size_t)(it.part0 + qi / group) * n_heads + kvh * group + qi % group;
-		float *dst = part_acc + slot * HD + 2 * t;
-#pragma unroll
-		for (int d = 0; d < ND; d++)
-			*(float2 *)(dst + d * 8) = make_float2(o[d][2 * hv], o[d][2 * hv + 1]);
-		if (t == 0) {
-			part_ml[slot * 2] = hv ? m_c : m_a;
-			part_ml[slot * 2 + 1] = hv ? l_c : l_a;
-		}
+		if (qi < n_q)
+			attb_store<HD>(part_ml, part_acc, it.part0, qi, group, kvh, n_heads, o, hv, hv ? m_c : m_a,
+				       hv ? l_c : l_a);
 	}
 	__syncwarp();                    // the queries and tile rows are reused by the warp's next unit
 }
