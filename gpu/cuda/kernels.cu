@@ -1020,9 +1020,10 @@ k_attn_warp_item(int n_rows, int n_heads, int n_kv_heads, int hd)
 }
 
 // Warps a block of the one-warp kernel: 2 (36 KB of shared memory for
-// head_dim 128, 2 q heads per kv head) fits beside two CTAs of
-// attention_kernel (79 KB each) on an SM, which 4 (72 KB) does not; 1, 2
-// and 4 measured within 3% of each other at N = 8..128.
+// head_dim 128, 2 q heads per kv head, on CUDA cores; 52 KB on the tensor
+// cores, whose warps may run units of several rows) fits beside a CTA of
+// attention_kernel (79 KB) on an SM; 1, 2 and 4 measured within 3% of each
+// other at N = 8..128, with the shared prefixes in CTA units.
 #define ATTW_WARPS 2
 
 // Shared memory of one warp of the one-warp kernel, in bytes: its queries
