@@ -320,6 +320,14 @@ struct plan {
 	bool warp_pass;          // as cuda_backend's
 };
 
+// A task of n rows that is a decode item: the one-warp kernel's where the
+// geometry has them (k_attn_warp_item).
+static bool
+decode_item(const struct cuda_backend *cb, int n)
+{
+	return n == 1 && cb->warp_items;
+}
+
 // Sequences whose tables start with the same blocks share the KV of those
 // positions (forks of one prompt).  Group them, and give each group one task
 // over the common prefix when the cost rule says it pays.
@@ -373,7 +381,7 @@ plan_cascades(const struct cuda_backend *cb, std::vector<seq_span> &sp, std::vec
 				const int per = w ? cb->warp_rows : max_rows_item;
 				for (int t = 0; t < rows; t += per)
 					tasks.push_back(task{ start + t, std::min(per, rows - t), lead.tab, 0, (int)P,
-							      w || (std::min(per, rows - t) == 1 && cb->warp_items) });
+							      w || decode_item(cb, std::min(per, rows - t)) });
 			}
 		}
 		i = j;
@@ -443,7 +451,7 @@ make_plan(struct cuda_backend *cb, const struct fwd_batch *b, const int32_t *slo
 				task_rows.push_back(r + k);
 			int kv1 = b->pos[r + n - 1] + 1;
 			if (kv1 > s.prefix)
-				tasks.push_back(task{ start, n, s.tab, s.prefix, kv1, n == 1 && cb->warp_items });
+				tasks.push_back(task{ start, n, s.tab, s.prefix, kv1, decode_item(cb, n) });
 		}
 	}
 
@@ -458,8 +466,9 @@ make_plan(struct cuda_backend *cb, const struct fwd_batch *b, const int32_t *slo
 	ch = std::max<long>(ATT_MIN_CHUNK, (ch + K_ATT_TILE - 1) / K_ATT_TILE * K_ATT_TILE);
 	auto is_warp = [&](const task &t) { return t.warp; };
 	// The one-warp kernel's chunks: ch / ATT_WARP_SPLIT for decode items;
-	// ch for items of several rows (ch / 3 measured 1-5% slower at 1.7b N =
-	// 32..128, 2 ch 3-8% slower, an H100).
+	// ch for items of several rows (an H100, 1.7b: ch / 3 measured 3-6%
+	// slower at N = 32..128 and within noise at N = 8, 2 ch 2-9% slower at
+	// N = 8..128).
 	long chw = std::max<long>(ATT_MIN_CHUNK, (ch / ATT_WARP_SPLIT + K_ATT_TILE - 1) / K_ATT_TILE * K_ATT_TILE);
 	auto chunk = [&](const task &t) { return t.warp && t.n_rows == 1 ? chw : ch; };
 	for (;; ch *= 2, chw *= 2) {
@@ -715,7 +724,7 @@ enqueue_pass(struct cuda_backend *cb, int rows, int nlog)
 		// before it waits (k_attention_decode).  Otherwise the one-warp
 		// units run on a second stream beside the CTA units (side by side,
 		// an H100, 1.7b N = 8..128: the decode pass on two streams measured
-		// 0-2% slower than on one).  Either way the merge is
+		// 0-3% slower than on one).  Either way the merge is
 		// launched plainly: that ends the chain of early-scheduled kernels
 		// at each layer (with the merge launched early too, the later
 		// kernels' early starts cost 8b N=1 13%).

@@ -798,6 +798,19 @@ attb_store(float *part_ml, float *part_acc, int part0, int qi, int group, int kv
 	}
 }
 
+// Accumulator rows a (query slot qa) and c (qa + 8) as their partials
+// (attb_store), those below n_q.
+template <int HD>
+static __device__ __forceinline__ void
+attb_store_ac(float *part_ml, float *part_acc, int part0, int qa, int n_q, int group, int kvh, int n_heads,
+	      const float (&o)[HD / 8][4], float m_a, float m_c, float l_a, float l_c)
+{
+	if (qa < n_q)
+		attb_store<HD>(part_ml, part_acc, part0, qa, group, kvh, n_heads, o, 0, m_a, l_a);
+	if (qa + 8 < n_q)
+		attb_store<HD>(part_ml, part_acc, part0, qa + 8, group, kvh, n_heads, o, 1, m_c, l_c);
+}
+
 // The unit of many queries on bf16 tensor cores (mma.m16n8k16, f32
 // accumulation).  The queries (pre-scaled) and the probabilities are
 // split into a high and a low bf16 part (split_bf16), each multiplied by
@@ -941,13 +954,7 @@ attention_unit_bf16(const float *q, const bf16 *kv, const int32_t *tables, const
 			o[n][3] = o[n][3] * w0c + x.w * w1c;
 		}
 		const float sl_a = l_a * w0a + pm.z * w1a, sl_c = l_c * w0c + pm.w * w1c;
-#pragma unroll
-		for (int hv = 0; hv < 2; hv++) {
-			const int qi = hv ? qc : qa;
-			if (qi < n_q)
-				attb_store<HD>(part_ml, part_acc, it.part0, qi, group, kvh, n_heads, o, hv, hv ? nm_c : nm_a,
-					       hv ? sl_c : sl_a);
-		}
+		attb_store_ac<HD>(part_ml, part_acc, it.part0, qa, n_q, group, kvh, n_heads, o, nm_a, nm_c, sl_a, sl_c);
 	}
 	__syncthreads();                 // shared memory is reused by the next unit
 }
@@ -1425,6 +1432,24 @@ attention_warp_unit_mma(const float *q, const bf16 *kv, const int32_t *tables, c
 		attb_store<HD>(part_ml, part_acc, it.part0, gr, group, kvh, n_heads, o, 0, m, l);
 }
 
+// Of an item's rows (item_rows[row0 .. row0 + n_rows)): lane j's row (the
+// last for j >= n_rows) and its position, the greatest position of them
+// all and (MIN) the least.
+template <bool MIN>
+static __device__ __forceinline__ void
+attw_item_rows(const k_attn_item &it, const int32_t *item_rows, const int32_t *pos, int &row, int32_t &p,
+	       int32_t &pmin, int32_t &pmax)
+{
+	row = item_rows[it.row0 + min((int)(threadIdx.x & 31), it.n_rows - 1)];
+	p = pmin = pmax = pos[row];
+#pragma unroll
+	for (int off = 16; off > 0; off >>= 1) {
+		if (MIN)
+			pmin = min(pmin, __shfl_xor_sync(0xffffffffu, pmin, off));
+		pmax = max(pmax, __shfl_xor_sync(0xffffffffu, pmax, off));
+	}
+}
+
 // A unit of several rows on one warp's bf16 tensor cores: the item's n_rows
 // rows x group q heads (at most 16 queries, k_attn_warp_rows) against
 // positions [kv0, kv1) of kv head kvh, each row up to its own position -
@@ -1450,12 +1475,9 @@ attention_warp_unit_rows(const float *q, const bf16 *kv, const int32_t *tables, 
 	const int32_t *table = tables + it.tab;
 	// Lane j < n_rows: row j and its position; the range ends past the
 	// last row's.
-	const int row_l = item_rows[it.row0 + min(lane, it.n_rows - 1)];
-	const int32_t pos_l = pos[row_l];
-	int32_t pmax = pos_l;
-#pragma unroll
-	for (int off = 16; off > 0; off >>= 1)
-		pmax = max(pmax, __shfl_xor_sync(0xffffffffu, pmax, off));
+	int row_l;
+	int32_t pos_l, pmin, pmax;
+	attw_item_rows<false>(it, item_rows, pos, row_l, pos_l, pmin, pmax);
 	const int32_t end = min(it.kv1, pmax + 1);
 	{
 		// 16 query slots x HD / 4 float4, QL a lane: every load in flight
@@ -1529,13 +1551,7 @@ attention_warp_unit_rows(const float *q, const bf16 *kv, const int32_t *tables, 
 		l_a += __shfl_xor_sync(0xffffffffu, l_a, off);
 		l_c += __shfl_xor_sync(0xffffffffu, l_c, off);
 	}
-#pragma unroll
-	for (int hv = 0; hv < 2; hv++) {
-		const int qi = hv ? qc : qa;
-		if (qi < n_q)
-			attb_store<HD>(part_ml, part_acc, it.part0, qi, group, kvh, n_heads, o, hv, hv ? m_c : m_a,
-				       hv ? l_c : l_a);
-	}
+	attb_store_ac<HD>(part_ml, part_acc, it.part0, qa, n_q, group, kvh, n_heads, o, m_a, m_c, l_a, l_c);
 	__syncwarp();                    // the queries and tile rows are reused by the warp's next unit
 }
 
@@ -1570,12 +1586,9 @@ attention_warp_kernel(const float *q, const bf16 *kv, const int32_t *tables, con
 		const int32_t blk = p < it.kv1 ? tables[it.tab + p / g.block_tokens] : 0;
 		int32_t pr = it.pos, pe = pr;
 		if (MMA && it.n_rows > 1) {
-			pr = pe = pos[item_rows[it.row0 + min(lane, it.n_rows - 1)]];
-#pragma unroll
-			for (int off = 16; off > 0; off >>= 1) {
-				pr = min(pr, __shfl_xor_sync(0xffffffffu, pr, off));
-				pe = max(pe, __shfl_xor_sync(0xffffffffu, pe, off));
-			}
+			int row;
+			int32_t p_l;
+			attw_item_rows<true>(it, item_rows, pos, row, p_l, pr, pe);
 		}
 		const int32_t end = min(it.kv1, pe + 1);
 		if (it.kv0 < end) {
@@ -1616,16 +1629,17 @@ launch_warp(const float *q, const bf16 *kv, const int32_t *tables, const int32_t
 {
 	void (*kern)(const float *, const bf16 *, const int32_t *, const int32_t *, const int32_t *,
 		     const k_attn_item *, const int *, int, k_kv_geom, int, float *, float *);
+	bool mma = false;                // the kernel's MMA: its warps' shared memory depends on it
 	switch (g.head_dim) {
 	case 16:
 	case 32: kern = attention_warp_kernel<1, false>; break;
-	case 64: kern = att_mma ? attention_warp_kernel<2, true> : attention_warp_kernel<2, false>; break;
-	case 128: kern = att_mma ? attention_warp_kernel<4, true> : attention_warp_kernel<4, false>; break;
+	case 64: mma = att_mma; kern = mma ? attention_warp_kernel<2, true> : attention_warp_kernel<2, false>; break;
+	case 128: mma = att_mma; kern = mma ? attention_warp_kernel<4, true> : attention_warp_kernel<4, false>; break;
 	case 256: kern = attention_warp_kernel<8, false>; break;
 	default: return cudaSuccess;     // no item is a warp item (k_attn_warp_item)
 	}
 	const dim3 blocks((warps + ATTW_WARPS - 1) / ATTW_WARPS), threads(ATTW_WARPS * 32);
-	const size_t smem = ATTW_WARPS * attw_warp_smem(g.head_dim, n_heads / g.n_kv_heads, att_mma && (g.head_dim == 64 || g.head_dim == 128));
+	const size_t smem = ATTW_WARPS * attw_warp_smem(g.head_dim, n_heads / g.n_kv_heads, mma);
 	if (pdl)
 		return k_launch(kern, blocks, threads, smem, s, q, kv, tables, pos, item_rows, items, n_items, n_heads, g,
 				layer, part_ml, part_acc);
