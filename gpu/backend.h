@@ -58,6 +58,8 @@ struct backend_timing {
 	double pass_host_ms;         /* host time in forward_slots past its
 					wait for the previous pass: plan,
 					upload, launch                         */
+	long passes_ahead;           /* passes planned and uploaded while the
+					GPU sampled (only tokens left)         */
 };
 
 struct backend_ops {

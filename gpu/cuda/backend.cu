@@ -137,8 +137,19 @@ struct cuda_backend {
 	cudaEvent_t ev_t[4];
 	struct backend_timing tm;
 
+	// Planning ahead (BRAID_PLAN_AHEAD=0: off): the last pass's batch, and
+	// whether dmeta holds the next pass's plan, made and uploaded while the
+	// GPU sampled (plan_ahead).
+	bool ahead_on;
+	struct ahead_state *ahead;
+	cudaEvent_t ev_up, ev_sout;  // after a pass's upload; after sampling's results
+
+	// Sampling's rows upload (h_srows) may still be in flight.
+	bool srows_busy;
+
 	char err[ENG_ERRLEN];
 };
+
 
 static int
 fail(struct cuda_backend *cb, cudaError_t e, const char *what)
@@ -318,6 +329,17 @@ struct task {                // rows against positions [kv0, kv1) of table tab
 struct plan {
 	int n_items, n_parts, n_tables;
 	bool warp_pass;          // as cuda_backend's
+};
+
+// A pass's batch as the next pass is guessed from it: rows, positions,
+// sequences, logit rows, slots, and each sequence's table up to the block
+// of its last position (tab_off[s] into tab).
+struct ahead_state {
+	bool have;                   // a batch is recorded
+	bool planned;                // dmeta holds the guess's plan, all but its tokens
+	int n_rows, n_seqs, n_logits;
+	std::vector<int32_t> pos, row_seq, lrows, slots, tab, tab_off, tab_n;
+	struct plan pl;              // the guess's
 };
 
 // A task of n rows that is a decode item: the one-warp kernel's where the
@@ -832,6 +854,97 @@ graph_for(struct cuda_backend *cb, int rows, int nlog, cudaGraphExec_t *exec)
 	return 0;
 }
 
+// ---- planning ahead ---------------------------------------------------------------------
+
+// Keep batch b (with its logits' slots) as the one the next pass is guessed from.
+static void
+ahead_record(struct cuda_backend *cb, const struct fwd_batch *b, const int32_t *slots)
+{
+	ahead_state &A = *cb->ahead;
+	const int bt = cb->g.block_tokens;
+	A.have = true;
+	A.n_rows = b->n_rows;
+	A.n_seqs = b->n_seqs;
+	A.n_logits = b->n_logits;
+	A.pos.assign(b->pos, b->pos + b->n_rows);
+	A.row_seq.assign(b->row_seq, b->row_seq + b->n_rows);
+	A.lrows.assign(b->logit_rows, b->logit_rows + b->n_logits);
+	A.slots.resize(b->n_logits);
+	for (int i = 0; i < b->n_logits; i++)
+		A.slots[i] = slots ? slots[i] : -1;
+	// Each sequence's blocks up to its last row's; rows of a sequence are
+	// consecutive (make_plan's spans), so its last row is the last seen.
+	A.tab.clear();
+	A.tab_off.assign(b->n_seqs, 0);
+	A.tab_n.assign(b->n_seqs, 0);
+	for (int r = 0; r < b->n_rows; r++)
+		A.tab_n[b->row_seq[r]] = b->pos[r] / bt + 1;
+	for (int q = 0; q < b->n_seqs; q++) {
+		A.tab_off[q] = (int)A.tab.size();
+		A.tab.insert(A.tab.end(), b->block_tables[q], b->block_tables[q] + A.tab_n[q]);
+	}
+}
+
+// While the GPU samples after a decode pass (each row its sequence's only
+// one, each with its logits), plan the likely next pass - the same rows one
+// position on - and upload all of it but the tokens, behind the sampling on
+// the stream.  Not where a row's next position starts a block (its table
+// may not hold that block yet).  forward_slots then checks the real batch
+// against the guess and, where they agree, uploads only the tokens.
+static void
+plan_ahead(struct cuda_backend *cb)
+{
+	ahead_state &A = *cb->ahead;
+	A.planned = false;
+	if (!cb->ahead_on || !A.have || A.n_rows == 0 || A.n_seqs != A.n_rows || A.n_logits != A.n_rows)
+		return;
+	const int bt = cb->g.block_tokens;
+	for (int r = 0; r < A.n_rows; r++)
+		if (A.lrows[r] != r || A.row_seq[r] != r || (A.pos[r] + 1) % bt == 0)
+			return;
+	std::vector<int32_t> tokens(A.n_rows, 0), pos(A.n_rows);
+	std::vector<const int32_t *> tables(A.n_seqs);
+	for (int r = 0; r < A.n_rows; r++)
+		pos[r] = A.pos[r] + 1;
+	for (int q = 0; q < A.n_seqs; q++)
+		tables[q] = A.tab.data() + A.tab_off[q];
+	const struct fwd_batch g = {
+		.n_rows = A.n_rows, .tokens = tokens.data(), .pos = pos.data(), .row_seq = A.row_seq.data(),
+		.n_seqs = A.n_seqs, .block_tables = tables.data(), .n_logits = A.n_logits, .logit_rows = A.lrows.data(),
+	};
+	int rows = A.n_rows, nlog = A.n_logits;
+	if (graphed(cb, rows)) {
+		rows = bucket_of(rows);
+		nlog = bucket_of(nlog);
+	}
+	// hmeta is the source of the last upload (a pass's, or one planned
+	// ahead) until that upload is done.
+	if (cudaEventSynchronize(cb->ev_up) != cudaSuccess ||
+	    make_plan(cb, &g, A.slots.data(), rows, nlog, cb->cap_items, &A.pl) || upload_plan(cb, rows, &A.pl) ||
+	    cudaEventRecord(cb->ev_up, cb->st) != cudaSuccess)
+		return;
+	A.planned = true;
+}
+
+// Whether batch b (with slots) is the pass plan_ahead guessed.
+static bool
+ahead_match(const struct cuda_backend *cb, const struct fwd_batch *b, const int32_t *slots)
+{
+	const ahead_state &A = *cb->ahead;
+	if (!A.planned || b->n_rows != A.n_rows || b->n_seqs != A.n_seqs || b->n_logits != A.n_logits)
+		return false;
+	for (int r = 0; r < b->n_rows; r++)
+		if (b->pos[r] != A.pos[r] + 1 || b->row_seq[r] != A.row_seq[r])
+			return false;
+	for (int i = 0; i < b->n_logits; i++)
+		if (b->logit_rows[i] != A.lrows[i] || (slots ? slots[i] : -1) != A.slots[i])
+			return false;
+	for (int q = 0; q < b->n_seqs; q++)
+		if (memcmp(b->block_tables[q], A.tab.data() + A.tab_off[q], (size_t)A.tab_n[q] * sizeof(int32_t)))
+			return false;
+	return true;
+}
+
 static int
 cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, float *host)
 {
@@ -863,14 +976,25 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 			cudaProfilerStop();
 		cb->pass++;
 	}
+	// The pass planned ahead while the GPU sampled wants only its tokens.
+	const bool ahead = ahead_match(cb, b, slots);
+	cb->ahead->have = cb->ahead->planned = false;
 	struct plan pl;
-	if ((rc = make_plan(cb, b, slots, rows, nlog, cap, &pl)))
+	if (ahead) {
+		pl = cb->ahead->pl;
+		memcpy(meta_at<int32_t>(cb->hmeta, cb->ml.tokens), b->tokens, (size_t)b->n_rows * sizeof(int32_t));
+	} else if ((rc = make_plan(cb, b, slots, rows, nlog, cap, &pl))) {
 		return rc;
+	}
 	cb->warp_pass = pl.warp_pass;
 	if (cb->timing)
 		CK(cudaEventRecord(cb->ev_t[0], cb->st));
-	if ((rc = upload_plan(cb, rows, &pl)))
+	if (ahead)
+		CK(cudaMemcpyAsync(cb->dmeta + cb->ml.tokens, cb->hmeta + cb->ml.tokens,
+				   (size_t)b->n_rows * sizeof(int32_t), cudaMemcpyHostToDevice, cb->st));
+	else if ((rc = upload_plan(cb, rows, &pl)))
 		return rc;
+	CK(cudaEventRecord(cb->ev_up, cb->st));
 	if (graph) {
 		cudaGraphExec_t exec = NULL;
 		if ((rc = graph_for(cb, rows, nlog, &exec)))
@@ -883,8 +1007,10 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 		CK(cudaEventRecord(cb->ev_t[1], cb->st));
 		cb->t_pass = 1;
 		cb->tm.passes++;
+		cb->tm.passes_ahead += ahead;
 		cb->tm.pass_host_ms += host_ms() - h0;
 	}
+	ahead_record(cb, b, slots);
 	if (host && b->n_logits > 0) {
 		CK(cudaMemcpyAsync(host, cb->logits, (size_t)b->n_logits * cb->c.vocab_size * sizeof(float),
 				   cudaMemcpyDeviceToHost, cb->st));
@@ -947,8 +1073,12 @@ cuda_sample(void *self, const struct cuda_samp_row *rows, int n, struct samp_res
 	for (int i = 0; i < n; i++)
 		if (rows[i].slot < 0 || rows[i].slot >= cb->max_seqs)
 			return ENG_ERR_INVALID;
-	CK(cudaStreamSynchronize(cb->st));           // h_srows may be in flight
+	// The pass before may still run: sampling queues behind it.  h_srows'
+	// last upload is done unless that call failed on the way.
+	if (cb->srows_busy)
+		CK(cudaStreamSynchronize(cb->st));
 	memcpy(cb->h_srows, rows, (size_t)n * sizeof *rows);
+	cb->srows_busy = true;
 	if (cb->timing)
 		CK(cudaEventRecord(cb->ev_t[2], cb->st));
 	CK(cudaMemcpyAsync(cb->d_srows, cb->h_srows, (size_t)n * sizeof *rows, cudaMemcpyHostToDevice, cb->st));
@@ -967,7 +1097,10 @@ cuda_sample(void *self, const struct cuda_samp_row *rows, int n, struct samp_res
 		cb->t_samp = 1;
 		cb->tm.samples++;
 	}
-	CK(cudaStreamSynchronize(cb->st));
+	CK(cudaEventRecord(cb->ev_sout, cb->st));
+	plan_ahead(cb);                              // while the GPU samples
+	CK(cudaEventSynchronize(cb->ev_sout));
+	cb->srows_busy = false;
 	if (cb->timing)
 		timing_collect(cb);
 	memcpy(out, cb->h_sout, res_bytes);
@@ -1027,6 +1160,11 @@ cuda_destroy(void *self)
 		cudaEventDestroy(cb->ev_fork);
 	if (cb->ev_join)
 		cudaEventDestroy(cb->ev_join);
+	if (cb->ev_up)
+		cudaEventDestroy(cb->ev_up);
+	if (cb->ev_sout)
+		cudaEventDestroy(cb->ev_sout);
+	delete cb->ahead;
 	for (cudaEvent_t ev : cb->ev_t)
 		if (ev)
 			cudaEventDestroy(ev);
@@ -1196,6 +1334,11 @@ create(struct cuda_backend *cb, const struct cuda_backend_params *p, size_t *wei
 	CK(cudaStreamCreateWithFlags(&cb->st2, cudaStreamNonBlocking));
 	CK(cudaEventCreateWithFlags(&cb->ev_fork, cudaEventDisableTiming));
 	CK(cudaEventCreateWithFlags(&cb->ev_join, cudaEventDisableTiming));
+	CK(cudaEventCreateWithFlags(&cb->ev_up, cudaEventDisableTiming));
+	CK(cudaEventCreateWithFlags(&cb->ev_sout, cudaEventDisableTiming));
+	// The next decode pass planned and uploaded while the GPU samples
+	// (plan_ahead); BRAID_PLAN_AHEAD=0: planned when it comes.
+	cb->ahead_on = switch_on("BRAID_PLAN_AHEAD");
 	per_sm = (int)(prop.sharedMemPerMultiprocessor / (k_attention_smem(c->head_dim) + 1024));
 	cb->ctas = cb->n_sm * std::max(1, std::min(per_sm, 4));
 	cb->warps = cb->n_sm * 32;
@@ -1323,6 +1466,7 @@ cuda_backend_create(const struct model *m, const struct cuda_backend_params *p, 
 	cb->g = k_kv_geom{ c->n_layers, c->n_kv_heads, c->head_dim, p->block_tokens };
 	cb->block_elems = (size_t)c->n_layers * 2 * c->n_kv_heads * (size_t)p->block_tokens * c->head_dim;
 	cb->graphs = new std::vector<graph_entry>();
+	cb->ahead = new ahead_state();
 	size_t wbytes = 0;
 	int rc = create(cb, p, &wbytes);
 	if (rc) {

@@ -742,29 +742,78 @@ out:
 	return rc < 0 ? rc : 0;
 }
 
+/* Sampling runs on gpu (timed: *tm), a, then b on a second engine of dir
+ * that plans every pass when it comes (BRAID_PLAN_AHEAD=0). */
+static int
+run_sampling_two(eng *gpu, const char *dir, const struct prompt *pr, int32_t *a, int32_t *b, int *bad, char *why,
+		 size_t whylen, struct backend_timing *tm, char *err)
+{
+	int rc = eng_backend_timing(gpu, 1, NULL);
+	if (rc || (rc = run_sampling(gpu, pr, a, bad, why, whylen)) || (rc = eng_backend_timing(gpu, 0, tm)))
+		return rc;
+	const char *was = getenv("BRAID_PLAN_AHEAD");
+	char keep[16] = "";
+	if (was)
+		snprintf(keep, sizeof keep, "%s", was);
+	setenv("BRAID_PLAN_AHEAD", "0", 1);
+	eng *now = open_engine(dir, ENG_DEVICE_CUDA, GPU_KV_BYTES, err);
+	if (was)
+		setenv("BRAID_PLAN_AHEAD", keep, 1);
+	else
+		unsetenv("BRAID_PLAN_AHEAD");
+	if (!now)
+		return ENG_ERR_DEVICE;
+	struct backend_timing tn = { 0 };
+	rc = eng_backend_timing(now, 1, NULL);
+	if (!rc)
+		rc = run_sampling(now, pr, b, bad, why, whylen);
+	if (!rc)
+		rc = eng_backend_timing(now, 0, &tn);
+	if (!rc && tn.passes_ahead != 0) {
+		snprintf(why, whylen, "BRAID_PLAN_AHEAD=0 planned %ld passes ahead", tn.passes_ahead);
+		(*bad)++;
+	}
+	eng_destroy(now);
+	return rc;
+}
+
 static void
-check_sampling(const char *model, eng *gpu, const struct prompt *pr)
+check_sampling(const char *model, const char *dir, eng *gpu, const struct prompt *pr)
 {
 	const size_t n = (size_t)(1 + SAMPLE_KIDS) * SAMPLE_STEPS;
-	int32_t *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
-	int bad = 0, rc, diff = 0;
-	char why[160] = "";
-	if (!a || !b) {
+	int32_t *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b), *c = malloc(n * sizeof *c);
+	int bad = 0, rc, diff = 0, diff_now = 0;
+	char why[160] = "", err[ENG_ERRLEN] = "";
+	struct backend_timing tm = { 0 };
+	if (!a || !b || !c) {
 		gc_check(0, "%s: out of memory", model);
 		goto out;
 	}
-	if ((rc = run_sampling(gpu, pr, a, &bad, why, sizeof why)) || (rc = run_sampling(gpu, pr, b, &bad, why, sizeof why))) {
-		gc_check(0, "%-18s sampling: %s", model, rcmsg(gpu, rc));
+	if ((rc = run_sampling(gpu, pr, a, &bad, why, sizeof why)) ||
+	    (rc = run_sampling_two(gpu, dir, pr, b, c, &bad, why, sizeof why, &tm, err))) {
+		gc_check(0, "%-18s sampling: %s%s%s", model, rcmsg(gpu, rc), *err ? ": " : "", err);
 		goto out;
 	}
-	gc_check(bad == 0, "%-18s sampling, 1+%d seqs x %d steps x 2 runs at temperature 1: %d bad results%s%s", model,
+	gc_check(bad == 0, "%-18s sampling, 1+%d seqs x %d steps x 3 runs at temperature 1: %d bad results%s%s", model,
 	        SAMPLE_KIDS, SAMPLE_STEPS, bad, bad ? ": first " : "", why);
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
 		diff += a[i] != b[i];
+		diff_now += a[i] != c[i];
+	}
 	gc_check(diff == 0, "%-18s same seeds, second run: %d of %zu tokens differ (tol 0)", model, diff, n);
+	/* The decode steps' passes were planned while the GPU sampled (all
+	 * but those where a row's next position starts a KV block; none where
+	 * the whole run has BRAID_PLAN_AHEAD=0); planning each pass when it
+	 * comes gives the same tokens. */
+	const char *pa = getenv("BRAID_PLAN_AHEAD");
+	const int ahead_off = pa && !strcmp(pa, "0");
+	gc_check((ahead_off ? tm.passes_ahead == 0 : tm.passes_ahead > 0) && diff_now == 0,
+		 "%-18s %ld of %ld passes planned ahead; planning each when it comes (BRAID_PLAN_AHEAD=0): %d of %zu "
+		 "tokens differ (tol 0)", model, tm.passes_ahead, tm.passes, diff_now, n);
 out:
 	free(a);
 	free(b);
+	free(c);
 }
 
 /* ---- 7. errors ---------------------------------------------------------------- */
@@ -958,7 +1007,7 @@ test_model(const struct model_entry *me, int is_arith, int shared_prefix)
 			 "%.3f ms (%s)", model, tm.passes, tm.pass_gpu_ms, tm.pass_host_ms, tm.samples, tm.sample_gpu_ms,
 			 eng_strerror(trc));
 		check_batch_invariance(model, gpu, &mid);
-		check_sampling(model, gpu, &mid);
+		check_sampling(model, me->dir, gpu, &mid);
 	}
 	/* 5 */
 	if (shared_prefix)
