@@ -62,7 +62,7 @@ struct cl_layer {
 // fixed offsets (graphs read it from there).
 struct meta_layout {
 	size_t counters;     // int[4]: n_rows, n_logits, CTA items, warp items
-	size_t tokens, pos, tab_off, logit_rows, slots;   // int[rows_cap]
+	size_t tokens, pos, tab_off, logit_rows;   // int[rows_cap]
 	size_t rp_off;       // int[rows_cap + 1]
 	size_t items;        // k_attn_item[cap_items]
 	size_t item_rows;    // int[cap_parts]
@@ -109,7 +109,18 @@ struct cuda_backend {
 	int n_blocks;
 	size_t block_elems;
 
-	float *x, *qkv, *q, *gu, *logits, *slots, *part_ml, *part_acc;
+	float *x, *qkv, *q, *gu, *part_ml, *part_acc;
+	// A pass's logits (row i: its logit row i) go to `logits`, rows_cap rows
+	// right behind the max_seqs slots in one buffer (`slots`).  A slot's
+	// logits stay where its last pass left them (slot_row[s] = i: logits
+	// row i; -1: slot s itself) until a pass that does not recompute them
+	// would overwrite that row (keep_slots copies them to the slot then).
+	// Sampling and slot reads and copies find them through slot_row, so a
+	// decode step copies no logits.
+	float *slots, *logits;
+	std::vector<int32_t> *slot_row, *staged;     // staged: slots whose slot_row may be >= 0
+	std::vector<long> *slot_mark;                // keep_slots: marked with the pass's number
+	long n_pass;
 	bf16 *xb, *att, *h;
 	int cap_items, cap_parts, cap_table;
 
@@ -413,8 +424,8 @@ plan_cascades(const struct cuda_backend *cb, std::vector<seq_span> &sp, std::vec
 // Fill the host metadata for batch b (rows padded to pad_rows, logits to
 // pad_logits) within cap_items items.  ENG_ERR_RANGE when it cannot fit.
 static int
-make_plan(struct cuda_backend *cb, const struct fwd_batch *b, const int32_t *slots, int pad_rows,
-	  int pad_logits, int cap_items, struct plan *pl)
+make_plan(struct cuda_backend *cb, const struct fwd_batch *b, int pad_rows, int pad_logits, int cap_items,
+	  struct plan *pl)
 {
 	const struct meta_layout &ml = cb->ml;
 	char *hm = cb->hmeta;
@@ -422,7 +433,7 @@ make_plan(struct cuda_backend *cb, const struct fwd_batch *b, const int32_t *slo
 	int32_t *cnt = meta_at<int32_t>(hm, ml.counters);
 	int32_t *tokens = meta_at<int32_t>(hm, ml.tokens), *pos = meta_at<int32_t>(hm, ml.pos);
 	int32_t *tab_off = meta_at<int32_t>(hm, ml.tab_off), *lrows = meta_at<int32_t>(hm, ml.logit_rows);
-	int32_t *lslots = meta_at<int32_t>(hm, ml.slots), *rp_off = meta_at<int32_t>(hm, ml.rp_off);
+	int32_t *rp_off = meta_at<int32_t>(hm, ml.rp_off);
 	k_attn_item *items = meta_at<k_attn_item>(hm, ml.items);
 	int32_t *item_rows = meta_at<int32_t>(hm, ml.item_rows), *rp_idx = meta_at<int32_t>(hm, ml.rp_idx);
 	int32_t *tables = meta_at<int32_t>(hm, ml.tables);
@@ -455,7 +466,6 @@ make_plan(struct cuda_backend *cb, const struct fwd_batch *b, const int32_t *slo
 			tab_off[r] = s.tab;
 	for (int i = 0; i < pad_logits; i++) {
 		lrows[i] = i < b->n_logits ? b->logit_rows[i] : 0;
-		lslots[i] = i < b->n_logits && slots ? slots[i] : -1;
 	}
 
 	// Tasks: shared prefixes, then each sequence's own rows in tiles, each
@@ -713,7 +723,6 @@ enqueue_pass(struct cuda_backend *cb, int rows, int nlog)
 	const int32_t *tab_off = meta_at<int32_t>(dm, ml.tab_off), *tables = meta_at<int32_t>(dm, ml.tables);
 	const int32_t *item_rows = meta_at<int32_t>(dm, ml.item_rows), *rp_off = meta_at<int32_t>(dm, ml.rp_off);
 	const int32_t *rp_idx = meta_at<int32_t>(dm, ml.rp_idx), *lrows = meta_at<int32_t>(dm, ml.logit_rows);
-	const int32_t *lslots = meta_at<int32_t>(dm, ml.slots);
 	const k_attn_item *items = meta_at<k_attn_item>(dm, ml.items);
 	const int d = c->hidden_size, f = c->intermediate_size;
 	int rc;
@@ -804,7 +813,6 @@ enqueue_pass(struct cuda_backend *cb, int rows, int nlog)
 		CK(k_rmsnorm(cb->x, lrows, n_logits, cb->out_norm, nlog, d, c->rms_eps, cb->xb, cb->st));
 		if ((rc = gemm(cb, cb->lm_head, c->vocab_size, d, cb->xb, nlog, cb->logits, 0.0f)))
 			return rc;
-		CK(k_scatter_rows(cb->logits, lslots, n_logits, nlog, c->vocab_size, cb->slots, cb->st));
 	}
 	return 0;
 }
@@ -852,6 +860,53 @@ graph_for(struct cuda_backend *cb, int rows, int nlog, cudaGraphExec_t *exec)
 		return fail(cb, e, "cudaGraphInstantiate");
 	cb->graphs->push_back(graph_entry{ rows, nlog, cb->warp_pass, *exec });
 	return 0;
+}
+
+// ---- logits slots ------------------------------------------------------------------------
+
+// The row of the slots buffer that holds slot s's logits.
+static size_t
+slot_at(const struct cuda_backend *cb, int32_t s)
+{
+	const int32_t r = (*cb->slot_row)[s];
+	return r >= 0 ? (size_t)cb->max_seqs + (size_t)r : (size_t)s;
+}
+
+// Before a pass writes the logits rows: a slot whose logits lie there and
+// that the pass does not recompute (its logits to slots[0 .. n), NULL: none)
+// gets them copied into the slot itself.
+static int
+keep_slots(struct cuda_backend *cb, const int32_t *slots, int n)
+{
+	std::vector<int32_t> &row = *cb->slot_row;
+	std::vector<long> &mark = *cb->slot_mark;
+	const size_t v = (size_t)cb->c.vocab_size;
+	const long pass = ++cb->n_pass;
+	for (int i = 0; slots && i < n; i++)
+		if (slots[i] >= 0)
+			mark[slots[i]] = pass;
+	for (int32_t s : *cb->staged)
+		if (row[s] >= 0 && mark[s] != pass) {
+			CK(cudaMemcpyAsync(cb->slots + (size_t)s * v, cb->logits + (size_t)row[s] * v, v * sizeof(float),
+					   cudaMemcpyDeviceToDevice, cb->st));
+			row[s] = -1;
+		}
+	return 0;
+}
+
+// After a pass: logit row i is slot slots[i]'s.
+static void
+stage_slots(struct cuda_backend *cb, const int32_t *slots, int n)
+{
+	std::vector<int32_t> &row = *cb->slot_row;
+	for (int32_t s : *cb->staged)
+		row[s] = -1;
+	cb->staged->clear();
+	for (int i = 0; slots && i < n; i++)
+		if (slots[i] >= 0) {
+			row[slots[i]] = i;
+			cb->staged->push_back(slots[i]);
+		}
 }
 
 // ---- planning ahead ---------------------------------------------------------------------
@@ -920,7 +975,7 @@ plan_ahead(struct cuda_backend *cb)
 	// hmeta is the source of the last upload (a pass's, or one planned
 	// ahead) until that upload is done.
 	if (cudaEventSynchronize(cb->ev_up) != cudaSuccess ||
-	    make_plan(cb, &g, A.slots.data(), rows, nlog, cb->cap_items, &A.pl) || upload_plan(cb, rows, &A.pl) ||
+	    make_plan(cb, &g, rows, nlog, cb->cap_items, &A.pl) || upload_plan(cb, rows, &A.pl) ||
 	    cudaEventRecord(cb->ev_up, cb->st) != cudaSuccess)
 		return;
 	A.planned = true;
@@ -983,10 +1038,12 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 	if (ahead) {
 		pl = cb->ahead->pl;
 		memcpy(meta_at<int32_t>(cb->hmeta, cb->ml.tokens), b->tokens, (size_t)b->n_rows * sizeof(int32_t));
-	} else if ((rc = make_plan(cb, b, slots, rows, nlog, cap, &pl))) {
+	} else if ((rc = make_plan(cb, b, rows, nlog, cap, &pl))) {
 		return rc;
 	}
 	cb->warp_pass = pl.warp_pass;
+	if ((rc = keep_slots(cb, slots, b->n_logits)))
+		return rc;
 	if (cb->timing)
 		CK(cudaEventRecord(cb->ev_t[0], cb->st));
 	if (ahead)
@@ -1010,6 +1067,7 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 		cb->tm.passes_ahead += ahead;
 		cb->tm.pass_host_ms += host_ms() - h0;
 	}
+	stage_slots(cb, slots, b->n_logits);
 	ahead_record(cb, b, slots);
 	if (host && b->n_logits > 0) {
 		CK(cudaMemcpyAsync(host, cb->logits, (size_t)b->n_logits * cb->c.vocab_size * sizeof(float),
@@ -1046,9 +1104,11 @@ cuda_copy_slot(void *self, int32_t src, int32_t dst)
 	if (src < 0 || src >= cb->max_seqs || dst < 0 || dst >= cb->max_seqs)
 		return ENG_ERR_INVALID;
 	const size_t v = (size_t)cb->c.vocab_size;
-	if (src != dst)
-		CK(cudaMemcpyAsync(cb->slots + (size_t)dst * v, cb->slots + (size_t)src * v, v * sizeof(float),
+	if (src != dst) {
+		CK(cudaMemcpyAsync(cb->slots + (size_t)dst * v, cb->slots + slot_at(cb, src) * v, v * sizeof(float),
 				   cudaMemcpyDeviceToDevice, cb->st));
+		(*cb->slot_row)[dst] = -1;
+	}
 	return 0;
 }
 
@@ -1059,7 +1119,7 @@ cuda_read_slot(void *self, int32_t slot, float *host)
 	if (slot < 0 || slot >= cb->max_seqs || !host)
 		return ENG_ERR_INVALID;
 	const size_t v = (size_t)cb->c.vocab_size;
-	CK(cudaMemcpyAsync(host, cb->slots + (size_t)slot * v, v * sizeof(float), cudaMemcpyDeviceToHost, cb->st));
+	CK(cudaMemcpyAsync(host, cb->slots + slot_at(cb, slot) * v, v * sizeof(float), cudaMemcpyDeviceToHost, cb->st));
 	CK(cudaStreamSynchronize(cb->st));
 	return 0;
 }
@@ -1078,6 +1138,8 @@ cuda_sample(void *self, const struct cuda_samp_row *rows, int n, struct samp_res
 	if (cb->srows_busy)
 		CK(cudaStreamSynchronize(cb->st));
 	memcpy(cb->h_srows, rows, (size_t)n * sizeof *rows);
+	for (int i = 0; i < n; i++)
+		cb->h_srows[i].slot = (int32_t)slot_at(cb, rows[i].slot);
 	cb->srows_busy = true;
 	if (cb->timing)
 		CK(cudaEventRecord(cb->ev_t[2], cb->st));
@@ -1148,7 +1210,10 @@ cuda_destroy(void *self)
 	cudaFree(cb->out_norm);
 	cudaFree(cb->inv_freq);
 	cudaFree(cb->kv);
-	void *bufs[] = { cb->x, cb->qkv, cb->q, cb->gu, cb->logits, cb->slots, cb->part_ml, cb->part_acc,
+	delete cb->slot_row;
+	delete cb->staged;
+	delete cb->slot_mark;
+	void *bufs[] = { cb->x, cb->qkv, cb->q, cb->gu, cb->slots, cb->part_ml, cb->part_acc,
 			 cb->xb, cb->att, cb->h, cb->dmeta, cb->d_srows, cb->d_sout, cb->d_sscratch };
 	for (void *p : bufs)
 		cudaFree(p);
@@ -1207,7 +1272,6 @@ layout_meta(struct cuda_backend *cb)
 	ml.pos = at, at += ri;
 	ml.tab_off = at, at += ri;
 	ml.logit_rows = at, at += ri;
-	ml.slots = at, at += ri;
 	ml.rp_off = at, at += ri + sizeof(int32_t);
 	at = align_up(at);
 	ml.items = at, at = align_up(at + (size_t)cb->cap_items * sizeof(k_attn_item));
@@ -1231,8 +1295,11 @@ alloc_buffers(struct cuda_backend *cb)
 	DMALLOC(cb->att, R * cb->qd * sizeof(bf16));
 	DMALLOC(cb->gu, R * 2 * c->intermediate_size * sizeof(float));
 	DMALLOC(cb->h, R * c->intermediate_size * sizeof(bf16));
-	DMALLOC(cb->logits, R * v * sizeof(float));
-	DMALLOC(cb->slots, (size_t)cb->max_seqs * v * sizeof(float));
+	DMALLOC(cb->slots, ((size_t)cb->max_seqs + R) * v * sizeof(float));
+	cb->logits = cb->slots + (size_t)cb->max_seqs * v;
+	cb->slot_row = new std::vector<int32_t>(cb->max_seqs, -1);
+	cb->staged = new std::vector<int32_t>();
+	cb->slot_mark = new std::vector<long>(cb->max_seqs, 0);
 	DMALLOC(cb->part_ml, (size_t)cb->cap_parts * c->n_heads * 2 * sizeof(float));
 	DMALLOC(cb->part_acc, (size_t)cb->cap_parts * c->n_heads * c->head_dim * sizeof(float));
 	layout_meta(cb);

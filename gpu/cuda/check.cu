@@ -248,7 +248,7 @@ kc_attention_max_rows(int n_heads, int n_kv_heads, int head_dim)
 	return k_attention_max_rows(n_heads, n_kv_heads, head_dim);
 }
 
-// ---- embedding, RMSNorm, SwiGLU, scatter -----------------------------------------------
+// ---- embedding, RMSNorm, SwiGLU ------------------------------------------------------
 
 extern "C" int
 kc_embed(const float *emb, int vocab, int d, const int32_t *tokens, int rows, int n_active, float *x, char *err,
@@ -333,36 +333,6 @@ kc_swiglu(const float *gu, int rows, int f, float *h, char *err, int errlen)
 	TRY(d_upload_bf16(&R, &d_h, h, n_h));
 	CK(&R, k_swiglu(d_gu, rows, f, d_h, R.s));
 	TRY(d_download_bf16(&R, h, d_h, n_h));
-done:
-	r_end(&R);
-	return rc;
-}
-
-extern "C" int
-kc_scatter_rows(const float *src, const int32_t *slots, int rows, int n_active, int width, float *dst, int n_dst,
-		char *err, int errlen)
-{
-	if (!src || !slots || !dst || rows <= 0 || width <= 0 || n_dst <= 0 || n_active < 0 || n_active > rows)
-		return bad(err, errlen, "kc_scatter_rows: bad arguments (rows %d, width %d, n_dst %d, n_active %d)",
-			   rows, width, n_dst, n_active);
-	for (int r = 0; r < n_active; r++)
-		if (slots[r] < -1 || slots[r] >= n_dst)
-			return bad(err, errlen, "kc_scatter_rows: slot %d of row %d is outside -1..%d", (int)slots[r], r,
-				   n_dst - 1);
-	struct run R;
-	int rc = r_begin(&R, "kc_scatter_rows", err, errlen);
-	float *d_src = NULL, *d_dst = NULL;
-	int32_t *d_slots = NULL;
-	int *d_n = NULL;
-	const size_t dbytes = (size_t)n_dst * width * sizeof(float);
-	if (rc)
-		goto done;
-	TRY(d_upload(&R, (void **)&d_src, src, (size_t)rows * width * sizeof(float)));
-	TRY(d_upload(&R, (void **)&d_slots, slots, (size_t)rows * sizeof(int32_t)));
-	TRY(d_counter(&R, &d_n, n_active));
-	TRY(d_upload(&R, (void **)&d_dst, dst, dbytes));
-	CK(&R, k_scatter_rows(d_src, d_slots, d_n, rows, width, d_dst, R.s));
-	TRY(d_download(&R, dst, d_dst, dbytes));
 done:
 	r_end(&R);
 	return rc;

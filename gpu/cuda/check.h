@@ -131,11 +131,6 @@ int kc_attention(const struct kc_attn_args *a, float *out, char *err, int errlen
  * at columns 2j, 2j+1 (k_swiglu). */
 int kc_swiglu(const float *gu, int rows, int f, float *h, char *err, int errlen);
 
-/* dst[slots[i]] = src[i] (rows of width floats) for i < n_active with
- * slots[i] >= 0; src (rows, width), dst (n_dst, width) in/out. */
-int kc_scatter_rows(const float *src, const int32_t *slots, int rows, int n_active, int width, float *dst,
-		    int n_dst, char *err, int errlen);
-
 /* y(n, rows) = x(n, cols) . W^T + beta * y with cublasGemmEx, as the
  * backend runs it with BRAID_GEMM=cublas (its default path, k_gemm, is
  * checked by test_cuda_gemm): W (rows, cols) row-major and x rounded to

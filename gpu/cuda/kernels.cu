@@ -1,8 +1,7 @@
 // kernels.cu - the forward pass's CUDA kernels: embedding, RMSNorm, the QKV
 // epilogue (bias, q/k norm, RoPE, paged cache write), paged attention with
-// split-K partials (many-query units on tensor cores) and their merge, SwiGLU
-// and logits scatter.  Engine thread (launchers); see kernels.cuh for the
-// contracts.
+// split-K partials (many-query units on tensor cores) and their merge, and
+// SwiGLU.  Engine thread (launchers); see kernels.cuh for the contracts.
 #include <cfloat>
 #include <cmath>
 #include <cstdlib>
@@ -35,7 +34,7 @@ block_sum(float v, float *red)
 	return warp_sum(v);
 }
 
-// ---- embedding, RMSNorm, SwiGLU, scatter ---------------------------------------
+// ---- embedding, RMSNorm, SwiGLU ----------------------------------------------
 
 static __global__ void
 embed_kernel(const bf16 *emb, const int32_t *tokens, const int *n, int d, float *x)
@@ -107,39 +106,6 @@ k_swiglu(const float *gu, int rows, int f, bf16 *h, cudaStream_t s)
 {
 	dim3 grid((f + 1023) / 1024, rows);
 	return k_launch(swiglu_kernel, grid, dim3(256), 0, s, gu, f, h);
-}
-
-static __global__ void
-scatter_kernel(const float *src, const int32_t *slots, const int *n, int width, float *dst)
-{
-	k_pdl_trigger();
-	const int r = blockIdx.y;
-	// The row count and the row's slot (metadata) before the wait.
-	const int slot = r < *n ? slots[r] : -1;
-	k_pdl_wait();
-	if (slot < 0)
-		return;
-	const float4 *a = (const float4 *)(src + (size_t)r * width);
-	float4 *b = (float4 *)(dst + (size_t)slot * width);
-	if (width % 4 == 0) {
-		for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < width / 4; i += gridDim.x * blockDim.x)
-			b[i] = a[i];
-	} else {
-		for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < width; i += gridDim.x * blockDim.x)
-			dst[(size_t)slot * width + i] = src[(size_t)r * width + i];
-	}
-}
-
-cudaError_t
-k_scatter_rows(const float *src, const int32_t *slots, const int *n, int rows, int width, float *dst,
-	       cudaStream_t s)
-{
-	// Under 16 rows, 256 / rows CTAs a row (a one-row pass: one float4 of
-	// the 151,936 logits a thread), else 16, never more than a row needs.
-	// Against 16 CTAs a row at 0.6b N=1 this measured as noise.
-	const int per_row = (width / 4 + 255) / 256, want = rows > 0 && rows < 16 ? 256 / rows : 16;
-	dim3 grid(std::max(1, std::min(per_row, want)), rows);
-	return k_launch(scatter_kernel, grid, dim3(256), 0, s, src, slots, n, width, dst);
 }
 
 // ---- QKV epilogue --------------------------------------------------------------------

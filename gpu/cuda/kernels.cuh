@@ -148,10 +148,6 @@ cudaError_t k_attn_merge(const float *part_ml, const float *part_acc, const int3
 // at columns 2j, 2j+1 (the layout of interleaved gate/up weight rows).
 cudaError_t k_swiglu(const float *gu, int rows, int f, bf16 *h, cudaStream_t s);
 
-// dst[slots[i]] = src[i] (rows of width floats) for i < *n with slots[i] >= 0.
-cudaError_t k_scatter_rows(const float *src, const int32_t *slots, const int *n, int rows, int width,
-			   float *dst, cudaStream_t s);
-
 // Bytes of dynamic shared memory k_attention uses for head_dim hd.
 size_t k_attention_smem(int hd);
 // Query rows one attention item may carry for this geometry (0 when a kv

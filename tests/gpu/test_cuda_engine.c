@@ -816,6 +816,78 @@ out:
 	free(c);
 }
 
+/* ---- 6b. logits that stay where their pass left them -------------------------- */
+
+/* The index of the largest of x[n] (the lowest on ties). */
+static int
+argmax_f(const float *x, int n)
+{
+	int a = 0;
+	for (int i = 1; i < n; i++)
+		if (x[i] > x[a])
+			a = i;
+	return a;
+}
+
+/* A pass leaves its logits in its own rows; a later pass that does not
+ * recompute them must not lose them.  Sequence A's prefill, then B's (which
+ * writes the rows A's logits were in): A's logits then read back as a
+ * prefill of A alone gives them, bit for bit; a fork of B (logits still in
+ * the pass's rows) and a greedy step that samples A and B from wherever their
+ * logits are agree with them too. */
+static void
+check_slots(const char *model, eng *gpu, const struct prompt *pr)
+{
+	const int vocab = eng_config(gpu)->vocab_size, n = pr->n;
+	const size_t vb = (size_t)vocab * sizeof(float);
+	int32_t *other = random_ids(n, vocab, 0x510ULL);
+	float *ref = malloc(vb), *a = malloc(vb), *b = malloc(vb);
+	int seqs[3] = { -1, -1, -1 }, rc = ENG_ERR_NOMEM, child = -1, ok = 0;
+	struct eng_token buf[3];
+	struct samp_result res[3];
+	const float *l;
+	const struct samp_params sp = greedy_params(0);
+	if (!other || !ref || !a || !b)
+		goto fail;
+	/* A alone: the reference */
+	if ((rc = seqs[0] = eng_seq_new(gpu, pr->ids, n, &sp)) < 0 || (rc = eng_seq_prefill(gpu, seqs[0], NULL)) ||
+	    !(l = eng_seq_logits(gpu, seqs[0])))
+		goto fail;
+	memcpy(ref, l, vb);
+	free_seqs(gpu, seqs, 1);
+	/* A, then B, then A's logits */
+	if ((rc = seqs[0] = eng_seq_new(gpu, pr->ids, n, &sp)) < 0 || (rc = eng_seq_prefill(gpu, seqs[0], NULL)) ||
+	    (rc = seqs[1] = eng_seq_new(gpu, other, n, &sp)) < 0 || (rc = eng_seq_prefill(gpu, seqs[1], NULL)) ||
+	    !(l = eng_seq_logits(gpu, seqs[0])))
+		goto fail;
+	memcpy(a, l, vb);
+	gc_check(!memcmp(a, ref, vb), "%-18s A's logits after B's prefill (which reused their rows) equal A's alone, "
+		 "bit for bit", model);
+	/* a fork of B, whose logits are still in the pass's rows */
+	if ((rc = eng_seq_fork(gpu, seqs[1], 1, &child)) || !(l = eng_seq_logits(gpu, seqs[1])))
+		goto fail;
+	seqs[2] = child;
+	memcpy(b, l, vb);
+	if (!(l = eng_seq_logits(gpu, child)))
+		goto fail;
+	gc_check(!memcmp(l, b, vb), "%-18s a fork of B carries B's logits, bit for bit", model);
+	/* greedy sampling of all three from where their logits are */
+	if ((rc = step_map(gpu, seqs, 3, buf, res)))
+		goto fail;
+	gc_check(res[0].token == argmax_f(ref, vocab) && res[1].token == argmax_f(b, vocab) && res[2].token == res[1].token,
+		 "%-18s greedy step: A %d (argmax %d), B %d and its fork %d (argmax %d)", model, res[0].token,
+		 argmax_f(ref, vocab), res[1].token, res[2].token, argmax_f(b, vocab));
+	ok = 1;
+fail:
+	if (!ok)   /* rc < 0: a failed call; else a sequence without logits */
+		gc_check(0, "%-18s logits slots: %s", model, rc < 0 ? rcmsg(gpu, rc) : "no logits where expected");
+	free_seqs(gpu, seqs, 3);
+	free(other);
+	free(ref);
+	free(a);
+	free(b);
+}
+
 /* ---- 7. errors ---------------------------------------------------------------- */
 
 /* eng_create(cuda) with var=val fails, naming var. */
@@ -1008,6 +1080,7 @@ test_model(const struct model_entry *me, int is_arith, int shared_prefix)
 			 eng_strerror(trc));
 		check_batch_invariance(model, gpu, &mid);
 		check_sampling(model, me->dir, gpu, &mid);
+		check_slots(model, gpu, &mid);
 	}
 	/* 5 */
 	if (shared_prefix)

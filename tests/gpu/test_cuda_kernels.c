@@ -695,7 +695,7 @@ att_empty(int nh, int nkv, int hd)
 	att_free(&A);
 }
 
-/* ---- SwiGLU, scatter, GEMM ---------------------------------------------------------- */
+/* ---- SwiGLU, GEMM ------------------------------------------------------------------- */
 
 static void
 check_swiglu(int rows, int f)
@@ -727,28 +727,6 @@ check_swiglu(int rows, int f)
 	free(gu);
 	free(h);
 	free(g);
-	free(ref);
-}
-
-static void
-check_scatter(int width)
-{
-	static const int32_t slots[] = { 3, -1, 0, 7, 2, 5 };
-	const int rows = 6, n_active = 5, n_dst = 8;
-	float *src = gc_frand((size_t)rows * width, -100.0f, 100.0f, 0);
-	float *dst = gc_fnan((size_t)n_dst * width);
-	double *ref = dnan((size_t)n_dst * width);
-	for (int r = 0; r < n_active; r++)
-		if (slots[r] >= 0)
-			for (int i = 0; i < width; i++)
-				ref[(size_t)slots[r] * width + i] = src[(size_t)r * width + i];
-	char shape[96];
-	snprintf(shape, sizeof shape, "rows %d (*n %d) width %d into %d slots", rows, n_active, width, n_dst);
-	if (gc_called(kc_scatter_rows(src, slots, rows, n_active, width, dst, n_dst, err, sizeof err),
-		      "kc_scatter_rows", err))
-		compare("scatter_rows", shape, dst, ref, (size_t)n_dst * width, (size_t)width, 0.0, 0.0);
-	free(src);
-	free(dst);
 	free(ref);
 }
 
@@ -873,8 +851,6 @@ main(void)
 
 	check_swiglu(5, 4864);
 	check_swiglu(3, 100);
-	check_scatter(1000);
-	check_scatter(1001);
 
 	static const int gn[] = { 1, 7, 64 };
 	for (int i = 0; i < 3; i++) {
