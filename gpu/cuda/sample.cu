@@ -5,9 +5,11 @@
 //
 // A row (up to 600 KB) does not fit in shared memory, so each step is a pass
 // over the row's logits in global memory (L2 after the first):
-//   1. max, lowest argmax, NaN/+inf check; first digit of the selections below
-//   2. S = sum e^(l-max) and sum e^(l-max)(l-max) (logprob, entropy); next digits
-//   3.. the remaining digits of three radix selections, run side by side, one
+//   1. max, lowest argmax, NaN/+inf check, S = sum e^(l-max) and
+//      sum e^(l-max)(l-max) (logprob, entropy: each thread's about its running
+//      max, rescaled as that grows, then about the row's); first digit of the
+//      selections below
+//   2.. the remaining digits of three radix selections, run side by side, one
 //       digit per pass, histograms in shared memory:
 //       - top n_top and top-k: the m largest composite keys (logit, then lower id),
 //         found exactly; 3 passes when logits are distinct, up to 6 with ties
@@ -500,16 +502,30 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 	}
 	__syncthreads();
 
-	// ---- pass 1: max, lowest argmax, bad logits; first digit of top-n, top-k
-	float mxl = -INFINITY;
+	// ---- pass 1: max, lowest argmax, bad logits, the moments; first digit
+	// of top-n, top-k.  The moments are a thread's about its running max
+	// (rescaled when the max grows), then about the row's max once that is
+	// known: os = sum e, osx = sum e (x - max), e = 2^((x - max) log2 e).
+	const float c1 = (float)SAMP_LOG2E;
+	float mxl = -INFINITY, os = 0.0f, osx = 0.0f;
 	int argl = INT_MAX, bad = 0;
 	{
 		const bool cn = sn.on, ckk = sk.on;
 		samp_each(row, lo, hi, [&](int i, float x) {
 			bad |= (x != x) | (x == INFINITY);
 			if (x > mxl) {
+				if (os > 0.0f) {
+					const float d = mxl - x, rs = samp_ex2(d * c1);
+					osx = (osx + d * os) * rs;
+					os *= rs;
+				}
 				mxl = x;
 				argl = i;
+				os += 1.0f;
+			} else if (x > -INFINITY) {
+				const float d = x - mxl, e = samp_weight(x, mxl, c1);
+				os += e;
+				osx += e * d;
 			}
 			if (cn | ckk) {
 				unsigned d = (unsigned)(samp_ck(x, i) >> 45);
@@ -521,6 +537,7 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 		});
 	}
 	bad = __syncthreads_or(bad);
+	const float own_mx = mxl;
 	samp_warp_argmax(mxl, argl);
 	if (lane == 0) {
 		S.red_f[warp] = mxl;
@@ -583,18 +600,35 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 		samp_csel_resolve(sn, S.cnt[0], S);
 	if (sk.on)
 		samp_csel_resolve(sk, S.cnt[1], S);
-
-	// ---- passes 2..: moments, then one digit of each running selection a pass
-	const float c = greedy ? 0.0f : (float)(SAMP_LOG2E / (double)p.temperature);
-	const float c1 = (float)SAMP_LOG2E;
-	const bool same_c = c == c1;
+	// The moments about the row's max, summed in double over the block (and
+	// the cluster's ranks, in rank order).
 	double s = 0.0, sx = 0.0;
-	bool have_moments = false;
+	{
+		float ts = 0.0f, tsx = 0.0f;
+		if (os > 0.0f) {
+			const float d = own_mx - mx, rs = own_mx == mx ? 1.0f : samp_ex2(d * c1);
+			ts = os * rs;
+			tsx = (osx + d * os) * rs;
+		}
+		s = samp_block_sum((double)ts, S);
+		sx = samp_block_sum((double)tsx, S);
+		if constexpr (C > 1) {
+			if (tid == 0) {
+				S.part_s = s;
+				S.part_sx = sx;
+			}
+			samp_cl_moments<C>(S);
+			s = S.g_s;
+			sx = S.g_sx;
+		}
+	}
+
+	// ---- passes 2..: one digit of each running selection a pass
+	const float c = greedy ? 0.0f : (float)(SAMP_LOG2E / (double)p.temperature);
 	for (;;) {
 		const bool run_n = sn.on, run_k = sk.on;
 		const bool run_p = sp.on && !sk.on;   // top-p acts on the top-k survivors
-		const bool do_m = !have_moments;
-		if (!do_m && !run_n && !run_k && !run_p)
+		if (!run_n && !run_k && !run_p)
 			break;
 		const int n_sh = samp_c_shift[sn.level], n_hi = n_sh + samp_c_width[sn.level];
 		const u64 n_mask = (1ull << samp_c_width[sn.level]) - 1, n_pre = sn.prefix;
@@ -603,16 +637,7 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 		const u64 k_thr = sk.thr;
 		const int p_sh = samp_p_shift[sp.level], p_hi = p_sh + samp_p_width[sp.level];
 		const u64 p_mask = (1ull << samp_p_width[sp.level]) - 1, p_pre = sp.prefix;
-		float fs = 0.0f, fsx = 0.0f;
 		samp_each(row, lo, hi, [&](int i, float x) {
-			float e = 0.0f;
-			if (do_m) {
-				e = samp_weight(x, mx, c1);
-				if (x > -INFINITY) {
-					fs += e;
-					fsx += e * (x - mx);
-				}
-			}
 			if (run_n | run_k) {
 				u64 ck = samp_ck(x, i);
 				if (run_n && (ck >> n_hi) == n_pre)
@@ -623,7 +648,7 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 			if (run_p) {
 				u64 key = samp_key(x);
 				if ((key >> p_hi) == p_pre && (k == 0 || samp_ck(x, i) >= k_thr)) {
-					float w = (do_m && same_c) ? e : samp_weight(x, mx, c);
+					float w = samp_weight(x, mx, c);
 					if (w >= min_p) {
 						u64 q = __float2ull_rn(w * SAMP_MASS_SCALE);
 						if (q)
@@ -632,20 +657,6 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 				}
 			}
 		});
-		if (do_m) {
-			s = samp_block_sum((double)fs, S);
-			sx = samp_block_sum((double)fsx, S);
-			have_moments = true;
-			if constexpr (C > 1) {
-				if (tid == 0) {
-					S.part_s = s;
-					S.part_sx = sx;
-				}
-				samp_cl_moments<C>(S);
-				s = S.g_s;
-				sx = S.g_sx;
-			}
-		}
 		__syncthreads();
 		if constexpr (C > 1)
 			if (run_n || run_k || run_p)
