@@ -60,6 +60,8 @@ struct backend_timing {
 					upload, launch                         */
 	long passes_ahead;           /* passes planned and uploaded while the
 					GPU sampled (only tokens left)         */
+	long passes_run_ahead;       /* of those, passes also launched then,
+					with the tokens sampled on the device */
 };
 
 struct backend_ops {
@@ -79,7 +81,16 @@ struct backend_ops {
 	int (*copy_slot)(void *self, int32_t src, int32_t dst);
 	int (*read_slot)(void *self, int32_t slot, float *host);      /* vocab floats */
 	/* Sample rows[n] (see cuda_sample_launch in gpu/cuda/cuda.h) into
-	 * out[n]; status[n] per row. */
+	 * out[n]; status[n] per row.  After a pass whose rows were each their
+	 * sequence's only one, each with its logits, the CUDA backend may run
+	 * the likely next pass (the same rows one position on, the sampled
+	 * tokens) behind the sampling, before returning: it then writes each
+	 * row's K and V at that next position, in the block that holds the
+	 * row's last one, and replaces the logits just sampled.  So the engine
+	 * must not read a sampled slot again before a pass recomputes it, and
+	 * the next position's block must be the row's alone; a later pass
+	 * rewrites that position before reading it.  (A row whose sampling
+	 * fails keeps its logits: the backend then runs the pass again.) */
 	int (*sample)(void *self, const struct cuda_samp_row *rows, int n, struct samp_result *out,
 		      int32_t *status);
 	/* The last device error, for messages ("" when none). */

@@ -327,6 +327,7 @@ struct bench_row {
 	int timed;
 	double pass_gpu_ms, sample_gpu_ms, pass_host_ms;
 	double ahead;    /* the timed passes' fraction planned ahead (while the GPU sampled) */
+	double run_ahead;   /* and launched then, with the tokens sampled on the device */
 };
 
 static int
@@ -427,6 +428,7 @@ run_one(const struct bench_env *be, int n, int gen, struct bench_row *row)
 		row->sample_gpu_ms = tm.sample_gpu_ms / gen;
 		row->pass_host_ms = tm.pass_host_ms / gen;
 		row->ahead = tm.passes > 0 ? (double)tm.passes_ahead / (double)tm.passes : 0.0;
+		row->run_ahead = tm.passes > 0 ? (double)tm.passes_run_ahead / (double)tm.passes : 0.0;
 	} else {
 		row->timed = 0;
 	}
@@ -760,10 +762,10 @@ cmd_bench(int argc, char **argv)
 					"fraction_of_bandwidth", r.frac_bound, "kv_bytes_used", r.kv_used,
 					"kv_bytes_private", r.kv_private, "kv_bytes_end", r.kv_end);
 		if (row && r.timed)
-			json_object_update_new(row, json_pack("{s:f,s:f,s:f,s:f,s:f}", "pass_gpu_ms_per_step", r.pass_gpu_ms,
+			json_object_update_new(row, json_pack("{s:f,s:f,s:f,s:f,s:f,s:f}", "pass_gpu_ms_per_step", r.pass_gpu_ms,
 							      "sample_gpu_ms_per_step", r.sample_gpu_ms,
 							      "pass_host_ms_per_step", r.pass_host_ms,
-							      "passes_planned_ahead", r.ahead,
+							      "passes_planned_ahead", r.ahead, "passes_run_ahead", r.run_ahead,
 							      "gpu_idle_ms_per_step",
 							      r.step_ms - r.pass_gpu_ms - r.sample_gpu_ms));
 		if (!row || json_array_append_new(rows, row) != 0)
@@ -780,10 +782,10 @@ cmd_bench(int argc, char **argv)
 #define F(k) json_real_value(json_object_get(jr, k))
 		printf("%sN=%d: %.3f ms/step = passes %.3f ms on the GPU + sampling %.3f ms on the GPU + %.3f ms "
 		       "the GPU waits (the host's plan, upload and launch of a pass: %.3f ms; %.0f%% of the passes "
-		       "planned while the GPU sampled)\n", first ? "\n" : "",
+		       "planned while the GPU sampled, %.0f%% also launched then)\n", first ? "\n" : "",
 		       (int)json_integer_value(json_object_get(jr, "n")), F("ms_per_step"), F("pass_gpu_ms_per_step"),
 		       F("sample_gpu_ms_per_step"), F("gpu_idle_ms_per_step"), F("pass_host_ms_per_step"),
-		       100 * F("passes_planned_ahead"));
+		       100 * F("passes_planned_ahead"), 100 * F("passes_run_ahead"));
 #undef F
 		first = 0;
 	}

@@ -3,8 +3,8 @@
 # repository root: each tests/gpu program plainly, then under
 # compute-sanitizer memcheck (leak check on), test_cuda_engine also with
 # BRAID_ATT_CLUSTER=0, BRAID_ATT_CLUSTER_EARLY=0, BRAID_FUSE_SWIGLU=0,
-# BRAID_FUSE_NORM=0, BRAID_ATT_PREFIX_WARP=0 and BRAID_PLAN_AHEAD=0; a summary
-# line per run, exit 1 if any failed.
+# BRAID_FUSE_NORM=0, BRAID_ATT_PREFIX_WARP=0, BRAID_PLAN_AHEAD=0 and
+# BRAID_RUN_AHEAD=0; a summary line per run, exit 1 if any failed.
 #
 #   tools/gpu_check.sh [--bin DIR] [--no-sanitizer] [--only NAME,...]
 #
@@ -91,7 +91,8 @@ for p in "$@"; do
 	# and the merge for one-row passes, the clusters' late trigger that
 	# models with a large o projection take, SwiGLU as its own kernel,
 	# RMSNorm as its own kernel in one-row passes, shared prefixes of
-	# decode passes in CTA units, every pass planned when it comes).
+	# decode passes in CTA units, every pass planned when it comes, or
+	# planned ahead but launched when it comes).
 	if [ "$name" = test_cuda_engine ]; then
 		run "$name BRAID_ATT_CLUSTER=0" "$logs/$name.nocluster.log" env BRAID_ATT_CLUSTER=0 "$p"
 		run "$name BRAID_ATT_CLUSTER_EARLY=0" "$logs/$name.late.log" env BRAID_ATT_CLUSTER_EARLY=0 "$p"
@@ -99,6 +100,7 @@ for p in "$@"; do
 		run "$name BRAID_FUSE_NORM=0" "$logs/$name.nonorm.log" env BRAID_FUSE_NORM=0 "$p"
 		run "$name BRAID_ATT_PREFIX_WARP=0" "$logs/$name.noprefixwarp.log" env BRAID_ATT_PREFIX_WARP=0 "$p"
 		run "$name BRAID_PLAN_AHEAD=0" "$logs/$name.noahead.log" env BRAID_PLAN_AHEAD=0 "$p"
+		run "$name BRAID_RUN_AHEAD=0" "$logs/$name.norun.log" env BRAID_RUN_AHEAD=0 "$p"
 	fi
 	[ "$sanitize" = 1 ] || continue
 	run "$name (memcheck)" "$logs/$name.memcheck.log" "$cs" --tool memcheck --leak-check full \

@@ -63,6 +63,7 @@ struct cl_layer {
 struct meta_layout {
 	size_t counters;     // int[4]: n_rows, n_logits, CTA items, warp items
 	size_t tokens, pos, tab_off, logit_rows;   // int[rows_cap]
+	size_t tok_src;      // int[rows_cap]: run ahead, row i's token is sampling result tok_src[i]'s
 	size_t rp_off;       // int[rows_cap + 1]
 	size_t items;        // k_attn_item[cap_items]
 	size_t item_rows;    // int[cap_parts]
@@ -152,8 +153,18 @@ struct cuda_backend {
 	// whether dmeta holds the next pass's plan, made and uploaded while the
 	// GPU sampled (plan_ahead).
 	bool ahead_on;
+	// Running ahead (BRAID_RUN_AHEAD=0: off): the planned pass launched too,
+	// its tokens taken from the sampling's results on the device; confirmed
+	// by the next forward_slots when its batch is the guess.
+	bool run_ahead_on;
 	struct ahead_state *ahead;
 	cudaEvent_t ev_up, ev_sout;  // after a pass's upload; after sampling's results
+	// Timing a pass run ahead: two pairs of events (start, end), used in
+	// turn, so that the host never waits to read one (the pair used two
+	// passes ago has ended by the time it is used again); t_spec[k]: pair
+	// k's pass was confirmed and is not yet added to tm.
+	cudaEvent_t ev_s[2][2];
+	int t_spec[2], spec_pair;
 
 	// Sampling's rows upload (h_srows) may still be in flight.
 	bool srows_busy;
@@ -348,8 +359,10 @@ struct plan {
 struct ahead_state {
 	bool have;                   // a batch is recorded
 	bool planned;                // dmeta holds the guess's plan, all but its tokens
+	bool launched;               // and its pass runs, with the sampled tokens (tok)
 	int n_rows, n_seqs, n_logits;
-	std::vector<int32_t> pos, row_seq, lrows, slots, tab, tab_off, tab_n;
+	std::vector<int32_t> tok, src, j_of_slot;   // launched: row i's token; its sampling row
+	std::vector<int32_t> tokens, pos, row_seq, lrows, slots, tab, tab_off, tab_n;
 	struct plan pl;              // the guess's
 };
 
@@ -597,6 +610,12 @@ timing_collect(struct cuda_backend *cb)
 	if (cb->t_samp && cudaEventElapsedTime(&ms, cb->ev_t[2], cb->ev_t[3]) == cudaSuccess)
 		cb->tm.sample_gpu_ms += ms;
 	cb->t_pass = cb->t_samp = 0;
+	// Confirmed passes run ahead, once they have ended.
+	for (int k = 0; k < 2; k++)
+		if (cb->t_spec[k] && cudaEventElapsedTime(&ms, cb->ev_s[k][0], cb->ev_s[k][1]) == cudaSuccess) {
+			cb->tm.pass_gpu_ms += ms;
+			cb->t_spec[k] = 0;
+		}
 }
 
 static int
@@ -921,6 +940,7 @@ ahead_record(struct cuda_backend *cb, const struct fwd_batch *b, const int32_t *
 	A.n_rows = b->n_rows;
 	A.n_seqs = b->n_seqs;
 	A.n_logits = b->n_logits;
+	A.tokens.assign(b->tokens, b->tokens + b->n_rows);
 	A.pos.assign(b->pos, b->pos + b->n_rows);
 	A.row_seq.assign(b->row_seq, b->row_seq + b->n_rows);
 	A.lrows.assign(b->logit_rows, b->logit_rows + b->n_logits);
@@ -946,11 +966,23 @@ ahead_record(struct cuda_backend *cb, const struct fwd_batch *b, const int32_t *
 // the stream.  Not where a row's next position starts a block (its table
 // may not hold that block yet).  forward_slots then checks the real batch
 // against the guess and, where they agree, uploads only the tokens.
+//
+// Running ahead, where every row's slot is among the sampled rows
+// (srows[n]): the pass is launched too, behind the sampling, its tokens
+// gathered from the sampling's results on the device, so that the GPU goes
+// from sampling to the next pass without waiting for the host; forward_slots
+// then only confirms it (the batch is the guess, with the sampled tokens).
+// A pass run ahead and not confirmed has written each row's K and V at its
+// next position and the rows' logits: the engine reserved that position's
+// block for the row's last position (so it is the row's alone), and rewrites
+// the position in the pass that does commit a token there; the logits
+// replaced are those just sampled, which no one reads again (a sequence's
+// logits are sampled once, then recomputed).
 static void
-plan_ahead(struct cuda_backend *cb)
+plan_ahead(struct cuda_backend *cb, const struct cuda_samp_row *srows, int n_s)
 {
 	ahead_state &A = *cb->ahead;
-	A.planned = false;
+	A.planned = A.launched = false;
 	if (!cb->ahead_on || !A.have || A.n_rows == 0 || A.n_seqs != A.n_rows || A.n_logits != A.n_rows)
 		return;
 	const int bt = cb->g.block_tokens;
@@ -974,11 +1006,98 @@ plan_ahead(struct cuda_backend *cb)
 	}
 	// hmeta is the source of the last upload (a pass's, or one planned
 	// ahead) until that upload is done.
-	if (cudaEventSynchronize(cb->ev_up) != cudaSuccess ||
-	    make_plan(cb, &g, rows, nlog, cb->cap_items, &A.pl) || upload_plan(cb, rows, &A.pl) ||
-	    cudaEventRecord(cb->ev_up, cb->st) != cudaSuccess)
+	if (cudaEventSynchronize(cb->ev_up) != cudaSuccess || make_plan(cb, &g, rows, nlog, cb->cap_items, &A.pl))
+		return;
+	// Each row's sampling row, where all are sampled.
+	bool run = cb->run_ahead_on;
+	A.src.assign(A.n_rows, -1);
+	if (run) {
+		A.j_of_slot.resize(cb->max_seqs, -1);
+		for (int j = 0; j < n_s; j++)
+			A.j_of_slot[srows[j].slot] = j;
+		for (int i = 0; i < A.n_rows; i++)
+			run = run && (A.src[i] = A.slots[i] >= 0 ? A.j_of_slot[A.slots[i]] : -1) >= 0;
+		for (int j = 0; j < n_s; j++)
+			A.j_of_slot[srows[j].slot] = -1;
+	}
+	if (run)
+		memcpy(meta_at<int32_t>(cb->hmeta, cb->ml.tok_src), A.src.data(), (size_t)A.n_rows * sizeof(int32_t));
+	if (upload_plan(cb, rows, &A.pl) || cudaEventRecord(cb->ev_up, cb->st) != cudaSuccess)
 		return;
 	A.planned = true;
+	if (!run)
+		return;
+	// The pass itself, as forward_slots would launch it, between the events
+	// that time it (recorded whether timing is on or not: it may be on when
+	// the pass is confirmed).  The pair was last used two passes ago: that
+	// pass has ended (the host waited for the sampling behind it), so a
+	// confirmed one's time is read without waiting.
+	const int k = cb->spec_pair ^= 1;
+	float ms;
+	if (cb->t_spec[k] && cudaEventElapsedTime(&ms, cb->ev_s[k][0], cb->ev_s[k][1]) == cudaSuccess)
+		cb->tm.pass_gpu_ms += ms;
+	cb->t_spec[k] = 0;
+	if (cudaEventRecord(cb->ev_s[k][0], cb->st) != cudaSuccess)
+		return;
+	int32_t *dtok = meta_at<int32_t>(cb->dmeta, cb->ml.tokens);
+	cudaGraphExec_t exec = NULL;
+	cb->warp_pass = A.pl.warp_pass;
+	if (cuda_sample_tokens_to((const struct samp_result *)cb->d_sout, meta_at<int32_t>(cb->dmeta, cb->ml.tok_src),
+				  A.n_rows, cb->c.vocab_size, dtok, cb->st) ||
+	    keep_slots(cb, A.slots.data(), A.n_logits))
+		return;
+	if (graphed(cb, A.n_rows) ? graph_for(cb, rows, nlog, &exec) || cudaGraphLaunch(exec, cb->st) != cudaSuccess
+				  : enqueue_pass(cb, rows, nlog) != 0)
+		return;
+	if (cudaEventRecord(cb->ev_s[k][1], cb->st) != cudaSuccess)
+		return;
+	stage_slots(cb, A.slots.data(), A.n_logits);
+	A.launched = true;
+}
+
+static int cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, float *host);
+
+// After the sampling that plan_ahead ran a pass behind: the tokens it fed
+// that pass (out: the sampling's results).  Where a row's sampling failed,
+// the engine keeps the logits it could not sample, which the pass run ahead
+// has replaced: the recorded pass runs again to put them back (the same
+// batch, so the same values; its K and V rows too).
+static int
+ahead_tokens(struct cuda_backend *cb, const struct samp_result *out, const int32_t *status)
+{
+	ahead_state &A = *cb->ahead;
+	if (!A.launched)
+		return 0;
+	bool failed = false;
+	A.tok.resize(A.n_rows);
+	for (int i = 0; i < A.n_rows; i++) {
+		const int32_t t = out[A.src[i]].token;
+		failed |= status[A.src[i]] != ENG_OK;
+		A.tok[i] = status[A.src[i]] == ENG_OK && t >= 0 && t < cb->c.vocab_size ? t : -1;
+	}
+	if (!failed)
+		return 0;
+	A.planned = A.launched = false;
+	const ahead_state R = A;         // forward_slots records the batch again, into A
+	std::vector<const int32_t *> tables(R.n_seqs);
+	for (int q = 0; q < R.n_seqs; q++)
+		tables[q] = R.tab.data() + R.tab_off[q];
+	const struct fwd_batch b = {
+		.n_rows = R.n_rows, .tokens = R.tokens.data(), .pos = R.pos.data(), .row_seq = R.row_seq.data(),
+		.n_seqs = R.n_seqs, .block_tables = tables.data(), .n_logits = R.n_logits, .logit_rows = R.lrows.data(),
+	};
+	return cuda_forward_slots(cb, &b, R.slots.data(), NULL);
+}
+
+// Whether batch b's tokens are those the pass run ahead took.
+static bool
+ahead_tokens_match(const struct cuda_backend *cb, const struct fwd_batch *b)
+{
+	const ahead_state &A = *cb->ahead;
+	for (int i = 0; i < b->n_rows; i++)
+		if (b->tokens[i] != A.tok[i])
+			return false;
+	return true;
 }
 
 // Whether batch b (with slots) is the pass plan_ahead guessed.
@@ -1011,9 +1130,36 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 		for (int i = 0; i < b->n_logits; i++)
 			if (slots[i] < -1 || slots[i] >= cb->max_seqs)
 				return ENG_ERR_INVALID;
+	double h0 = cb->timing ? host_ms() : 0.0;
+	ahead_state &A = *cb->ahead;
+	// The pass run ahead, when this is it: nothing left to do.
+	if (A.launched && ahead_match(cb, b, slots) && ahead_tokens_match(cb, b)) {
+		A.have = A.planned = A.launched = false;
+		cb->warp_pass = A.pl.warp_pass;
+		if (cb->timing) {
+			cb->t_spec[cb->spec_pair] = 1;
+			cb->tm.passes++;
+			cb->tm.passes_ahead++;
+			cb->tm.passes_run_ahead++;
+			cb->tm.pass_host_ms += host_ms() - h0;
+		}
+		ahead_record(cb, b, slots);
+		if (host && b->n_logits > 0) {
+			CK(cudaMemcpyAsync(host, cb->logits, (size_t)b->n_logits * cb->c.vocab_size * sizeof(float),
+					   cudaMemcpyDeviceToHost, cb->st));
+			CK(cudaStreamSynchronize(cb->st));
+		}
+		return 0;
+	}
+	// Not it: its logits rows hold logits no one needs (those it replaced
+	// were sampled, the only use of a sequence's logits before it runs again).
+	if (A.launched) {
+		for (int32_t s : *cb->staged)
+			(*cb->slot_row)[s] = -1;
+		cb->staged->clear();
+	}
 	// The host metadata may still be in flight from the previous pass.
 	CK(cudaStreamSynchronize(cb->st));
-	double h0 = 0;
 	if (cb->timing) {
 		timing_collect(cb);
 		h0 = host_ms();
@@ -1033,10 +1179,10 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 	}
 	// The pass planned ahead while the GPU sampled wants only its tokens.
 	const bool ahead = ahead_match(cb, b, slots);
-	cb->ahead->have = cb->ahead->planned = false;
+	A.have = A.planned = A.launched = false;
 	struct plan pl;
 	if (ahead) {
-		pl = cb->ahead->pl;
+		pl = A.pl;
 		memcpy(meta_at<int32_t>(cb->hmeta, cb->ml.tokens), b->tokens, (size_t)b->n_rows * sizeof(int32_t));
 	} else if ((rc = make_plan(cb, b, rows, nlog, cap, &pl))) {
 		return rc;
@@ -1160,14 +1306,14 @@ cuda_sample(void *self, const struct cuda_samp_row *rows, int n, struct samp_res
 		cb->tm.samples++;
 	}
 	CK(cudaEventRecord(cb->ev_sout, cb->st));
-	plan_ahead(cb);                              // while the GPU samples
+	plan_ahead(cb, rows, n);                     // while the GPU samples
 	CK(cudaEventSynchronize(cb->ev_sout));
 	cb->srows_busy = false;
 	if (cb->timing)
 		timing_collect(cb);
 	memcpy(out, cb->h_sout, res_bytes);
 	memcpy(status, (char *)cb->h_sout + res_bytes, stat_bytes);
-	return 0;
+	return ahead_tokens(cb, out, status);
 }
 
 static const char *
@@ -1233,6 +1379,10 @@ cuda_destroy(void *self)
 	for (cudaEvent_t ev : cb->ev_t)
 		if (ev)
 			cudaEventDestroy(ev);
+	for (auto &pair : cb->ev_s)
+		for (cudaEvent_t ev : pair)
+			if (ev)
+				cudaEventDestroy(ev);
 	if (cb->st2)
 		cudaStreamDestroy(cb->st2);
 	if (cb->st)
@@ -1272,6 +1422,7 @@ layout_meta(struct cuda_backend *cb)
 	ml.pos = at, at += ri;
 	ml.tab_off = at, at += ri;
 	ml.logit_rows = at, at += ri;
+	ml.tok_src = at, at += ri;
 	ml.rp_off = at, at += ri + sizeof(int32_t);
 	at = align_up(at);
 	ml.items = at, at = align_up(at + (size_t)cb->cap_items * sizeof(k_attn_item));
@@ -1403,9 +1554,16 @@ create(struct cuda_backend *cb, const struct cuda_backend_params *p, size_t *wei
 	CK(cudaEventCreateWithFlags(&cb->ev_join, cudaEventDisableTiming));
 	CK(cudaEventCreateWithFlags(&cb->ev_up, cudaEventDisableTiming));
 	CK(cudaEventCreateWithFlags(&cb->ev_sout, cudaEventDisableTiming));
+	for (auto &pair : cb->ev_s)
+		for (cudaEvent_t &ev : pair)
+			CK(cudaEventCreate(&ev));
 	// The next decode pass planned and uploaded while the GPU samples
 	// (plan_ahead); BRAID_PLAN_AHEAD=0: planned when it comes.
 	cb->ahead_on = switch_on("BRAID_PLAN_AHEAD");
+	// And launched behind the sampling, with the sampled tokens, before the
+	// host has them (plan_ahead); BRAID_RUN_AHEAD=0: launched when it comes.
+	// Not under BRAID_PROFILE_PASS, which counts the passes forward_slots launches.
+	cb->run_ahead_on = cb->ahead_on && switch_on("BRAID_RUN_AHEAD") && cb->profile_pass < 0;
 	per_sm = (int)(prop.sharedMemPerMultiprocessor / (k_attention_smem(c->head_dim) + 1024));
 	cb->ctas = cb->n_sm * std::max(1, std::min(per_sm, 4));
 	cb->warps = cb->n_sm * 32;

@@ -72,6 +72,13 @@ int cuda_sample_launch(const float *logits, int vocab, const struct cuda_samp_ro
 		       struct samp_result *out, int32_t *status, void *scratch, size_t scratch_bytes,
 		       void *stream);
 
+/* tokens[i] = out[src[i]].token for i < n (device arrays), a token outside
+ * [0, vocab) (a row that failed) as 0: the sampled tokens, on the device,
+ * as the rows of the pass that feeds them back.  Asynchronous; 0 or
+ * ENG_ERR_DEVICE. */
+int cuda_sample_tokens_to(const struct samp_result *out, const int32_t *src, int n, int vocab, int32_t *tokens,
+			  void *stream);
+
 /* For tests: the same on host arrays (logits (n, vocab) on the host, rows'
  * slots index it); synchronous. */
 int cuda_sample_host(const float *logits, int n, int vocab, const struct cuda_samp_row *rows,

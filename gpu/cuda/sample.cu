@@ -1001,6 +1001,25 @@ extern "C" int cuda_sample_launch(const float *logits, int vocab, const struct c
 }
 
 
+static __global__ void samp_tokens_kernel(const samp_result *__restrict__ out, const int32_t *__restrict__ src, int n,
+					  int vocab, int32_t *__restrict__ tokens)
+{
+	const int i = blockIdx.x * blockDim.x + threadIdx.x;
+	if (i < n) {
+		const int32_t t = out[src[i]].token;
+		tokens[i] = t >= 0 && t < vocab ? t : 0;
+	}
+}
+
+extern "C" int cuda_sample_tokens_to(const struct samp_result *out, const int32_t *src, int n, int vocab,
+				     int32_t *tokens, void *stream)
+{
+	if (n <= 0)
+		return ENG_OK;
+	samp_tokens_kernel<<<(n + 127) / 128, 128, 0, (cudaStream_t)stream>>>(out, src, n, vocab, tokens);
+	return cudaGetLastError() == cudaSuccess ? ENG_OK : ENG_ERR_DEVICE;
+}
+
 extern "C" int cuda_sample_host(const float *logits, int n, int vocab, const struct cuda_samp_row *rows,
 				struct samp_result *out, int32_t *status, char *err, int errlen)
 {

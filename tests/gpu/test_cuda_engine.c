@@ -769,8 +769,9 @@ run_sampling_two(eng *gpu, const char *dir, const struct prompt *pr, int32_t *a,
 		rc = run_sampling(now, pr, b, bad, why, whylen);
 	if (!rc)
 		rc = eng_backend_timing(now, 0, &tn);
-	if (!rc && tn.passes_ahead != 0) {
-		snprintf(why, whylen, "BRAID_PLAN_AHEAD=0 planned %ld passes ahead", tn.passes_ahead);
+	if (!rc && (tn.passes_ahead != 0 || tn.passes_run_ahead != 0)) {
+		snprintf(why, whylen, "BRAID_PLAN_AHEAD=0 planned %ld passes ahead, ran %ld", tn.passes_ahead,
+			 tn.passes_run_ahead);
 		(*bad)++;
 	}
 	eng_destroy(now);
@@ -801,15 +802,18 @@ check_sampling(const char *model, const char *dir, eng *gpu, const struct prompt
 		diff_now += a[i] != c[i];
 	}
 	gc_check(diff == 0, "%-18s same seeds, second run: %d of %zu tokens differ (tol 0)", model, diff, n);
-	/* The decode steps' passes were planned while the GPU sampled (all
-	 * but those where a row's next position starts a KV block; none where
-	 * the whole run has BRAID_PLAN_AHEAD=0); planning each pass when it
-	 * comes gives the same tokens. */
-	const char *pa = getenv("BRAID_PLAN_AHEAD");
-	const int ahead_off = pa && !strcmp(pa, "0");
-	gc_check((ahead_off ? tm.passes_ahead == 0 : tm.passes_ahead > 0) && diff_now == 0,
-		 "%-18s %ld of %ld passes planned ahead; planning each when it comes (BRAID_PLAN_AHEAD=0): %d of %zu "
-		 "tokens differ (tol 0)", model, tm.passes_ahead, tm.passes, diff_now, n);
+	/* The decode steps' passes were planned, and launched, while the GPU
+	 * sampled (all but those where a row's next position starts a KV
+	 * block; none planned where the whole run has BRAID_PLAN_AHEAD=0, none
+	 * launched with BRAID_RUN_AHEAD=0); planning and launching each pass
+	 * when it comes gives the same tokens. */
+	const char *pa = getenv("BRAID_PLAN_AHEAD"), *ra = getenv("BRAID_RUN_AHEAD");
+	const int plan_off = pa && !strcmp(pa, "0"), run_off = plan_off || (ra && !strcmp(ra, "0"));
+	gc_check((plan_off ? tm.passes_ahead == 0 : tm.passes_ahead > 0) &&
+			 (run_off ? tm.passes_run_ahead == 0 : tm.passes_run_ahead == tm.passes_ahead) && diff_now == 0,
+		 "%-18s %ld of %ld passes planned ahead, %ld run ahead; planning and launching each when it comes "
+		 "(BRAID_PLAN_AHEAD=0): %d of %zu tokens differ (tol 0)", model, tm.passes_ahead, tm.passes,
+		 tm.passes_run_ahead, diff_now, n);
 out:
 	free(a);
 	free(b);
