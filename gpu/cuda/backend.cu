@@ -159,6 +159,12 @@ struct cuda_backend {
 	bool run_ahead_on;
 	struct ahead_state *ahead;
 	cudaEvent_t ev_up, ev_sout;  // after a pass's upload; after sampling's results
+	// The sampling's copies and a plan made ahead go on st_up, beside the
+	// sampling and the pass before: ev_pass_end (st: the pass before the
+	// sampling has ended), ev_rows (st_up: the rows are on the device),
+	// ev_samp (st: the sampling has ended).
+	cudaStream_t st_up;
+	cudaEvent_t ev_pass_end, ev_rows, ev_samp;
 	// Timing a pass run ahead: two pairs of events (start, end), used in
 	// turn, so that the host never waits to read one (the pair used two
 	// passes ago has ended by the time it is used again); t_spec[k]: pair
@@ -571,22 +577,23 @@ make_plan(struct cuda_backend *cb, const struct fwd_batch *b, int pad_rows, int 
 	return 0;
 }
 
+// The plan's copies, on stream s (st, or st_up for a plan made ahead).
 static int
-upload_plan(struct cuda_backend *cb, int pad_rows, const struct plan *pl)
+upload_plan(struct cuda_backend *cb, int pad_rows, const struct plan *pl, cudaStream_t s)
 {
 	const struct meta_layout &ml = cb->ml;
 	const int32_t tab = pl->n_tables;
 	// counters .. rp_off are one contiguous range.
 	CK(cudaMemcpyAsync(cb->dmeta, cb->hmeta, ml.rp_off + (size_t)(pad_rows + 1) * sizeof(int32_t),
-			   cudaMemcpyHostToDevice, cb->st));
+			   cudaMemcpyHostToDevice, s));
 	CK(cudaMemcpyAsync(cb->dmeta + ml.items, cb->hmeta + ml.items, (size_t)pl->n_items * sizeof(k_attn_item),
-			   cudaMemcpyHostToDevice, cb->st));
+			   cudaMemcpyHostToDevice, s));
 	CK(cudaMemcpyAsync(cb->dmeta + ml.item_rows, cb->hmeta + ml.item_rows, (size_t)pl->n_parts * sizeof(int32_t),
-			   cudaMemcpyHostToDevice, cb->st));
+			   cudaMemcpyHostToDevice, s));
 	CK(cudaMemcpyAsync(cb->dmeta + ml.rp_idx, cb->hmeta + ml.rp_idx, (size_t)pl->n_parts * sizeof(int32_t),
-			   cudaMemcpyHostToDevice, cb->st));
+			   cudaMemcpyHostToDevice, s));
 	CK(cudaMemcpyAsync(cb->dmeta + ml.tables, cb->hmeta + ml.tables, (size_t)tab * sizeof(int32_t),
-			   cudaMemcpyHostToDevice, cb->st));
+			   cudaMemcpyHostToDevice, s));
 	return 0;
 }
 
@@ -1022,7 +1029,10 @@ plan_ahead(struct cuda_backend *cb, const struct cuda_samp_row *srows, int n_s)
 	}
 	if (run)
 		memcpy(meta_at<int32_t>(cb->hmeta, cb->ml.tok_src), A.src.data(), (size_t)A.n_rows * sizeof(int32_t));
-	if (upload_plan(cb, rows, &A.pl) || cudaEventRecord(cb->ev_up, cb->st) != cudaSuccess)
+	// The copies on st_up, beside the sampling: after the pass before
+	// (which reads dmeta), before the pass planned.
+	if (cudaStreamWaitEvent(cb->st_up, cb->ev_pass_end, 0) != cudaSuccess || upload_plan(cb, rows, &A.pl, cb->st_up) ||
+	    cudaEventRecord(cb->ev_up, cb->st_up) != cudaSuccess || cudaStreamWaitEvent(cb->st, cb->ev_up, 0) != cudaSuccess)
 		return;
 	A.planned = true;
 	if (!run)
@@ -1158,8 +1168,10 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 			(*cb->slot_row)[s] = -1;
 		cb->staged->clear();
 	}
-	// The host metadata may still be in flight from the previous pass.
+	// The host metadata may still be in flight from the previous pass, or
+	// from a plan made ahead (on st_up).
 	CK(cudaStreamSynchronize(cb->st));
+	CK(cudaStreamSynchronize(cb->st_up));
 	if (cb->timing) {
 		timing_collect(cb);
 		h0 = host_ms();
@@ -1195,7 +1207,7 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 	if (ahead)
 		CK(cudaMemcpyAsync(cb->dmeta + cb->ml.tokens, cb->hmeta + cb->ml.tokens,
 				   (size_t)b->n_rows * sizeof(int32_t), cudaMemcpyHostToDevice, cb->st));
-	else if ((rc = upload_plan(cb, rows, &pl)))
+	else if ((rc = upload_plan(cb, rows, &pl, cb->st)))
 		return rc;
 	CK(cudaEventRecord(cb->ev_up, cb->st));
 	if (graph) {
@@ -1281,15 +1293,20 @@ cuda_sample(void *self, const struct cuda_samp_row *rows, int n, struct samp_res
 			return ENG_ERR_INVALID;
 	// The pass before may still run: sampling queues behind it.  h_srows'
 	// last upload is done unless that call failed on the way.
-	if (cb->srows_busy)
+	if (cb->srows_busy) {
 		CK(cudaStreamSynchronize(cb->st));
+		CK(cudaStreamSynchronize(cb->st_up));
+	}
 	memcpy(cb->h_srows, rows, (size_t)n * sizeof *rows);
 	for (int i = 0; i < n; i++)
 		cb->h_srows[i].slot = (int32_t)slot_at(cb, rows[i].slot);
 	cb->srows_busy = true;
+	CK(cudaEventRecord(cb->ev_pass_end, cb->st));
+	CK(cudaMemcpyAsync(cb->d_srows, cb->h_srows, (size_t)n * sizeof *rows, cudaMemcpyHostToDevice, cb->st_up));
+	CK(cudaEventRecord(cb->ev_rows, cb->st_up));
+	CK(cudaStreamWaitEvent(cb->st, cb->ev_rows, 0));
 	if (cb->timing)
 		CK(cudaEventRecord(cb->ev_t[2], cb->st));
-	CK(cudaMemcpyAsync(cb->d_srows, cb->h_srows, (size_t)n * sizeof *rows, cudaMemcpyHostToDevice, cb->st));
 	const size_t res_bytes = (size_t)n * sizeof *out, stat_bytes = (size_t)n * sizeof *status;
 	int rc = cuda_sample_launch(cb->slots, cb->c.vocab_size, cb->d_srows, n, (struct samp_result *)cb->d_sout,
 				    (int32_t *)((char *)cb->d_sout + res_bytes), cb->d_sscratch, cb->sscratch_bytes,
@@ -1299,14 +1316,17 @@ cuda_sample(void *self, const struct cuda_samp_row *rows, int n, struct samp_res
 			 cudaGetErrorString(cudaGetLastError()));
 		return rc;
 	}
-	CK(cudaMemcpyAsync(cb->h_sout, cb->d_sout, res_bytes + stat_bytes, cudaMemcpyDeviceToHost, cb->st));
 	if (cb->timing) {
 		CK(cudaEventRecord(cb->ev_t[3], cb->st));
 		cb->t_samp = 1;
 		cb->tm.samples++;
 	}
-	CK(cudaEventRecord(cb->ev_sout, cb->st));
+	CK(cudaEventRecord(cb->ev_samp, cb->st));
 	plan_ahead(cb, rows, n);                     // while the GPU samples
+	// The results come back on st_up, while st goes on to a pass run ahead.
+	CK(cudaStreamWaitEvent(cb->st_up, cb->ev_samp, 0));
+	CK(cudaMemcpyAsync(cb->h_sout, cb->d_sout, res_bytes + stat_bytes, cudaMemcpyDeviceToHost, cb->st_up));
+	CK(cudaEventRecord(cb->ev_sout, cb->st_up));
 	CK(cudaEventSynchronize(cb->ev_sout));
 	cb->srows_busy = false;
 	if (cb->timing)
@@ -1330,6 +1350,8 @@ cuda_destroy(void *self)
 		return;
 	if (cb->st)
 		cudaStreamSynchronize(cb->st);
+	if (cb->st_up)
+		cudaStreamSynchronize(cb->st_up);
 	if (cb->graphs) {
 		for (const graph_entry &ge : *cb->graphs)
 			cudaGraphExecDestroy(ge.exec);
@@ -1375,6 +1397,9 @@ cuda_destroy(void *self)
 		cudaEventDestroy(cb->ev_up);
 	if (cb->ev_sout)
 		cudaEventDestroy(cb->ev_sout);
+	for (cudaEvent_t ev : { cb->ev_pass_end, cb->ev_rows, cb->ev_samp })
+		if (ev)
+			cudaEventDestroy(ev);
 	delete cb->ahead;
 	for (cudaEvent_t ev : cb->ev_t)
 		if (ev)
@@ -1385,6 +1410,8 @@ cuda_destroy(void *self)
 				cudaEventDestroy(ev);
 	if (cb->st2)
 		cudaStreamDestroy(cb->st2);
+	if (cb->st_up)
+		cudaStreamDestroy(cb->st_up);
 	if (cb->st)
 		cudaStreamDestroy(cb->st);
 	free(cb);
@@ -1554,6 +1581,9 @@ create(struct cuda_backend *cb, const struct cuda_backend_params *p, size_t *wei
 	CK(cudaEventCreateWithFlags(&cb->ev_join, cudaEventDisableTiming));
 	CK(cudaEventCreateWithFlags(&cb->ev_up, cudaEventDisableTiming));
 	CK(cudaEventCreateWithFlags(&cb->ev_sout, cudaEventDisableTiming));
+	CK(cudaStreamCreateWithFlags(&cb->st_up, cudaStreamNonBlocking));
+	for (cudaEvent_t *ev : { &cb->ev_pass_end, &cb->ev_rows, &cb->ev_samp })
+		CK(cudaEventCreateWithFlags(ev, cudaEventDisableTiming));
 	for (auto &pair : cb->ev_s)
 		for (cudaEvent_t &ev : pair)
 			CK(cudaEventCreate(&ev));
