@@ -19,6 +19,10 @@
 //   last: the top n_top gather and the draw: per-warp sums of the kept weights
 //       over contiguous id ranges, then inside the chosen warp's range one
 //       contiguous sub-range per thread, then one thread walks its sub-range.
+// A plain row (drawn, no top-k, top-p, min-p or n_top) reads its logits once:
+// pass 1 then reads the draw's warp ranges and sums their weights too (about
+// each lane's running max, rescaled to the row's), and only the chosen range
+// is read again.
 //
 // Top-p ties: every kept token whose logit equals the boundary token's logit
 // is kept (the CPU sampler keeps only enough of them, lowest ids first).
@@ -506,26 +510,41 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 	// of top-n, top-k.  The moments are a thread's about its running max
 	// (rescaled when the max grows), then about the row's max once that is
 	// known: os = sum e, osx = sum e (x - max), e = 2^((x - max) log2 e).
+	//
+	// A plain row - drawn, with no selection and no min-p (every token kept,
+	// weight 2^((x - max) c)) - takes this pass only: its lanes read the
+	// draw's contiguous warp ranges (below) and sum their draw weights too,
+	// about the running max (od), so that the last pass's full read is not
+	// needed: the warp sums, rescaled to the row's max, choose the range,
+	// which alone is read again.
 	const float c1 = (float)SAMP_LOG2E;
-	float mxl = -INFINITY, os = 0.0f, osx = 0.0f;
+	const float c = greedy ? 0.0f : (float)(SAMP_LOG2E / (double)p.temperature);
+	const bool one_pass = !greedy && n_top == 0 && k == 0 && !use_p && !(min_p > 0.0f);
+	const int rw = ((hi - lo + 31) / 32 + 31) & ~31;
+	float mxl = -INFINITY, os = 0.0f, osx = 0.0f, od = 0.0f;
 	int argl = INT_MAX, bad = 0;
 	{
 		const bool cn = sn.on, ckk = sk.on;
-		samp_each(row, lo, hi, [&](int i, float x) {
+		auto visit = [&](int i, float x) {
 			bad |= (x != x) | (x == INFINITY);
 			if (x > mxl) {
 				if (os > 0.0f) {
 					const float d = mxl - x, rs = samp_ex2(d * c1);
 					osx = (osx + d * os) * rs;
 					os *= rs;
+					if (one_pass)
+						od *= c == c1 ? rs : samp_ex2(d * c);
 				}
 				mxl = x;
 				argl = i;
 				os += 1.0f;
+				od += 1.0f;
 			} else if (x > -INFINITY) {
 				const float d = x - mxl, e = samp_weight(x, mxl, c1);
 				os += e;
 				osx += e * d;
+				if (one_pass)
+					od += c == c1 ? e : samp_weight(x, mxl, c);
 			}
 			if (cn | ckk) {
 				unsigned d = (unsigned)(samp_ck(x, i) >> 45);
@@ -534,7 +553,24 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 				if (ckk)
 					atomicAdd(&S.cnt[1][d], 1u);
 			}
-		});
+		};
+		if (one_pass) {
+			// the last pass's order: a lane's ids base + lane + 32 k, four loads in flight
+			const int base = lo + warp * rw, end = min(hi, base + rw);
+			int i = base + lane;
+			for (; i + 96 < end; i += 128) {
+				const float x0 = __ldg(row + i), x1 = __ldg(row + i + 32), x2 = __ldg(row + i + 64),
+					    x3 = __ldg(row + i + 96);
+				visit(i, x0);
+				visit(i + 32, x1);
+				visit(i + 64, x2);
+				visit(i + 96, x3);
+			}
+			for (; i < end; i += 32)
+				visit(i, __ldg(row + i));
+		} else {
+			samp_each(row, lo, hi, visit);
+		}
 	}
 	bad = __syncthreads_or(bad);
 	const float own_mx = mxl;
@@ -622,9 +658,17 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 			sx = S.g_sx;
 		}
 	}
+	// A plain row's warp sums of the draw weights, about the row's max (read
+	// by the draw below, after the barrier that follows).
+	if (one_pass) {
+		double wd = od > 0.0f ? (double)(own_mx == mx ? od : od * samp_ex2((own_mx - mx) * c)) : 0.0;
+		for (int o2 = 16; o2 > 0; o2 >>= 1)
+			wd += __shfl_down_sync(SAMP_FULL, wd, o2);
+		if (lane == 0)
+			S.red_d[warp] = wd;
+	}
 
 	// ---- passes 2..: one digit of each running selection a pass
-	const float c = greedy ? 0.0f : (float)(SAMP_LOG2E / (double)p.temperature);
 	for (;;) {
 		const bool run_n = sn.on, run_k = sk.on;
 		const bool run_p = sp.on && !sk.on;   // top-p acts on the top-k survivors
@@ -684,11 +728,10 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 		float w = samp_weight(x, mx, c);
 		return w >= min_p ? w : 0.0f;
 	};
-	const int rw = ((hi - lo + 31) / 32 + 31) & ~31;
 	if (tid == 0)
 		S.top_cnt = 0;
 	__syncthreads();
-	if (n_top > 0 || !greedy) {
+	if ((n_top > 0 || !greedy) && !one_pass) {
 		const int base = lo + warp * rw, end = min(hi, base + rw);
 		float acc = 0.0f;
 		auto one = [&](int i, float x) {

@@ -105,7 +105,9 @@ static const struct pset psets[] = {
 	{ 0.0f, 5, 0.5f, 0.1f, 3 },      /* greedy ignores the filters */
 	{ 0.5f, 0, 1.0f, 0.0f, 20 },     /* temperature only */
 	{ 1.0f, 0, 1.0f, 0.0f, 5 },
-	{ 1.5f, 0, 1.0f, 0.0f, 0 },
+	{ 1.5f, 0, 1.0f, 0.0f, 0 },      /* plain (one pass over the logits) */
+	{ 1.0f, 0, 1.0f, 0.0f, 0 },
+	{ 0.7f, 0, 1.0f, 0.0f, 0 },
 	{ 1.0f, 1, 1.0f, 0.0f, 20 },     /* top-k */
 	{ 1.0f, 5, 1.0f, 0.0f, 20 },
 	{ 0.7f, 50, 1.0f, 0.0f, 20 },
