@@ -1067,6 +1067,22 @@ plan_ahead(struct cuda_backend *cb, const struct cuda_samp_row *srows, int n_s)
 
 static int cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, float *host);
 
+// A pass launched or confirmed: it is the one the next is guessed from, and
+// host, when not NULL, receives its logits.  Otherwise the next call on the
+// stream (sampling, a slot read, the next pass) waits for it and reports its
+// errors.
+static int
+forward_end(struct cuda_backend *cb, const struct fwd_batch *b, const int32_t *slots, float *host)
+{
+	ahead_record(cb, b, slots);
+	if (host && b->n_logits > 0) {
+		CK(cudaMemcpyAsync(host, cb->logits, (size_t)b->n_logits * cb->c.vocab_size * sizeof(float),
+				   cudaMemcpyDeviceToHost, cb->st));
+		CK(cudaStreamSynchronize(cb->st));
+	}
+	return 0;
+}
+
 // After the sampling that plan_ahead ran a pass behind: the tokens it fed
 // that pass (out: the sampling's results).  Where a row's sampling failed,
 // the engine keeps the logits it could not sample, which the pass run ahead
@@ -1153,13 +1169,7 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 			cb->tm.passes_run_ahead++;
 			cb->tm.pass_host_ms += host_ms() - h0;
 		}
-		ahead_record(cb, b, slots);
-		if (host && b->n_logits > 0) {
-			CK(cudaMemcpyAsync(host, cb->logits, (size_t)b->n_logits * cb->c.vocab_size * sizeof(float),
-					   cudaMemcpyDeviceToHost, cb->st));
-			CK(cudaStreamSynchronize(cb->st));
-		}
-		return 0;
+		return forward_end(cb, b, slots, host);
 	}
 	// Not it: its logits rows hold logits no one needs (those it replaced
 	// were sampled, the only use of a sequence's logits before it runs again).
@@ -1226,15 +1236,7 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 		cb->tm.pass_host_ms += host_ms() - h0;
 	}
 	stage_slots(cb, slots, b->n_logits);
-	ahead_record(cb, b, slots);
-	if (host && b->n_logits > 0) {
-		CK(cudaMemcpyAsync(host, cb->logits, (size_t)b->n_logits * cb->c.vocab_size * sizeof(float),
-				   cudaMemcpyDeviceToHost, cb->st));
-		CK(cudaStreamSynchronize(cb->st));
-	}
-	// Otherwise the next call on the stream (sampling, a slot read, the
-	// next pass) waits for it and reports its errors.
-	return 0;
+	return forward_end(cb, b, slots, host);
 }
 
 static int

@@ -254,6 +254,25 @@ static __device__ __forceinline__ void samp_each(const float *__restrict__ row, 
 		f(i, __ldg(row + i));
 }
 
+// f(i, logits[i]) for a lane's ids base + lane + 32 k below end, in increasing
+// k, four loads in flight (one at a time, the draw's pass was most of the
+// kernel's time at 64 rows): a warp reads the contiguous range [base, end).
+template <typename F>
+static __device__ __forceinline__ void samp_range(const float *__restrict__ row, int base, int end, F &&f)
+{
+	int i = base + (threadIdx.x & 31);
+	for (; i + 96 < end; i += 128) {
+		const float x0 = __ldg(row + i), x1 = __ldg(row + i + 32), x2 = __ldg(row + i + 64),
+			    x3 = __ldg(row + i + 96);
+		f(i, x0);
+		f(i + 32, x1);
+		f(i + 64, x2);
+		f(i + 96, x3);
+	}
+	for (; i < end; i += 32)
+		f(i, __ldg(row + i));
+}
+
 // ---- cluster merges (C > 1; every rank calls them at the same point) -------------
 
 // The histograms that are on (m0: cnt[0], m1: cnt[1], mm: mass) summed over
@@ -554,23 +573,10 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 					atomicAdd(&S.cnt[1][d], 1u);
 			}
 		};
-		if (one_pass) {
-			// the last pass's order: a lane's ids base + lane + 32 k, four loads in flight
-			const int base = lo + warp * rw, end = min(hi, base + rw);
-			int i = base + lane;
-			for (; i + 96 < end; i += 128) {
-				const float x0 = __ldg(row + i), x1 = __ldg(row + i + 32), x2 = __ldg(row + i + 64),
-					    x3 = __ldg(row + i + 96);
-				visit(i, x0);
-				visit(i + 32, x1);
-				visit(i + 64, x2);
-				visit(i + 96, x3);
-			}
-			for (; i < end; i += 32)
-				visit(i, __ldg(row + i));
-		} else {
+		if (one_pass)   // the last pass's order
+			samp_range(row, lo + warp * rw, min(hi, lo + warp * rw + rw), visit);
+		else
 			samp_each(row, lo, hi, visit);
-		}
 	}
 	bad = __syncthreads_or(bad);
 	const float own_mx = mxl;
@@ -748,20 +754,7 @@ samp_kernel(const float *__restrict__ logits, int V, const cuda_samp_row *__rest
 			if (!greedy)
 				acc += kept(i, x);
 		};
-		// A lane's ids base + lane + 32 k in increasing k, four loads in
-		// flight (one at a time, this pass was most of the kernel's time
-		// at 64 rows).
-		int i = base + lane;
-		for (; i + 96 < end; i += 128) {
-			const float x0 = __ldg(row + i), x1 = __ldg(row + i + 32), x2 = __ldg(row + i + 64),
-				    x3 = __ldg(row + i + 96);
-			one(i, x0);
-			one(i + 32, x1);
-			one(i + 64, x2);
-			one(i + 96, x3);
-		}
-		for (; i < end; i += 32)
-			one(i, __ldg(row + i));
+		samp_range(row, base, end, one);
 		if (!greedy) {
 			double ws = acc;
 			for (int o2 = 16; o2 > 0; o2 >>= 1)
