@@ -366,6 +366,10 @@ struct ahead_state {
 	bool have;                   // a batch is recorded
 	bool planned;                // dmeta holds the guess's plan, all but its tokens
 	bool launched;               // and its pass runs, with the sampled tokens (tok)
+	// The last guess was the pass that came (none yet: true).  A guess is
+	// launched only then: where sequences come and go every few steps, a
+	// pass run ahead would often be one run for nothing.
+	bool last_hit = true;
 	int n_rows, n_seqs, n_logits;
 	std::vector<int32_t> tok, src, j_of_slot;   // launched: row i's token; its sampling row
 	std::vector<int32_t> tokens, pos, row_seq, lrows, slots, tab, tab_off, tab_n;
@@ -1016,7 +1020,7 @@ plan_ahead(struct cuda_backend *cb, const struct cuda_samp_row *srows, int n_s)
 	if (cudaEventSynchronize(cb->ev_up) != cudaSuccess || make_plan(cb, &g, rows, nlog, cb->cap_items, &A.pl))
 		return;
 	// Each row's sampling row, where all are sampled.
-	bool run = cb->run_ahead_on;
+	bool run = cb->run_ahead_on && A.last_hit;
 	A.src.assign(A.n_rows, -1);
 	if (run) {
 		A.j_of_slot.resize(cb->max_seqs, -1);
@@ -1161,6 +1165,7 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 	// The pass run ahead, when this is it: nothing left to do.
 	if (A.launched && ahead_match(cb, b, slots) && ahead_tokens_match(cb, b)) {
 		A.have = A.planned = A.launched = false;
+		A.last_hit = true;
 		cb->warp_pass = A.pl.warp_pass;
 		if (cb->timing) {
 			cb->t_spec[cb->spec_pair] = 1;
@@ -1173,7 +1178,8 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 	}
 	// Not it: its logits rows hold logits no one needs (those it replaced
 	// were sampled, the only use of a sequence's logits before it runs again).
-	if (A.launched) {
+	const bool guessed = A.planned, ran = A.launched;
+	if (ran) {
 		for (int32_t s : *cb->staged)
 			(*cb->slot_row)[s] = -1;
 		cb->staged->clear();
@@ -1201,6 +1207,8 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 	}
 	// The pass planned ahead while the GPU sampled wants only its tokens.
 	const bool ahead = ahead_match(cb, b, slots);
+	if (guessed)
+		A.last_hit = ahead && !ran;  // a pass run ahead with other tokens was run for nothing
 	A.have = A.planned = A.launched = false;
 	struct plan pl;
 	if (ahead) {
