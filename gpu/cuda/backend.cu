@@ -178,7 +178,6 @@ struct cuda_backend {
 	char err[ENG_ERRLEN];
 };
 
-
 static int
 fail(struct cuda_backend *cb, cudaError_t e, const char *what)
 {
@@ -892,6 +891,31 @@ graph_for(struct cuda_backend *cb, int rows, int nlog, cudaGraphExec_t *exec)
 	return 0;
 }
 
+// The rows and logits a pass of n_rows rows and n_logits logits runs with:
+// padded to their graph buckets where it runs as a graph (the result).
+static bool
+pass_shape(const struct cuda_backend *cb, int n_rows, int n_logits, int *rows, int *nlog)
+{
+	const bool graph = graphed(cb, n_rows);
+	*rows = graph ? bucket_of(n_rows) : n_rows;
+	*nlog = graph && n_logits ? bucket_of(n_logits) : n_logits;
+	return graph;
+}
+
+// The pass on st, from its uploaded metadata: its graph, or kernel by kernel.
+static int
+launch_pass(struct cuda_backend *cb, bool graph, int rows, int nlog)
+{
+	if (!graph)
+		return enqueue_pass(cb, rows, nlog);
+	cudaGraphExec_t exec = NULL;
+	int rc = graph_for(cb, rows, nlog, &exec);
+	if (rc)
+		return rc;
+	CK(cudaGraphLaunch(exec, cb->st));
+	return 0;
+}
+
 // ---- logits slots ------------------------------------------------------------------------
 
 // The row of the slots buffer that holds slot s's logits.
@@ -924,7 +948,8 @@ keep_slots(struct cuda_backend *cb, const int32_t *slots, int n)
 	return 0;
 }
 
-// After a pass: logit row i is slot slots[i]'s.
+// After a pass: logit row i is slot slots[i]'s (none: slots NULL; the rows'
+// earlier slots point at themselves again).
 static void
 stage_slots(struct cuda_backend *cb, const int32_t *slots, int n)
 {
@@ -940,6 +965,20 @@ stage_slots(struct cuda_backend *cb, const int32_t *slots, int n)
 }
 
 // ---- planning ahead ---------------------------------------------------------------------
+
+// The recorded batch as a fwd_batch, its tokens and positions replaced
+// (tables: the pointers it needs, which it keeps).
+static struct fwd_batch
+ahead_batch(const ahead_state &A, const int32_t *tokens, const int32_t *pos, std::vector<const int32_t *> &tables)
+{
+	tables.resize(A.n_seqs);
+	for (int q = 0; q < A.n_seqs; q++)
+		tables[q] = A.tab.data() + A.tab_off[q];
+	return fwd_batch{
+		.n_rows = A.n_rows, .tokens = tokens, .pos = pos, .row_seq = A.row_seq.data(),
+		.n_seqs = A.n_seqs, .block_tables = tables.data(), .n_logits = A.n_logits, .logit_rows = A.lrows.data(),
+	};
+}
 
 // Keep batch b (with its logits' slots) as the one the next pass is guessed from.
 static void
@@ -1001,20 +1040,12 @@ plan_ahead(struct cuda_backend *cb, const struct cuda_samp_row *srows, int n_s)
 		if (A.lrows[r] != r || A.row_seq[r] != r || (A.pos[r] + 1) % bt == 0)
 			return;
 	std::vector<int32_t> tokens(A.n_rows, 0), pos(A.n_rows);
-	std::vector<const int32_t *> tables(A.n_seqs);
+	std::vector<const int32_t *> tables;
 	for (int r = 0; r < A.n_rows; r++)
 		pos[r] = A.pos[r] + 1;
-	for (int q = 0; q < A.n_seqs; q++)
-		tables[q] = A.tab.data() + A.tab_off[q];
-	const struct fwd_batch g = {
-		.n_rows = A.n_rows, .tokens = tokens.data(), .pos = pos.data(), .row_seq = A.row_seq.data(),
-		.n_seqs = A.n_seqs, .block_tables = tables.data(), .n_logits = A.n_logits, .logit_rows = A.lrows.data(),
-	};
-	int rows = A.n_rows, nlog = A.n_logits;
-	if (graphed(cb, rows)) {
-		rows = bucket_of(rows);
-		nlog = bucket_of(nlog);
-	}
+	const struct fwd_batch g = ahead_batch(A, tokens.data(), pos.data(), tables);
+	int rows, nlog;
+	const bool graph = pass_shape(cb, A.n_rows, A.n_logits, &rows, &nlog);
 	// hmeta is the source of the last upload (a pass's, or one planned
 	// ahead) until that upload is done.
 	if (cudaEventSynchronize(cb->ev_up) != cudaSuccess || make_plan(cb, &g, rows, nlog, cb->cap_items, &A.pl))
@@ -1053,15 +1084,10 @@ plan_ahead(struct cuda_backend *cb, const struct cuda_samp_row *srows, int n_s)
 	cb->t_spec[k] = 0;
 	if (cudaEventRecord(cb->ev_s[k][0], cb->st) != cudaSuccess)
 		return;
-	int32_t *dtok = meta_at<int32_t>(cb->dmeta, cb->ml.tokens);
-	cudaGraphExec_t exec = NULL;
 	cb->warp_pass = A.pl.warp_pass;
 	if (cuda_sample_tokens_to((const struct samp_result *)cb->d_sout, meta_at<int32_t>(cb->dmeta, cb->ml.tok_src),
-				  A.n_rows, cb->c.vocab_size, dtok, cb->st) ||
-	    keep_slots(cb, A.slots.data(), A.n_logits))
-		return;
-	if (graphed(cb, A.n_rows) ? graph_for(cb, rows, nlog, &exec) || cudaGraphLaunch(exec, cb->st) != cudaSuccess
-				  : enqueue_pass(cb, rows, nlog) != 0)
+				  A.n_rows, cb->c.vocab_size, meta_at<int32_t>(cb->dmeta, cb->ml.tokens), cb->st) ||
+	    keep_slots(cb, A.slots.data(), A.n_logits) || launch_pass(cb, graph, rows, nlog))
 		return;
 	if (cudaEventRecord(cb->ev_s[k][1], cb->st) != cudaSuccess)
 		return;
@@ -1109,13 +1135,8 @@ ahead_tokens(struct cuda_backend *cb, const struct samp_result *out, const int32
 		return 0;
 	A.planned = A.launched = false;
 	const ahead_state R = A;         // forward_slots records the batch again, into A
-	std::vector<const int32_t *> tables(R.n_seqs);
-	for (int q = 0; q < R.n_seqs; q++)
-		tables[q] = R.tab.data() + R.tab_off[q];
-	const struct fwd_batch b = {
-		.n_rows = R.n_rows, .tokens = R.tokens.data(), .pos = R.pos.data(), .row_seq = R.row_seq.data(),
-		.n_seqs = R.n_seqs, .block_tables = tables.data(), .n_logits = R.n_logits, .logit_rows = R.lrows.data(),
-	};
+	std::vector<const int32_t *> tables;
+	const struct fwd_batch b = ahead_batch(R, R.tokens.data(), R.pos.data(), tables);
 	return cuda_forward_slots(cb, &b, R.slots.data(), NULL);
 }
 
@@ -1179,11 +1200,8 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 	// Not it: its logits rows hold logits no one needs (those it replaced
 	// were sampled, the only use of a sequence's logits before it runs again).
 	const bool guessed = A.planned, ran = A.launched;
-	if (ran) {
-		for (int32_t s : *cb->staged)
-			(*cb->slot_row)[s] = -1;
-		cb->staged->clear();
-	}
+	if (ran)
+		stage_slots(cb, NULL, 0);
 	// The host metadata may still be in flight from the previous pass, or
 	// from a plan made ahead (on st_up).
 	CK(cudaStreamSynchronize(cb->st));
@@ -1192,12 +1210,8 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 		timing_collect(cb);
 		h0 = host_ms();
 	}
-	int rows = b->n_rows, nlog = b->n_logits, cap = cb->cap_items;
-	const bool graph = graphed(cb, rows);
-	if (graph) {
-		rows = bucket_of(b->n_rows);
-		nlog = b->n_logits ? bucket_of(b->n_logits) : 0;
-	}
+	int rows, nlog;
+	const bool graph = pass_shape(cb, b->n_rows, b->n_logits, &rows, &nlog);
 	if (cb->profile_pass >= 0) {
 		if (cb->pass == cb->profile_pass)
 			cudaProfilerStart();
@@ -1214,7 +1228,7 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 	if (ahead) {
 		pl = A.pl;
 		memcpy(meta_at<int32_t>(cb->hmeta, cb->ml.tokens), b->tokens, (size_t)b->n_rows * sizeof(int32_t));
-	} else if ((rc = make_plan(cb, b, rows, nlog, cap, &pl))) {
+	} else if ((rc = make_plan(cb, b, rows, nlog, cb->cap_items, &pl))) {
 		return rc;
 	}
 	cb->warp_pass = pl.warp_pass;
@@ -1228,14 +1242,8 @@ cuda_forward_slots(void *self, const struct fwd_batch *b, const int32_t *slots, 
 	else if ((rc = upload_plan(cb, rows, &pl, cb->st)))
 		return rc;
 	CK(cudaEventRecord(cb->ev_up, cb->st));
-	if (graph) {
-		cudaGraphExec_t exec = NULL;
-		if ((rc = graph_for(cb, rows, nlog, &exec)))
-			return rc;
-		CK(cudaGraphLaunch(exec, cb->st));
-	} else if ((rc = enqueue_pass(cb, rows, nlog))) {
+	if ((rc = launch_pass(cb, graph, rows, nlog)))
 		return rc;
-	}
 	if (cb->timing) {
 		CK(cudaEventRecord(cb->ev_t[1], cb->st));
 		cb->t_pass = 1;
